@@ -1,0 +1,1 @@
+//! Managed worker pool (issue 5).

@@ -1,0 +1,3 @@
+fn main() {
+    // Placeholder until the gateway lands (issue 4).
+}
