@@ -1,1 +1,168 @@
+//! The wire format between kernelsight's eBPF programs and the agent.
+//!
+//! Every type here is `#[repr(C)]`, `Copy` and free of padding surprises, because the kernel side
+//! writes it into maps and ring buffers and the user side reads the bytes back. Both sides are
+//! compiled from this one definition so they cannot drift apart.
 #![no_std]
+
+pub const COMM_LEN: usize = 16;
+
+/// Kinds of TCP events the kernel side reports.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpEventKind {
+    Retransmit = 1,
+    RstSent = 2,
+    RstReceived = 3,
+}
+
+impl TcpEventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Retransmit),
+            2 => Some(Self::RstSent),
+            3 => Some(Self::RstReceived),
+            _ => None,
+        }
+    }
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Who owns a socket, learnt in process context (connect, send, receive), where `current` really
+/// is the owner. Softirq-context events (retransmits, received RSTs) look the owner up here
+/// instead of trusting `current`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockOwner {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// One TCP event (retransmit, RST sent, RST received), as written to the `TCP_EVENTS` ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket: its identity while it lives. 0 when there is no socket
+    /// (an RST answering a segment to a closed port).
+    pub skaddr: u64,
+    /// Socket cookie where the tracepoint gives it (received RSTs), else 0.
+    pub cookie: u64,
+    /// The owner, from the socket-owner table; `owner.tgid == 0` when unknown.
+    pub owner: SockOwner,
+    /// The task that was current when the event fired (often unrelated, in softirq).
+    pub current_tgid: u32,
+    /// Retransmitted segments (1 for RSTs).
+    pub segs: u32,
+    /// Addresses in network byte order; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Ports in host byte order. "s" is the local side of the socket (for a sent RST without a
+    /// socket, the side that sent it).
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub kind: u8,
+    /// TCP state (`TCP_ESTABLISHED` = 1 ...), 0 when unknown.
+    pub state: u8,
+    /// For sent RSTs, the kernel's `enum sk_rst_reason`; else 0.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// Indexes into the `COUNTERS` per-CPU array. These in-kernel counters are lossless, unlike the
+/// event ring: the agent exports both, and the difference is what the ring dropped.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    RstSent = 0,
+    RstReceived = 1,
+    RetransmitSegs = 2,
+    /// Ring reservations that failed because the TCP ring was full.
+    TcpEventsLost = 3,
+    /// Events whose socket had no known owner at the time.
+    OwnerUnknown = 4,
+    RunqEventsLost = 5,
+    /// Retransmit attempts the kernel reported as failed (err != 0): not counted as retransmits.
+    RetransmitFailed = 6,
+}
+
+pub const COUNTER_MAX: u32 = 8;
+
+/// Byte offsets of the fields we read from a classic TCP tracepoint record. Read at load time
+/// from tracefs `format` files, so one object works across kernels whose layouts differ. A field
+/// the running kernel lacks has offset `NONE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpTpLayout {
+    pub skaddr: u16,
+    pub state: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// `struct sockaddr_in6`-style `saddr`/`daddr` (tcp_send_reset since 6.10): family and port
+    /// live inside the address fields.
+    pub sockaddr: u16,
+    pub cookie: u16,
+    pub err: u16,
+    pub reason: u16,
+    pub _pad: u16,
+}
+
+impl TcpTpLayout {
+    pub const NONE: u16 = u16::MAX;
+    pub const EMPTY: Self = Self {
+        skaddr: Self::NONE,
+        state: Self::NONE,
+        sport: Self::NONE,
+        dport: Self::NONE,
+        family: Self::NONE,
+        saddr: Self::NONE,
+        daddr: Self::NONE,
+        saddr_v6: Self::NONE,
+        daddr_v6: Self::NONE,
+        sockaddr: 0,
+        cookie: Self::NONE,
+        err: Self::NONE,
+        reason: Self::NONE,
+        _pad: 0,
+    };
+}
+
+/// Offsets in `sock:sock_send_length` / `sock_recv_length` and `sock:inet_sock_set_state`
+/// records that the owner table needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockTpLayout {
+    pub sk: u16,
+    pub newstate: u16,
+    pub protocol: u16,
+    pub _pad: u16,
+}
+
+impl SockTpLayout {
+    pub const EMPTY: Self = Self {
+        sk: TcpTpLayout::NONE,
+        newstate: TcpTpLayout::NONE,
+        protocol: TcpTpLayout::NONE,
+        _pad: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C) plain data with explicit padding fields.
+    unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::TcpEvent {}
+    unsafe impl aya::Pod for super::TcpTpLayout {}
+    unsafe impl aya::Pod for super::SockTpLayout {}
+}

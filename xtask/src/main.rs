@@ -1,1 +1,43 @@
-fn main() {}
+//! Project tasks. `cargo xtask setup` installs what the build and tests need (idempotent, cached
+//! in `.tools/`); `run` starts the game server and the agent; `test` runs the whole suite.
+mod setup;
+mod tasks;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "kernelsight project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces and Debian packages the project needs (idempotent).
+    Setup,
+    /// Build the agent (with its embedded eBPF object) and the game server, release mode.
+    Build,
+    /// Start the game server and the agent on this machine (needs root for the agent).
+    Run(tasks::RunArgs),
+    /// Run the whole test suite (set-up included).
+    Test(tasks::TestArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::run().map(|_| ()),
+        Cmd::Build => setup::run().and_then(|env| tasks::build(&env)),
+        Cmd::Run(args) => setup::run().and_then(|env| tasks::run(&env, args)),
+        Cmd::Test(args) => setup::run().and_then(|env| tasks::test(&env, args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The agent's one HTTP listener: /metrics, /healthz, /readyz (and later /incidents and the UI).
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use tokio::sync::Mutex;
+
+use super::metrics::Metrics;
+use crate::probes::Probes;
+
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub probes: Option<Arc<Mutex<Probes>>>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    if let Some(probes) = &st.probes {
+        match probes.lock().await.counters() {
+            Ok(now) => st.metrics.sync_kernel(&now),
+            Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.encode())
+}
+
+async fn ready(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    if st.probes.is_some() {
+        (axum::http::StatusCode::OK, "ready\n")
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "probes not loaded\n")
+    }
+}
+
+pub async fn serve(addr: SocketAddr, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "http listening (/metrics, /healthz, /readyz)");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

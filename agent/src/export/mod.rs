@@ -1,0 +1,3 @@
+//! Agent → the outside world: Prometheus metrics and the HTTP listener.
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,84 @@
+//! Decoded kernel events, in the agent's own types.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use agent_common::{AF_INET, AF_INET6, SockOwner, TcpEvent, TcpEventKind};
+
+/// The process that owns a socket (or ran a thread), as the kernel saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+impl Owner {
+    fn from_raw(o: &SockOwner) -> Option<Self> {
+        (o.tgid != 0).then(|| Self {
+            pid: o.tgid,
+            tid: o.tid,
+            comm: comm_str(&o.comm),
+            cgroup_id: o.cgroup_id,
+        })
+    }
+}
+
+pub fn comm_str(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpRecord {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub kind: TcpEventKind,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u8,
+    pub owner: Option<Owner>,
+    pub current_pid: u32,
+    pub socket: u64,
+    pub cookie: u64,
+    pub segs: u32,
+    pub reason: u32,
+}
+
+impl TcpRecord {
+    /// Decodes a ring-buffer record; `None` for a record of the wrong size or kind (counted by
+    /// the caller, never silently dropped).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<TcpEvent>() {
+            return None;
+        }
+        // SAFETY: length checked; TcpEvent is plain old data; read_unaligned tolerates any
+        // alignment of the ring's bytes.
+        let ev: TcpEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let kind = TcpEventKind::from_u8(ev.kind)?;
+        let ip = |raw: &[u8; 16]| -> Option<IpAddr> {
+            match ev.family {
+                AF_INET => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+                AF_INET6 => Some(Ipv6Addr::from(*raw).into()),
+                _ => None,
+            }
+        };
+        Some(Self {
+            ts_ns: ev.ts_ns,
+            kind,
+            local: SocketAddr::new(ip(&ev.saddr)?, ev.sport),
+            remote: SocketAddr::new(ip(&ev.daddr)?, ev.dport),
+            state: ev.state,
+            owner: Owner::from_raw(&ev.owner),
+            current_pid: ev.current_tgid,
+            socket: ev.skaddr,
+            cookie: ev.cookie,
+            segs: ev.segs,
+            reason: ev.reason,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum KernelEvent {
+    Tcp(TcpRecord),
+}

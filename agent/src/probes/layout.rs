@@ -1,0 +1,50 @@
+//! Turns tracefs record formats into the layout structs the eBPF programs read.
+use agent_common::{SockTpLayout, TcpTpLayout};
+use anyhow::Result;
+
+use super::tracefs::Format;
+
+const NONE: u16 = TcpTpLayout::NONE;
+
+/// Layout of a `tcp:*` record. `tp` names the tracepoint for error messages.
+pub fn tcp(tp: &str, f: &Format) -> Result<TcpTpLayout> {
+    let opt = |n: &str| f.offset(n).unwrap_or(NONE);
+    let mut l = TcpTpLayout::EMPTY;
+    l.skaddr = opt("skaddr");
+    l.state = opt("state");
+    l.cookie = opt("sock_cookie");
+    l.err = opt("err");
+    l.reason = opt("reason");
+    let saddr = f.field("saddr");
+    match saddr {
+        // Since 6.10 tcp_send_reset stores whole sockaddrs (sockaddr_in6-sized, 28 bytes).
+        Some(s) if s.size == 28 => {
+            l.sockaddr = 1;
+            l.saddr = s.offset;
+            l.daddr = f.require(tp, "daddr")?;
+        }
+        _ => {
+            l.sport = f.require(tp, "sport")?;
+            l.dport = f.require(tp, "dport")?;
+            l.family = f.require(tp, "family")?;
+            l.saddr = f.require(tp, "saddr")?;
+            l.daddr = f.require(tp, "daddr")?;
+            l.saddr_v6 = f.require(tp, "saddr_v6")?;
+            l.daddr_v6 = f.require(tp, "daddr_v6")?;
+        }
+    }
+    Ok(l)
+}
+
+/// Layout of `sock:sock_send_length`/`sock_recv_length` (`sk`, `protocol`) and
+/// `sock:inet_sock_set_state` (`skaddr`, `protocol`, `newstate`).
+pub fn sock(tp: &str, f: &Format) -> Result<SockTpLayout> {
+    let mut l = SockTpLayout::EMPTY;
+    l.sk = match f.offset("sk") {
+        Some(o) => o,
+        None => f.require(tp, "skaddr")?,
+    };
+    l.protocol = f.require(tp, "protocol")?;
+    l.newstate = f.offset("newstate").unwrap_or(NONE);
+    Ok(l)
+}

@@ -1,0 +1,80 @@
+//! build, run, test.
+use std::{
+    process::{Child, Command},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::{setup::Env, util::{run as run_cmd, step}};
+
+pub fn build(env: &Env) -> Result<()> {
+    run_cmd(env.cargo().args(["build", "--release", "-p", "agent", "-p", "game-server"]))
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Game server listen address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub game_addr: String,
+    /// Agent HTTP address (/metrics, /incidents, UI).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub agent_addr: String,
+}
+
+/// Kills the child when dropped, so ^C or an error never leaves a process behind.
+struct Guard(Child, &'static str);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SIGTERM first so both flush; then make sure.
+        unsafe { libc_kill(self.0.id() as i32, 15) };
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        step(format!("stopped {}", self.1));
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn run(env: &Env, args: RunArgs) -> Result<()> {
+    build(env)?;
+    let bin = env.root.join("target/release");
+    let data = env.root.join("target/run-data");
+    std::fs::create_dir_all(&data)?;
+    let server = Command::new(bin.join("game-server"))
+        .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
+        .arg(&data)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .spawn()
+        .context("starting game-server")?;
+    let _server = Guard(server, "game-server");
+    let agent = Command::new(bin.join("kernelsight-agent"))
+        .args(["--http-addr", &args.agent_addr])
+        .spawn()
+        .context("starting kernelsight-agent")?;
+    let mut agent = Guard(agent, "kernelsight-agent");
+    step(format!("game server: ws://{}/ws  metrics http://{}/metrics", args.game_addr, args.game_addr));
+    step(format!("agent:       http://{}/  metrics http://{}/metrics", args.agent_addr, args.agent_addr));
+    step("press Ctrl-C to stop");
+    // The agent is the part that needs privileges; if it exits, say so and stop.
+    let status = agent.0.wait()?;
+    bail!("kernelsight-agent exited ({status})")
+}
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Extra arguments for `cargo test` (after `--`).
+    #[arg(last = true)]
+    pub rest: Vec<String>,
+}
+
+pub fn test(env: &Env, args: TestArgs) -> Result<()> {
+    step("running the test suite");
+    run_cmd(env.cargo().args(["test", "--workspace", "--exclude", "agent-ebpf"]).args(&args.rest))
+}
