@@ -87,6 +87,7 @@ impl Metrics {
                 };
                 self.tcp_events_by_owner.with_label_values(&[event, comm, &pid]).inc_by(u64::from(rec.segs));
             }
+            KernelEvent::Runq(_) => {}
         }
     }
 

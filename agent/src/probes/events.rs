@@ -78,7 +78,23 @@ impl TcpRecord {
     }
 }
 
+/// One run-queue delay: a thread of a watched process waited `delay_ns` between becoming
+/// runnable (wakeup, or preemption while still runnable) and getting on a CPU at `ts_ns`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunqRecord {
+    /// CLOCK_MONOTONIC nanoseconds when the thread got on the CPU (end of the wait).
+    pub ts_ns: u64,
+    pub delay_ns: u64,
+    /// Process (tgid) and thread (tid) ids, as `process.pid` and `thread.id` in spans.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub cpu: u32,
+}
+
 #[derive(Clone, Debug)]
 pub enum KernelEvent {
     Tcp(TcpRecord),
+    Runq(RunqRecord),
 }
