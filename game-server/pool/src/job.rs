@@ -1,0 +1,216 @@
+//! A queued job: the type-erased task plus the state it shares with its handle.
+//!
+//! The job's lifecycle is one atomic: whoever moves it out of `QUEUED` owns its fate (a worker
+//! starts it, the handle cancels it, the queue expires it). Results, errors and panics travel
+//! through a oneshot channel. The ways a job ends without sending (queue timeout, deadline,
+//! cancellation) set the state first and then drop the sender, so a handle that sees the channel
+//! closed reads the reason from the state.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::breaker::Admission;
+use crate::error::TaskError;
+use crate::metrics::KindMetrics;
+
+pub(crate) const QUEUED: u8 = 0;
+pub(crate) const RUNNING: u8 = 1;
+pub(crate) const FINISHED: u8 = 2;
+pub(crate) const QUEUE_TIMEOUT: u8 = 3;
+pub(crate) const CANCELLED: u8 = 4;
+pub(crate) const TIMED_OUT: u8 = 5;
+
+/// A one-shot, level-triggered signal that any number of tasks, on any runtime, can await.
+#[derive(Default)]
+pub(crate) struct Signal {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn wait(&self) {
+        loop {
+            // A `Notified` receives `notify_waiters` from creation on, so create it before checking.
+            let notified = self.notify.notified();
+            if self.is_fired() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What the handle, the task context and the pool share about one job.
+pub(crate) struct JobShared {
+    state: AtomicU8,
+    cancel: Signal,
+    /// Pool-wide cancellation (shutdown past its grace period).
+    pub(crate) pool_cancel: Arc<Signal>,
+    pub(crate) kind: &'static str,
+    pub(crate) submitted: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) metrics: Arc<KindMetrics>,
+    pub(crate) admission: Admission,
+}
+
+impl JobShared {
+    pub(crate) fn new(
+        kind: &'static str,
+        submitted: Instant,
+        deadline: Instant,
+        metrics: Arc<KindMetrics>,
+        admission: Admission,
+        pool_cancel: Arc<Signal>,
+    ) -> JobShared {
+        JobShared {
+            state: AtomicU8::new(QUEUED),
+            cancel: Signal::default(),
+            pool_cancel,
+            kind,
+            submitted,
+            deadline,
+            metrics,
+            admission,
+        }
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Moves a queued job to `to`; false if someone else already decided its fate.
+    pub(crate) fn leave_queue(&self, to: u8) -> bool {
+        self.state
+            .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records how a started job ended (before its result sender is dropped).
+    pub(crate) fn set_ended(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Cancels a queued job outright, or signals a running one to stop at its next await.
+    pub(crate) fn cancel(&self) {
+        if !self.leave_queue(CANCELLED) {
+            self.cancel.fire();
+        }
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel.is_fired() || self.pool_cancel.is_fired()
+    }
+
+    pub(crate) async fn cancelled(&self) {
+        tokio::select! {
+            _ = self.cancel.wait() => {}
+            _ = self.pool_cancel.wait() => {}
+        }
+    }
+
+    /// The error a handle reports when the job ended without sending a value.
+    pub(crate) fn error(&self) -> TaskError {
+        match self.state() {
+            QUEUE_TIMEOUT => TaskError::QueueTimeout,
+            TIMED_OUT => TaskError::Timeout,
+            // CANCELLED, or the job was dropped unrun (pool dropped without shutdown).
+            _ => TaskError::Cancelled,
+        }
+    }
+}
+
+/// How the user's future ended, as far as the pool needs to know (the value went to the handle).
+pub(crate) enum Finish {
+    Ok,
+    Error(String),
+    Panicked(String),
+}
+
+pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = Finish>>>;
+/// Builds the task's future on the worker thread; the future itself need not be `Send`.
+pub(crate) type StartFn = Box<dyn FnOnce(crate::TaskContext) -> LocalFuture + Send>;
+
+pub(crate) struct Job {
+    pub(crate) shared: Arc<JobShared>,
+    pub(crate) start: StartFn,
+    /// The submitter's span, parent of the task's `pool.task` span.
+    pub(crate) parent: tracing::Span,
+}
+
+/// Erases the task's types. The user's code (building and polling its future) runs inside
+/// `CatchUnwind` while the result sender stays outside it, so a panic is reported through the
+/// channel rather than by the sender vanishing mid-unwind.
+pub(crate) fn erase<T, F, Fut>(task: F, tx: oneshot::Sender<Result<T, TaskError>>) -> StartFn
+where
+    F: FnOnce(crate::TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + 'static,
+    T: Send + 'static,
+{
+    Box::new(move |ctx| {
+        Box::pin(async move {
+            match (CatchUnwind {
+                inner: Box::pin(async move { task(ctx).await }),
+            })
+            .await
+            {
+                Ok(Ok(v)) => {
+                    let _ = tx.send(Ok(v));
+                    Finish::Ok
+                }
+                Ok(Err(e)) => {
+                    let msg = format!("{e:#}");
+                    let _ = tx.send(Err(TaskError::Failed(e)));
+                    Finish::Error(msg)
+                }
+                Err(msg) => {
+                    let _ = tx.send(Err(TaskError::Panicked(msg.clone())));
+                    Finish::Panicked(msg)
+                }
+            }
+        })
+    })
+}
+
+/// Polls a future, turning a panic into `Err(message)`.
+struct CatchUnwind<F> {
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The future is never polled again after a panic, so observing broken state is impossible.
+        match catch_unwind(AssertUnwindSafe(|| self.inner.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

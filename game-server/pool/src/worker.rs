@@ -1,0 +1,163 @@
+//! Worker threads: each owns a current-thread tokio runtime and runs one task at a time to
+//! completion, so a task's span can name the one Linux thread it ran on.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::runtime::Runtime;
+use tracing::field::Empty;
+
+use crate::breaker::Admission;
+use crate::context::{TaskContext, WorkerInfo};
+use crate::job::{CANCELLED, FINISHED, Finish, Job, JobShared, RUNNING, StartFn, TIMED_OUT};
+use crate::metrics::Outcome;
+use crate::queue::Pop;
+use crate::shared::Shared;
+
+/// Starts one worker thread. The caller has already counted it in `live`.
+pub(crate) fn spawn(shared: &Arc<Shared>) -> std::io::Result<()> {
+    let id = shared.next_worker.fetch_add(1, Ordering::Relaxed);
+    // Thread names are cut to 15 bytes by the kernel; "pool-w" + id fits for any realistic id.
+    let name = format!("pool-w{id}");
+    let s = shared.clone();
+    shared.alive.fetch_add(1, Ordering::AcqRel);
+    let spawned = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || worker_main(s, name));
+    match spawned {
+        Ok(handle) => {
+            shared.metrics.worker_spawns.inc();
+            let mut threads = shared.threads.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget handles of threads that already retired, so churn does not grow the list.
+            threads.retain(|h| !h.is_finished());
+            threads.push(handle);
+            Ok(())
+        }
+        Err(e) => {
+            shared.worker_exited();
+            Err(e)
+        }
+    }
+}
+
+fn worker_main(shared: Arc<Shared>, name: String) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let info = Arc::new(WorkerInfo { tid, name });
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => loop {
+            match shared
+                .queue
+                .pop(shared.cfg.idle_timeout, || shared.try_retire())
+            {
+                Pop::Job(job) => run_job(&shared, &info, &rt, job),
+                Pop::Retire => break,
+                Pop::Closed => {
+                    shared.live.fetch_sub(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+        },
+        Err(e) => {
+            tracing::error!(pool = %shared.name, error = %e, "cannot build worker runtime");
+            shared.live.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    shared.worker_exited();
+}
+
+/// How a started task ended.
+enum Ended {
+    Finished(Finish),
+    Cancelled,
+    TimedOut,
+}
+
+fn run_job(shared: &Arc<Shared>, info: &Arc<WorkerInfo>, rt: &Runtime, job: Job) {
+    let now = Instant::now();
+    let js = job.shared.clone();
+    // An expired job is a queue timeout even if the sweeper has not reached it yet.
+    if js.deadline <= now || !js.leave_queue(RUNNING) {
+        shared.finish_unstarted(job, now, false);
+        return;
+    }
+    let wait = now.saturating_duration_since(js.submitted);
+    js.metrics.wait.observe(wait.as_secs_f64());
+    shared.busy.fetch_add(1, Ordering::Relaxed);
+
+    // Created here and closed below, so its time window is exactly this run on this thread.
+    let span = tracing::info_span!(
+        parent: &job.parent,
+        "pool.task",
+        pool.name = %shared.name,
+        task.kind = js.kind,
+        thread.id = info.tid,
+        thread.name = %info.name,
+        process.pid = shared.pid,
+        pool.queue_wait_ms = wait.as_secs_f64() * 1e3,
+        task.outcome = Empty,
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+    );
+    let started = Instant::now();
+    let ended = {
+        let _entered = span.enter();
+        let ctx = TaskContext::new(js.clone(), info.clone());
+        rt.block_on(guarded(job.start, ctx, &js))
+    };
+    js.metrics.run.observe(started.elapsed().as_secs_f64());
+
+    let (outcome, failure) = match ended {
+        Ended::Finished(Finish::Ok) => (Outcome::Ok, None),
+        Ended::Finished(Finish::Error(m)) => (Outcome::Error, Some(m)),
+        Ended::Finished(Finish::Panicked(m)) => (Outcome::Panicked, Some(format!("panicked: {m}"))),
+        Ended::TimedOut => (
+            Outcome::Timeout,
+            Some("deadline exceeded while running".to_string()),
+        ),
+        // Cancellation is the caller's choice, not a failure of the task.
+        Ended::Cancelled => (Outcome::Cancelled, None),
+    };
+    span.record("task.outcome", outcome.as_str());
+    if let Some(msg) = failure {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", msg.as_str());
+    }
+    drop(span);
+
+    shared.record(&js.metrics, outcome);
+    if let Admission::Probe(epoch) = js.admission {
+        shared
+            .breaker
+            .probe_finished(epoch, outcome != Outcome::Timeout, Instant::now());
+    }
+    shared.busy.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Runs the task until it finishes, is cancelled, or reaches its deadline.
+async fn guarded(start: StartFn, ctx: TaskContext, js: &JobShared) -> Ended {
+    // `start` only boxes the user's closure into a future; user code runs inside it, under CatchUnwind.
+    let mut fut = start(ctx);
+    let ended = tokio::select! {
+        biased;
+        finish = &mut fut => Ended::Finished(finish),
+        _ = js.cancelled() => Ended::Cancelled,
+        _ = tokio::time::sleep_until(js.deadline.into()) => Ended::TimedOut,
+    };
+    js.set_ended(match ended {
+        Ended::Finished(_) => FINISHED,
+        Ended::Cancelled => CANCELLED,
+        Ended::TimedOut => TIMED_OUT,
+    });
+    // Dropping the future drops the result sender; the state above tells the handle why. The
+    // user's Drop impls run here, so contain a panic from them too.
+    if catch_unwind(AssertUnwindSafe(move || drop(fut))).is_err() {
+        tracing::warn!(kind = js.kind, "pool task panicked while being dropped");
+    }
+    ended
+}
