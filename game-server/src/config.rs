@@ -1,0 +1,116 @@
+//! Command-line / environment configuration of the game server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "game-server", about = "Real-time WebSocket game server")]
+pub struct Config {
+    /// Address serving /ws, /metrics, /healthz, /readyz (and /login, /admin/batch).
+    #[arg(long, env = "GAME_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite player store.
+    #[arg(long, env = "GAME_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Allowed browser Origins (repeatable or comma-separated). Requests without an
+    /// Origin header (non-browser clients) are accepted if their token is valid.
+    #[arg(
+        long = "allowed-origin",
+        env = "GAME_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// HMAC secret for session tokens. Required unless --dev (then a random one is used).
+    #[arg(long, env = "GAME_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Bearer token for /admin endpoints (without it, /admin is only open in --dev).
+    #[arg(long, env = "GAME_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Development mode: enables POST /login and unauthenticated /admin.
+    #[arg(long, env = "GAME_DEV")]
+    pub dev: bool,
+    /// Lifetime of tokens issued by /login.
+    #[arg(long, env = "GAME_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+
+    /// Simulation rate of every room.
+    #[arg(long, env = "GAME_TICK_HZ", default_value_t = 20)]
+    pub tick_hz: u32,
+    /// Most ticks a room runs back to back to catch up after a stall; the rest is dropped.
+    #[arg(long, env = "GAME_MAX_CATCHUP_TICKS", default_value_t = 4)]
+    pub max_catchup_ticks: u32,
+    /// Wandering NPCs per room (they make deltas non-trivial).
+    #[arg(long, env = "GAME_NPCS_PER_ROOM", default_value_t = 8)]
+    pub npcs_per_room: u32,
+    /// Most members per room.
+    #[arg(long, env = "GAME_MAX_ROOM_MEMBERS", default_value_t = 200)]
+    pub max_room_members: usize,
+    /// How long a disconnected player stays in its room, resumable by reconnecting.
+    #[arg(long, env = "GAME_RECONNECT_GRACE_MS", default_value_t = 10_000)]
+    pub reconnect_grace_ms: u64,
+
+    /// Largest accepted WebSocket message (and frame), bytes.
+    #[arg(long, env = "GAME_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+    /// Sustained client messages per second per connection.
+    #[arg(long, env = "GAME_MSG_RATE", default_value_t = 60)]
+    pub msg_rate: u32,
+    /// Burst allowance on top of --msg-rate.
+    #[arg(long, env = "GAME_MSG_BURST", default_value_t = 120)]
+    pub msg_burst: u32,
+    /// Idle time after which the server pings a session.
+    #[arg(long, env = "GAME_HEARTBEAT_INTERVAL_MS", default_value_t = 5_000)]
+    pub heartbeat_interval_ms: u64,
+    /// Idle time after which a silent session is kicked.
+    #[arg(long, env = "GAME_HEARTBEAT_TIMEOUT_MS", default_value_t = 15_000)]
+    pub heartbeat_timeout_ms: u64,
+    /// Frames queued towards one client before it counts as a slow consumer.
+    #[arg(long, env = "GAME_OUTBOUND_QUEUE", default_value_t = 128)]
+    pub outbound_queue: usize,
+
+    /// Write-behind interval of the player store (the crash-loss window, see README).
+    #[arg(long, env = "GAME_FLUSH_INTERVAL_MS", default_value_t = 1_000)]
+    pub flush_interval_ms: u64,
+
+    /// Worker pool: minimum (pre-warmed) OS worker threads.
+    #[arg(long, env = "GAME_POOL_MIN_WORKERS", default_value_t = 2)]
+    pub pool_min_workers: usize,
+    /// Worker pool: maximum OS worker threads.
+    #[arg(long, env = "GAME_POOL_MAX_WORKERS", default_value_t = 8)]
+    pub pool_max_workers: usize,
+    /// Worker pool: bounded queue capacity.
+    #[arg(long, env = "GAME_POOL_QUEUE", default_value_t = 1024)]
+    pub pool_queue: usize,
+
+    /// Scheduled full-sync batch job period in seconds (0 = only on demand via /admin/batch).
+    #[arg(long, env = "GAME_BATCH_EVERY_SECS", default_value_t = 0)]
+    pub batch_every_secs: u64,
+    /// Tasks submitted by each scheduled full sync.
+    #[arg(long, env = "GAME_BATCH_TASKS", default_value_t = 500)]
+    pub batch_tasks: u32,
+
+    /// How long shutdown waits for sessions to close and the store to flush.
+    #[arg(long, env = "GAME_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Config {
+    pub fn tick_dt(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.tick_hz.max(1) as f64)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms.max(self.heartbeat_interval_ms))
+    }
+    pub fn reconnect_grace(&self) -> Duration {
+        Duration::from_millis(self.reconnect_grace_ms)
+    }
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms.max(10))
+    }
+}

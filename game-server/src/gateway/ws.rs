@@ -1,0 +1,120 @@
+//! WebSocket upgrade: origin allowlist, session token, encoding negotiation, limits.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tracing::{Instrument, info_span};
+
+use super::ConnAddrs;
+use crate::protocol::Encoding;
+use crate::server::App;
+use crate::session::{self, SessionParams};
+use crate::token;
+
+#[derive(Deserialize, Default)]
+pub struct WsQuery {
+    token: Option<String>,
+    encoding: Option<String>,
+}
+
+fn reject(app: &App, status: StatusCode, reason: &'static str) -> Response {
+    app.metrics
+        .handshake_rejected_total
+        .with_label_values(&[reason])
+        .inc();
+    tracing::info!(reason, "websocket upgrade rejected");
+    (status, reason).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// Pick the encoding: the client's first supported subprotocol, else `?encoding=`, else JSON.
+fn negotiate(ws: &WebSocketUpgrade, q: &WsQuery) -> Result<(Encoding, Option<HeaderValue>), ()> {
+    for p in ws.requested_protocols() {
+        if let Some(e) = p.to_str().ok().and_then(Encoding::from_subprotocol) {
+            return Ok((e, Some(p.clone())));
+        }
+    }
+    match q.encoding.as_deref() {
+        None => Ok((Encoding::Json, None)),
+        Some(s) => Encoding::parse(s).map(|e| (e, None)).ok_or(()),
+    }
+}
+
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(addrs): ConnectInfo<ConnAddrs>,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    mut ws: WebSocketUpgrade,
+) -> Response {
+    if app.shutdown.is_cancelled() {
+        return reject(&app, StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+    }
+    // Browsers always send Origin; it must be on the allowlist. Non-browser clients
+    // (no Origin) cannot be driven by a hostile page, and still need a valid token.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| app.cfg.allowed_origins.iter().any(|a| a == o));
+        if !ok {
+            return reject(&app, StatusCode::FORBIDDEN, "origin");
+        }
+    }
+    let Some(tok) = q.token.as_deref().or_else(|| bearer(&headers)) else {
+        return reject(&app, StatusCode::UNAUTHORIZED, "token_missing");
+    };
+    let player = match token::verify(&app.secret, tok) {
+        Ok(p) => p,
+        Err(_) => return reject(&app, StatusCode::UNAUTHORIZED, "token_invalid"),
+    };
+    let Ok((encoding, proto)) = negotiate(&ws, &q) else {
+        return reject(&app, StatusCode::BAD_REQUEST, "encoding");
+    };
+    if let Some(p) = proto {
+        ws.set_selected_protocol(p);
+    }
+    let session_id = app.new_session_id();
+    let sid = format!("{session_id:016x}");
+    // Short span covering the handshake: the agent learns the 4-tuple while the session lives.
+    let accept = info_span!("ws.accept", "otel.kind" = "server",
+        "network.peer.address" = %addrs.peer.ip(), "network.peer.port" = addrs.peer.port(),
+        "network.local.address" = %addrs.local.ip(), "network.local.port" = addrs.local.port(),
+        "network.transport" = "tcp", "network.protocol.name" = "websocket",
+        "session.id" = %sid, "player.id" = %player, "game.encoding" = encoding.as_str());
+    let session = info_span!(parent: None, "ws.session", "otel.kind" = "server",
+        "network.peer.address" = %addrs.peer.ip(), "network.peer.port" = addrs.peer.port(),
+        "network.local.address" = %addrs.local.ip(), "network.local.port" = addrs.local.port(),
+        "network.transport" = "tcp", "network.protocol.name" = "websocket",
+        "session.id" = %sid, "player.id" = %player, "game.encoding" = encoding.as_str(),
+        "ws.close.code" = tracing::field::Empty, "ws.close.reason" = tracing::field::Empty);
+    session.follows_from(&accept);
+    let max = app.cfg.max_message_bytes;
+    let tracker = app.sessions.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // The failure callback lives as long as the session task, so it must not hold the span.
+        .on_failed_upgrade(
+            move |e| tracing::info!(session.id = %sid, "websocket upgrade failed: {e}"),
+        )
+        .on_upgrade(move |socket| {
+            // Handshake done: end ws.accept now.
+            drop(accept);
+            let params = SessionParams {
+                session_id,
+                player,
+                encoding,
+            };
+            tracker.track_future(session::run(socket, app, params).instrument(session))
+        })
+}

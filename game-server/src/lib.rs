@@ -1,0 +1,15 @@
+//! kernelsight's game server: the workload the kernel agent watches.
+//! See ARCHITECTURE.md ("The game server") and PROTOCOL.md.
+
+pub mod background;
+pub mod batch;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod persistence;
+pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+pub mod token;

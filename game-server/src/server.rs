@@ -1,0 +1,152 @@
+//! Wiring: shared state, startup, and an orderly shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::background::{Background, PoolSizing};
+use crate::config::Config;
+use crate::gateway::{self, ConnAddrs, NoDelayListener};
+use crate::metrics::Metrics;
+use crate::persistence::Persistence;
+use crate::room::Rooms;
+
+pub struct App {
+    pub cfg: Config,
+    pub metrics: Arc<Metrics>,
+    pub rooms: Rooms,
+    pub persistence: Arc<Persistence>,
+    pub bg: Background,
+    pub secret: Vec<u8>,
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+    session_seq: AtomicU64,
+    session_base: u64,
+}
+
+impl App {
+    /// Unique, unguessable-enough session id (random base + counter).
+    pub fn new_session_id(&self) -> u64 {
+        let n = self.session_seq.fetch_add(1, Ordering::Relaxed);
+        self.session_base ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("getrandom");
+    u64::from_le_bytes(b)
+}
+
+/// Resolve the token secret: required in production, random in dev mode.
+fn token_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
+    match &cfg.token_secret {
+        Some(s) if s.len() >= 16 => Ok(s.as_bytes().to_vec()),
+        Some(_) => anyhow::bail!("--token-secret must be at least 16 bytes"),
+        None if cfg.dev => {
+            let mut b = vec![0u8; 32];
+            getrandom::fill(&mut b)?;
+            tracing::warn!("dev mode: using a random token secret (tokens die with the process)");
+            Ok(b)
+        }
+        None => anyhow::bail!("--token-secret (GAME_TOKEN_SECRET) is required unless --dev"),
+    }
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = token.cancelled() => {}
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let secret = token_secret(&cfg)?;
+    let metrics = Arc::new(Metrics::new());
+    let bg = Background::new(
+        PoolSizing {
+            min_workers: cfg.pool_min_workers,
+            max_workers: cfg.pool_max_workers,
+            queue_capacity: cfg.pool_queue,
+        },
+        &metrics.registry,
+    )?;
+    let persistence = Persistence::open(&cfg.data_dir, bg.clone(), metrics.clone())?;
+    let shutdown = CancellationToken::new();
+    let rooms = Rooms::new(
+        cfg.clone(),
+        metrics.clone(),
+        persistence.clone(),
+        shutdown.clone(),
+    );
+    let app = Arc::new(App {
+        cfg: cfg.clone(),
+        metrics,
+        rooms,
+        persistence: persistence.clone(),
+        bg: bg.clone(),
+        secret,
+        shutdown: shutdown.clone(),
+        sessions: TaskTracker::new(),
+        session_seq: AtomicU64::new(1),
+        session_base: random_u64(),
+    });
+
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let listener = NoDelayListener(listener);
+    // Tests and tools read this line to learn the bound port.
+    println!("game-server listening on {addr}");
+    tracing::info!(%addr, dev = cfg.dev, "listening");
+
+    let flush_stop = CancellationToken::new();
+    let flusher = persistence.spawn_flusher(cfg.flush_interval(), flush_stop.clone());
+    crate::batch::spawn_schedule(
+        app.clone(),
+        Duration::from_secs(cfg.batch_every_secs),
+        cfg.batch_tasks,
+    );
+
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    let router = gateway::router(app.clone());
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<ConnAddrs>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await?;
+
+    // Order matters: sessions send their close frames, rooms stage every player,
+    // then the store is flushed, then the pool drains.
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    app.sessions.close();
+    if tokio::time::timeout(grace, app.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still open after the shutdown grace");
+    }
+    if tokio::time::timeout(grace, app.rooms.wait_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("rooms still running after the shutdown grace");
+    }
+    flush_stop.cancel();
+    let _ = flusher.await;
+    match app.persistence.flush().await {
+        Ok(n) => tracing::info!(records = n, "final flush done"),
+        Err(e) => tracing::error!("final flush failed: {e:#}"),
+    }
+    bg.shutdown(grace).await;
+    Ok(())
+}

@@ -1,0 +1,510 @@
+//! One task per WebSocket connection: reads client messages, writes the room's
+//! frames from a bounded queue, keeps a single heartbeat deadline, and closes with
+//! a clear code and reason.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use prometheus::IntCounter;
+use tokio::sync::{Notify, mpsc};
+use tracing::{Instrument, Span, info_span};
+
+use crate::protocol::{ClientMsg, Encoding, ProtocolError, ServerMsg, close};
+use crate::room::{JoinError, Member, RoomHandle};
+use crate::server::App;
+use crate::token::valid_player_id;
+
+/// Set once by whoever decides a session must go (room, duplicate login, ...).
+#[derive(Default)]
+pub struct KickSignal {
+    reason: OnceLock<(u16, &'static str)>,
+    notify: Notify,
+}
+
+impl KickSignal {
+    pub fn kick(&self, code: u16, reason: &'static str) {
+        if self.reason.set((code, reason)).is_ok() {
+            // notify_one stores a permit if the session is not waiting right now.
+            self.notify.notify_one();
+        }
+    }
+
+    pub async fn wait(&self) -> (u16, &'static str) {
+        loop {
+            if let Some(r) = self.reason.get() {
+                return *r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Why a session ended: a close code we send (if any) and a reason for logs/metrics.
+struct Ending {
+    code: Option<u16>,
+    reason: &'static str,
+    /// Server-initiated for cause (counted in game_kicks_total).
+    kick: bool,
+}
+
+impl Ending {
+    fn kick(code: u16, reason: &'static str) -> Self {
+        Self {
+            code: Some(code),
+            reason,
+            kick: true,
+        }
+    }
+    fn quiet(reason: &'static str) -> Self {
+        Self {
+            code: None,
+            reason,
+            kick: false,
+        }
+    }
+}
+
+enum WriteErr {
+    Kicked,
+    Timeout,
+    Io,
+}
+
+struct Conn {
+    sink: SplitSink<WebSocket, Message>,
+    enc: Encoding,
+    kick: Arc<KickSignal>,
+    write_timeout: Duration,
+    sent: IntCounter,
+    sent_bytes: IntCounter,
+    batch: Vec<Message>,
+}
+
+impl Conn {
+    fn frame(&self, data: Bytes) -> Message {
+        match self.enc {
+            Encoding::Binary => Message::Binary(data),
+            // Our own encoder produced it, so this validation cannot fail.
+            Encoding::Json => Message::Text(
+                Utf8Bytes::try_from(data).unwrap_or_else(|_| Utf8Bytes::from_static("{}")),
+            ),
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        self.sent.inc();
+        self.sent_bytes.inc_by(data.len() as u64);
+        let m = self.frame(data);
+        self.batch.push(m);
+    }
+
+    /// Write the queued batch with one flush; give up if kicked or the peer stalls.
+    async fn flush(&mut self) -> Result<(), WriteErr> {
+        let kick = self.kick.clone();
+        let sink = &mut self.sink;
+        let batch = &mut self.batch;
+        let write = async move {
+            for m in batch.drain(..) {
+                sink.feed(m).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            r = tokio::time::timeout(self.write_timeout, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(WriteErr::Io),
+                Err(_) => Err(WriteErr::Timeout),
+            },
+            _ = kick.wait() => Err(WriteErr::Kicked),
+        }
+    }
+}
+
+/// Token bucket: `rate` per second, up to `burst` at once.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = burst.max(1) as f64;
+        Self {
+            tokens: burst,
+            rate: rate.max(1) as f64,
+            burst,
+            last: Instant::now(),
+        }
+    }
+    fn allow(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + (now - self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn classify_read_error(e: axum::Error) -> Ending {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) => match *e {
+            WsError::Capacity(_) => Ending::kick(close::TOO_BIG, "message_too_big"),
+            WsError::Protocol(_) => Ending::kick(1002, "protocol_error"),
+            WsError::Utf8(_) => Ending::kick(close::INVALID_PAYLOAD, "invalid_utf8"),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::quiet("closed"),
+            _ => Ending::quiet("io_error"),
+        },
+        Err(_) => Ending::quiet("io_error"),
+    }
+}
+
+pub struct SessionParams {
+    pub session_id: u64,
+    pub player: String,
+    pub encoding: Encoding,
+}
+
+pub async fn run(ws: WebSocket, app: Arc<App>, p: SessionParams) {
+    let m = &app.metrics;
+    m.sessions_active.inc();
+    m.sessions_total.inc();
+    let ending = Session::new(ws, app.clone(), p).run().await;
+    app.metrics.sessions_active.dec();
+    if ending.kick {
+        app.metrics
+            .kicks_total
+            .with_label_values(&[ending.reason])
+            .inc();
+    }
+    let span = Span::current();
+    span.record("ws.close.reason", ending.reason);
+    if let Some(c) = ending.code {
+        span.record("ws.close.code", c);
+    }
+    tracing::info!(reason = ending.reason, code = ending.code, "session closed");
+}
+
+struct Session {
+    app: Arc<App>,
+    sid: u64,
+    player: String,
+    enc: Encoding,
+    conn: Conn,
+    stream: SplitStream<WebSocket>,
+    rx: mpsc::Receiver<Bytes>,
+    member: Member,
+    room: Option<RoomHandle>,
+    scratch: BytesMut,
+    received: IntCounter,
+    received_bytes: IntCounter,
+}
+
+impl Session {
+    fn new(ws: WebSocket, app: Arc<App>, p: SessionParams) -> Self {
+        let (sink, stream) = ws.split();
+        let (tx, rx) = mpsc::channel(app.cfg.outbound_queue.max(1));
+        let kick = Arc::new(KickSignal::default());
+        let enc = p.encoding;
+        let m = &app.metrics;
+        Self {
+            conn: Conn {
+                sink,
+                enc,
+                kick: kick.clone(),
+                write_timeout: app.cfg.heartbeat_timeout(),
+                sent: m.messages_sent_total.with_label_values(&[enc.as_str()]),
+                sent_bytes: m.sent_bytes_total.clone(),
+                batch: Vec::with_capacity(32),
+            },
+            received: m.messages_received_total.with_label_values(&[enc.as_str()]),
+            received_bytes: m.received_bytes_total.clone(),
+            member: Member {
+                session_id: p.session_id,
+                encoding: enc,
+                tx,
+                kick,
+            },
+            stream,
+            rx,
+            room: None,
+            scratch: BytesMut::with_capacity(256),
+            sid: p.session_id,
+            player: p.player,
+            enc,
+            app,
+        }
+    }
+
+    fn encode(&mut self, msg: &ServerMsg) -> Bytes {
+        self.enc.encode_server(msg, &mut self.scratch);
+        self.scratch.split().freeze()
+    }
+
+    async fn send_now(&mut self, msg: &ServerMsg) -> Result<(), WriteErr> {
+        let b = self.encode(msg);
+        self.conn.push(b);
+        self.conn.flush().await
+    }
+
+    async fn run(mut self) -> Ending {
+        let cfg = self.app.cfg.clone();
+        let ping_after = cfg.heartbeat_interval();
+        let kick_after = cfg.heartbeat_timeout();
+        let welcome = ServerMsg::Welcome {
+            session: format!("{:016x}", self.sid),
+            player: self.player.clone(),
+            tick_hz: cfg.tick_hz,
+            heartbeat_ms: cfg.heartbeat_interval_ms as u32,
+        };
+        let mut ending = match self.send_now(&welcome).await {
+            Ok(()) => {
+                self.main_loop(ping_after, kick_after, cfg.msg_rate, cfg.msg_burst)
+                    .await
+            }
+            Err(e) => self.write_ending(e),
+        };
+        // Leaving the room: an explicit leave already happened; otherwise keep the
+        // player for the reconnect grace.
+        if let Some(room) = self.room.take() {
+            room.disconnected(&self.player, self.sid);
+        }
+        if let Some(code) = ending.code
+            && !self.close(code, ending.reason).await
+        {
+            ending.reason = if ending.kick {
+                ending.reason
+            } else {
+                "close_failed"
+            };
+        }
+        ending
+    }
+
+    fn write_ending(&self, e: WriteErr) -> Ending {
+        match e {
+            WriteErr::Kicked => {
+                let (c, r) = self
+                    .member
+                    .kick
+                    .reason
+                    .get()
+                    .copied()
+                    .unwrap_or((close::POLICY, "kicked"));
+                Ending::kick(c, r)
+            }
+            // A peer that stops reading until our write times out is a slow consumer too.
+            WriteErr::Timeout => Ending::kick(close::SLOW_CONSUMER, "slow_consumer"),
+            WriteErr::Io => Ending::quiet("io_error"),
+        }
+    }
+
+    async fn main_loop(
+        &mut self,
+        ping_after: Duration,
+        kick_after: Duration,
+        rate: u32,
+        burst: u32,
+    ) -> Ending {
+        // One timer per session for the whole heartbeat; messages only bump `last_seen`
+        // and the timer is moved lazily when it fires (no timer per message).
+        let heartbeat = tokio::time::sleep(ping_after);
+        tokio::pin!(heartbeat);
+        let mut last_seen = Instant::now();
+        let mut last_ping = Instant::now();
+        let mut ping_id: u32 = 0;
+        let mut limit = RateLimit::new(rate, burst);
+        let shutdown = self.app.shutdown.clone();
+        let kick = self.member.kick.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ending { code: Some(close::GOING_AWAY), reason: "server_shutdown", kick: false },
+                (code, reason) = kick.wait() => return Ending::kick(code, reason),
+                _ = &mut heartbeat => {
+                    let now = Instant::now();
+                    let idle = now - last_seen;
+                    if idle >= kick_after {
+                        return Ending::kick(close::HEARTBEAT_TIMEOUT, "heartbeat_timeout");
+                    }
+                    if idle >= ping_after && now - last_ping >= ping_after {
+                        last_ping = now;
+                        ping_id = ping_id.wrapping_add(1);
+                        let ts = crate::protocol::unix_micros();
+                        // Both: WebSocket ping for libraries that answer it, app ping for clients behind proxies.
+                        self.conn.batch.push(Message::Ping(Bytes::copy_from_slice(&ts.to_le_bytes())));
+                        let b = self.encode(&ServerMsg::Ping { id: ping_id, ts });
+                        self.conn.push(b);
+                        if let Err(e) = self.conn.flush().await {
+                            return self.write_ending(e);
+                        }
+                    }
+                    let next = if idle >= ping_after {
+                        (last_seen + kick_after).min(now + ping_after)
+                    } else {
+                        last_seen + ping_after
+                    };
+                    heartbeat.as_mut().reset(next.into());
+                }
+                frame = self.rx.recv() => {
+                    let Some(frame) = frame else { continue };
+                    self.conn.push(frame);
+                    // Drain what is already queued and write it with one flush.
+                    while self.conn.batch.len() < 64 {
+                        match self.rx.try_recv() {
+                            Ok(f) => self.conn.push(f),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.conn.flush().await {
+                        return self.write_ending(e);
+                    }
+                }
+                msg = self.stream.next() => {
+                    let msg = match msg {
+                        None => return Ending::quiet("peer_gone"),
+                        Some(Err(e)) => return classify_read_error(e),
+                        Some(Ok(m)) => m,
+                    };
+                    let now = Instant::now();
+                    last_seen = now;
+                    let data = match (msg, self.enc) {
+                        (Message::Text(t), Encoding::Json) => Bytes::from(t),
+                        (Message::Binary(b), Encoding::Binary) => b,
+                        (Message::Text(_) | Message::Binary(_), _) => {
+                            return Ending::kick(close::INVALID_PAYLOAD, "wrong_frame_type");
+                        }
+                        (Message::Close(_), _) => return Ending::quiet("client_close"),
+                        // tungstenite answers pings itself; a pong only proves liveness.
+                        (Message::Ping(_) | Message::Pong(_), _) => continue,
+                    };
+                    if !limit.allow(now) {
+                        return Ending::kick(close::RATE_LIMITED, "rate_limited");
+                    }
+                    self.received.inc();
+                    self.received_bytes.inc_by(data.len() as u64);
+                    let msg = match self.enc.decode_client(&data) {
+                        Ok(m) => m,
+                        Err(ProtocolError::Malformed(e)) => {
+                            tracing::debug!("malformed message: {e}");
+                            return Ending::kick(close::INVALID_PAYLOAD, "malformed_message");
+                        }
+                        Err(ProtocolError::WrongFrameType) => return Ending::kick(close::INVALID_PAYLOAD, "wrong_frame_type"),
+                    };
+                    if let Err(e) = self.handle(msg).await {
+                        return self.write_ending(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: ClientMsg) -> Result<(), WriteErr> {
+        match msg {
+            ClientMsg::Input(i) => {
+                if let Some(r) = &self.room
+                    && !r.input(&self.player, self.sid, i)
+                {
+                    self.app.metrics.inputs_dropped_total.inc();
+                }
+                Ok(())
+            }
+            ClientMsg::Ping { id, ts } => self.send_now(&ServerMsg::Pong { id, ts }).await,
+            ClientMsg::Pong { .. } => Ok(()),
+            ClientMsg::Join { room } => self.join(room).await,
+            ClientMsg::Leave => {
+                if let Some(r) = self.room.take() {
+                    let span = info_span!("room.leave", "room.id" = %r.name, "player.id" = %self.player,
+                        "session.id" = %format!("{:016x}", self.sid));
+                    r.leave(&self.player, self.sid).instrument(span).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn join(&mut self, room: String) -> Result<(), WriteErr> {
+        if !valid_player_id(&room) {
+            return self
+                .send_now(&ServerMsg::Error {
+                    code: 400,
+                    msg: "invalid room name".into(),
+                })
+                .await;
+        }
+        if self.room.as_ref().is_some_and(|r| *r.name == *room) {
+            return Ok(());
+        }
+        let span = info_span!("room.join", "room.id" = %room, "player.id" = %self.player,
+            "session.id" = %format!("{:016x}", self.sid), "game.join.resumed" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty);
+        let res = async {
+            if let Some(old) = self.room.take() {
+                old.leave(&self.player, self.sid).await;
+            }
+            let rooms = &self.app.rooms;
+            rooms.release_elsewhere(&self.player, &room).await;
+            let record = self
+                .app
+                .persistence
+                .load(&self.player)
+                .await
+                .map_err(|e| (503u16, format!("player data unavailable: {e}")))?;
+            let (h, ok) = rooms
+                .join(&room, &self.player, self.member.clone(), record)
+                .await
+                .map_err(|e| match e {
+                    JoinError::Full => (409u16, e.to_string()),
+                    JoinError::Closed => (503u16, e.to_string()),
+                })?;
+            Span::current().record("game.join.resumed", ok.resumed);
+            Ok::<_, (u16, String)>(h)
+        }
+        .instrument(span.clone())
+        .await;
+        match res {
+            Ok(h) => {
+                self.room = Some(h);
+                Ok(())
+            }
+            Err((code, msg)) => {
+                span.record("otel.status_code", "ERROR");
+                self.send_now(&ServerMsg::Error { code, msg }).await
+            }
+        }
+    }
+
+    /// Send our close frame and wait briefly for the peer's, so the close frame is
+    /// not lost to a reset. Returns whether the close frame was written.
+    async fn close(&mut self, code: u16, reason: &'static str) -> bool {
+        self.conn.batch.clear();
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let wrote = matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.conn.sink.send(frame)).await,
+            Ok(Ok(()))
+        );
+        if wrote {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(m)) = self.stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        wrote
+    }
+}
