@@ -22,7 +22,6 @@ use crate::metrics::KindMetrics;
 
 pub(crate) const QUEUED: u8 = 0;
 pub(crate) const RUNNING: u8 = 1;
-pub(crate) const FINISHED: u8 = 2;
 pub(crate) const QUEUE_TIMEOUT: u8 = 3;
 pub(crate) const CANCELLED: u8 = 4;
 pub(crate) const TIMED_OUT: u8 = 5;
@@ -135,16 +134,26 @@ impl JobShared {
     }
 }
 
-/// How the user's future ended, as far as the pool needs to know (the value went to the handle).
+/// How the user's future ended, as far as the pool needs to know (the value waits in the run).
 pub(crate) enum Finish {
     Ok,
     Error(String),
     Panicked(String),
 }
 
-pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = Finish>>>;
-/// Builds the task's future on the worker thread; the future itself need not be `Send`.
-pub(crate) type StartFn = Box<dyn FnOnce(crate::TaskContext) -> LocalFuture + Send>;
+/// A started task, type-erased. Polling it drives the user's future to a [`Finish`]; the value
+/// (or error) is held back until [`Run::deliver`], so the worker can close the span and count
+/// the outcome first: whoever awaits the handle then sees metrics that already include the task.
+pub(crate) trait Run: Future<Output = Finish> {
+    /// Sends the held result to the handle.
+    fn deliver(self: Pin<&mut Self>);
+    /// Drops the user's future (timeout, cancellation) but keeps the result sender, so the
+    /// handle is not woken until the worker has recorded why.
+    fn abandon(self: Pin<&mut Self>);
+}
+
+/// Builds the task's run on the worker thread; the run itself need not be `Send`.
+pub(crate) type StartFn = Box<dyn FnOnce(crate::TaskContext) -> Pin<Box<dyn Run>> + Send>;
 
 pub(crate) struct Job {
     pub(crate) shared: Arc<JobShared>,
@@ -153,9 +162,21 @@ pub(crate) struct Job {
     pub(crate) parent: tracing::Span,
 }
 
-/// Erases the task's types. The user's code (building and polling its future) runs inside
-/// `CatchUnwind` while the result sender stays outside it, so a panic is reported through the
-/// channel rather than by the sender vanishing mid-unwind.
+type UserFuture<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>>>>;
+
+struct TypedRun<T> {
+    /// `None` once finished or abandoned.
+    user: Option<UserFuture<T>>,
+    tx: Option<oneshot::Sender<Result<T, TaskError>>>,
+    result: Option<Result<T, TaskError>>,
+}
+
+// Nothing is ever pinned through a `TypedRun`: the user future is pinned in its own box and the
+// result is moved out by value. So `T: !Unpin` need not make the run `!Unpin`.
+impl<T> Unpin for TypedRun<T> {}
+
+/// Erases the task's types. The user's closure is called lazily inside the first poll, so a
+/// panic in it is caught like a panic in the future.
 pub(crate) fn erase<T, F, Fut>(task: F, tx: oneshot::Sender<Result<T, TaskError>>) -> StartFn
 where
     F: FnOnce(crate::TaskContext) -> Fut + Send + 'static,
@@ -163,45 +184,56 @@ where
     T: Send + 'static,
 {
     Box::new(move |ctx| {
-        Box::pin(async move {
-            match (CatchUnwind {
-                inner: Box::pin(async move { task(ctx).await }),
-            })
-            .await
-            {
-                Ok(Ok(v)) => {
-                    let _ = tx.send(Ok(v));
-                    Finish::Ok
-                }
-                Ok(Err(e)) => {
-                    let msg = format!("{e:#}");
-                    let _ = tx.send(Err(TaskError::Failed(e)));
-                    Finish::Error(msg)
-                }
-                Err(msg) => {
-                    let _ = tx.send(Err(TaskError::Panicked(msg.clone())));
-                    Finish::Panicked(msg)
-                }
-            }
+        Box::pin(TypedRun {
+            user: Some(Box::pin(async move { task(ctx).await })),
+            tx: Some(tx),
+            result: None,
         })
     })
 }
 
-/// Polls a future, turning a panic into `Err(message)`.
-struct CatchUnwind<F> {
-    inner: Pin<Box<F>>,
+impl<T> Future for TypedRun<T> {
+    type Output = Finish;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish> {
+        let this = self.get_mut();
+        let Some(user) = this.user.as_mut() else {
+            return Poll::Ready(Finish::Error("task polled after it ended".to_string()));
+        };
+        // The user future is never polled again after a panic, so broken state cannot be observed.
+        let out = match catch_unwind(AssertUnwindSafe(|| user.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(r)) => Ok(r),
+            Err(payload) => Err(panic_message(payload.as_ref())),
+        };
+        drop_contained(this.user.take());
+        let (finish, result) = match out {
+            Ok(Ok(v)) => (Finish::Ok, Ok(v)),
+            Ok(Err(e)) => (Finish::Error(format!("{e:#}")), Err(TaskError::Failed(e))),
+            Err(msg) => (Finish::Panicked(msg.clone()), Err(TaskError::Panicked(msg))),
+        };
+        this.result = Some(result);
+        Poll::Ready(finish)
+    }
 }
 
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The future is never polled again after a panic, so observing broken state is impossible.
-        match catch_unwind(AssertUnwindSafe(|| self.inner.as_mut().poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+impl<T> Run for TypedRun<T> {
+    fn deliver(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        if let (Some(tx), Some(result)) = (this.tx.take(), this.result.take()) {
+            let _ = tx.send(result);
         }
+    }
+
+    fn abandon(self: Pin<&mut Self>) {
+        drop_contained(self.get_mut().user.take());
+    }
+}
+
+/// Drops user state; its `Drop` impls are user code and may panic too.
+fn drop_contained<T>(value: T) {
+    if catch_unwind(AssertUnwindSafe(move || drop(value))).is_err() {
+        tracing::warn!("pool task panicked while being dropped");
     }
 }
 

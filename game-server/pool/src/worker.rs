@@ -1,7 +1,7 @@
 //! Worker threads: each owns a current-thread tokio runtime and runs one task at a time to
 //! completion, so a task's span can name the one Linux thread it ran on.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use tracing::field::Empty;
 
 use crate::breaker::Admission;
 use crate::context::{TaskContext, WorkerInfo};
-use crate::job::{CANCELLED, FINISHED, Finish, Job, JobShared, RUNNING, StartFn, TIMED_OUT};
+use crate::job::{CANCELLED, Finish, Job, JobShared, RUNNING, Run, TIMED_OUT};
 use crate::metrics::Outcome;
 use crate::queue::Pop;
 use crate::shared::Shared;
@@ -105,16 +105,16 @@ fn run_job(shared: &Arc<Shared>, info: &Arc<WorkerInfo>, rt: &Runtime, job: Job)
         otel.status_message = Empty,
     );
     let started = Instant::now();
+    let mut run = (job.start)(TaskContext::new(js.clone(), info.clone()));
     let ended = {
         let _entered = span.enter();
-        let ctx = TaskContext::new(js.clone(), info.clone());
-        rt.block_on(guarded(job.start, ctx, &js))
+        rt.block_on(guarded(run.as_mut(), &js))
     };
     js.metrics.run.observe(started.elapsed().as_secs_f64());
 
-    let (outcome, failure) = match ended {
+    let (outcome, failure) = match &ended {
         Ended::Finished(Finish::Ok) => (Outcome::Ok, None),
-        Ended::Finished(Finish::Error(m)) => (Outcome::Error, Some(m)),
+        Ended::Finished(Finish::Error(m)) => (Outcome::Error, Some(m.clone())),
         Ended::Finished(Finish::Panicked(m)) => (Outcome::Panicked, Some(format!("panicked: {m}"))),
         Ended::TimedOut => (
             Outcome::Timeout,
@@ -130,6 +130,7 @@ fn run_job(shared: &Arc<Shared>, info: &Arc<WorkerInfo>, rt: &Runtime, job: Job)
     }
     drop(span);
 
+    // Account before the handle can see the result, so an awaiting caller reads up-to-date stats.
     shared.record(&js.metrics, outcome);
     if let Admission::Probe(epoch) = js.admission {
         shared
@@ -137,27 +138,26 @@ fn run_job(shared: &Arc<Shared>, info: &Arc<WorkerInfo>, rt: &Runtime, job: Job)
             .probe_finished(epoch, outcome != Outcome::Timeout, Instant::now());
     }
     shared.busy.fetch_sub(1, Ordering::Relaxed);
+    match ended {
+        Ended::Finished(_) => run.as_mut().deliver(),
+        // The handle reads the reason from the state once the sender (inside `run`) is dropped.
+        Ended::Cancelled => js.set_ended(CANCELLED),
+        Ended::TimedOut => js.set_ended(TIMED_OUT),
+    }
+    drop(run);
 }
 
-/// Runs the task until it finishes, is cancelled, or reaches its deadline.
-async fn guarded(start: StartFn, ctx: TaskContext, js: &JobShared) -> Ended {
-    // `start` only boxes the user's closure into a future; user code runs inside it, under CatchUnwind.
-    let mut fut = start(ctx);
+/// Runs the task until it finishes, is cancelled, or reaches its deadline. Runs inside the
+/// worker's runtime, so an abandoned future's `Drop` impls still find their runtime.
+async fn guarded(mut run: Pin<&mut dyn Run>, js: &JobShared) -> Ended {
     let ended = tokio::select! {
         biased;
-        finish = &mut fut => Ended::Finished(finish),
+        finish = &mut run => Ended::Finished(finish),
         _ = js.cancelled() => Ended::Cancelled,
         _ = tokio::time::sleep_until(js.deadline.into()) => Ended::TimedOut,
     };
-    js.set_ended(match ended {
-        Ended::Finished(_) => FINISHED,
-        Ended::Cancelled => CANCELLED,
-        Ended::TimedOut => TIMED_OUT,
-    });
-    // Dropping the future drops the result sender; the state above tells the handle why. The
-    // user's Drop impls run here, so contain a panic from them too.
-    if catch_unwind(AssertUnwindSafe(move || drop(fut))).is_err() {
-        tracing::warn!(kind = js.kind, "pool task panicked while being dropped");
+    if !matches!(ended, Ended::Finished(_)) {
+        run.as_mut().abandon();
     }
     ended
 }
