@@ -171,8 +171,9 @@ impl Shared {
 
     /// Cancels running tasks and every queued job.
     pub(crate) fn cancel_all(&self) {
-        self.pool_cancel.fire();
+        // Queue first, so a worker freed by the cancellation finds nothing left to start.
         self.cancel_queued();
+        self.pool_cancel.fire();
     }
 
     pub(crate) fn cancel_queued(&self) {

@@ -81,9 +81,11 @@ enum Ended {
 fn run_job(shared: &Arc<Shared>, info: &Arc<WorkerInfo>, rt: &Runtime, job: Job) {
     let now = Instant::now();
     let js = job.shared.clone();
-    // An expired job is a queue timeout even if the sweeper has not reached it yet.
-    if js.deadline <= now || !js.leave_queue(RUNNING) {
-        shared.finish_unstarted(job, now, false);
+    // An expired job is a queue timeout even if the sweeper has not reached it yet; after a
+    // forced shutdown nothing new starts.
+    let cancelled = shared.pool_cancel.is_fired();
+    if js.deadline <= now || cancelled || !js.leave_queue(RUNNING) {
+        shared.finish_unstarted(job, now, cancelled);
         return;
     }
     let wait = now.saturating_duration_since(js.submitted);
