@@ -158,8 +158,81 @@ impl SockTpLayout {
     };
 }
 
+/// Offsets in `struct task_struct`, read from the kernel's BTF at load time (CO-RE by hand: the
+/// object carries no compiled-in kernel layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskLayout {
+    pub pid: u32,
+    pub tgid: u32,
+    /// `__state` (5.14+) or `state`; `state_size` says how many bytes to read (4 or 8).
+    pub state: u32,
+    pub state_size: u32,
+    pub comm: u32,
+    pub _pad: u32,
+}
+
+impl TaskLayout {
+    pub const EMPTY: Self = Self { pid: 0, tgid: 0, state: 0, state_size: 0, comm: 0, _pad: 0 };
+}
+
+/// Run-queue settings the agent may change while running (one entry in `RUNQ_CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RunqConfig {
+    /// Watch every task instead of the tgids in `RUNQ_WATCH`.
+    pub watch_all: u32,
+    pub _pad: u32,
+    /// Delays at or above this go to the event ring (runqslower-style); below, only the
+    /// histograms and per-thread totals see them.
+    pub event_threshold_ns: u64,
+}
+
+/// Log2 histogram slots: slot `i` holds delays in [2^i, 2^(i+1)) microseconds (slot 0: < 2 µs),
+/// the same buckets as libbpf-tools' runqlat so the two compare slot by slot.
+pub const RUNQ_SLOTS: u32 = 27;
+/// `HistKey::slot` under which a process's total delay in nanoseconds accumulates (the
+/// histogram's sum).
+pub const RUNQ_SUM_SLOT: u32 = u32::MAX;
+
+/// Key of the per-process run-queue histogram (`RUNQ_HIST`, per-CPU counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub tgid: u32,
+    pub slot: u32,
+}
+
+/// Cumulative run-queue delay of one thread (`RUNQ_TID`, per-CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunqTotals {
+    pub total_ns: u64,
+    pub count: u64,
+    pub max_ns: u64,
+}
+
+/// A run-queue delay at or above the event threshold, as written to `RUNQ_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RunqEvent {
+    /// `bpf_ktime_get_ns()` when the thread got on the CPU.
+    pub ts_ns: u64,
+    pub delay_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::TaskLayout {}
+    unsafe impl aya::Pod for super::RunqConfig {}
+    unsafe impl aya::Pod for super::HistKey {}
+    unsafe impl aya::Pod for super::RunqTotals {}
+    unsafe impl aya::Pod for super::RunqEvent {}
     // SAFETY: all are repr(C) plain data with explicit padding fields.
     unsafe impl aya::Pod for super::SockOwner {}
     unsafe impl aya::Pod for super::TcpEvent {}

@@ -5,6 +5,7 @@
 
 mod maps;
 mod owner;
+mod runq;
 mod tcp;
 
 #[cfg(not(test))]

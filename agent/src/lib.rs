@@ -1,5 +1,6 @@
 //! kernelsight agent. The data path reads top to bottom:
-//! `probes` (kernel → agent) → `export` (Prometheus, HTTP).
+//! `probes` (kernel → agent) → `attribution` (pid → cgroup/pod) → `export` (Prometheus, HTTP).
+pub mod attribution;
 pub mod config;
 pub mod export;
 pub mod probes;

@@ -1,4 +1,4 @@
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use agent::{
     config::Config,
@@ -6,7 +6,8 @@ use agent::{
         http::{self, AppState},
         metrics::Metrics,
     },
-    probes::{Probes, ring},
+    attribution::CgroupCache,
+    probes::{Probes, events::KernelEvent, ring, watch},
 };
 use clap::Parser as _;
 use tokio::sync::{Mutex, mpsc};
@@ -38,21 +39,41 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut probes = Probes::load(&cfg.probe_config())?;
     let (tx, mut rx) = mpsc::channel(65536);
-    let tcp_ring = probes.take_tcp_ring()?;
-    let ring_stats = metrics.ring.clone();
-    tokio::spawn(async move {
-        if let Err(e) = ring::run_tcp(tcp_ring, tx, ring_stats).await {
-            tracing::error!(error = %e, "tcp ring reader stopped");
-        }
-    });
+    spawn_ring("tcp", probes.take_tcp_ring()?, KernelEvent::decode_tcp, tx.clone(), metrics.ring.clone());
+    spawn_ring("runq", probes.take_runq_ring()?, KernelEvent::decode_runq, tx, metrics.ring.clone());
+    let probes = Arc::new(Mutex::new(probes));
+    tokio::spawn(watch::keep_current(
+        probes.clone(),
+        cfg.selectors(),
+        Duration::from_secs(1),
+        metrics.runq_watched.clone(),
+    ));
     let pipeline_metrics = metrics.clone();
     tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
+        let mut cgroups = CgroupCache::default();
+        while let Some(mut ev) = rx.recv().await {
+            if let KernelEvent::Runq(rec) = &mut ev {
+                rec.cgroup_id = cgroups.get(rec.pid);
+            }
             pipeline_metrics.observe(&ev);
         }
     });
-    let state = Arc::new(AppState { metrics, probes: Some(Arc::new(Mutex::new(probes))) });
+    let state = Arc::new(AppState { metrics, probes: Some(probes) });
     http::serve(cfg.http_addr, state, shutdown_signal()).await
+}
+
+fn spawn_ring(
+    name: &'static str,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    decode: fn(&[u8]) -> Option<KernelEvent>,
+    tx: mpsc::Sender<KernelEvent>,
+    stats: ring::RingStats,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = ring::run(ring, decode, tx, stats).await {
+            tracing::error!(ring = name, error = %e, "ring reader stopped");
+        }
+    });
 }
 
 async fn shutdown_signal() {

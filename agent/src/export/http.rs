@@ -21,13 +21,25 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut extra = Vec::new();
     if let Some(probes) = &st.probes {
-        match probes.lock().await.counters() {
+        let p = probes.lock().await;
+        match p.counters() {
             Ok(now) => st.metrics.sync_kernel(&now),
             Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
         }
+        match p.runq_histograms() {
+            Ok(h) => extra.push(super::metrics::runq_histograms(&h, comm_of)),
+            Err(e) => tracing::warn!(error = %e, "reading run-queue histograms failed"),
+        }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.encode())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.encode(&extra))
+}
+
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "exited".into())
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> impl IntoResponse {

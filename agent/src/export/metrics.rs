@@ -1,11 +1,14 @@
 //! Prometheus metrics. Totals that the kernel keeps losslessly (per-CPU counters) are synced at
 //! scrape time; per-owner detail comes from the event stream, whose losses are exported beside it.
-use std::sync::Mutex;
+use std::{collections::HashMap, sync::Mutex};
 
 use agent_common::{COUNTER_MAX, Counter, TcpEventKind};
-use prometheus::{Encoder as _, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+};
 
-use crate::probes::{events::KernelEvent, ring::RingStats};
+use crate::probes::{RunqHistogram, events::KernelEvent, ring::RingStats};
 
 const NS: &str = "kernelsight";
 
@@ -17,6 +20,8 @@ pub struct Metrics {
     events_lost: IntCounterVec,
     owner_unknown: IntCounter,
     tcp_events_by_owner: IntCounterVec,
+    runq_slow_events: IntCounterVec,
+    pub runq_watched: IntGauge,
     pub ring: RingStats,
     last_kernel: Mutex<[u64; COUNTER_MAX as usize]>,
 }
@@ -49,6 +54,12 @@ impl Metrics {
             events_lost: counter_vec(&r, "ebpf_events_lost_total", "Events the kernel could not put in a full ring buffer.", &["ring"]),
             owner_unknown: counter(&r, "tcp_owner_unknown_total", "TCP events whose socket had no known owning process."),
             tcp_events_by_owner: counter_vec(&r, "tcp_events_by_owner_total", "TCP events by owning process (from the event stream; see ebpf_events_lost_total).", &["event", "comm", "pid"]),
+            runq_slow_events: counter_vec(&r, "runq_slow_events_total", "Run-queue delays at or above the event threshold, by process.", &["comm", "pid"]),
+            runq_watched: {
+                let g = IntGauge::with_opts(Opts::new("runq_watched_processes", "Processes whose run-queue latency is measured.").namespace(NS)).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             ring: RingStats {
                 decoded: counter(&r, "ring_records_total", "Ring-buffer records decoded by the agent."),
                 malformed: counter(&r, "ring_records_malformed_total", "Ring-buffer records the agent could not decode."),
@@ -87,13 +98,59 @@ impl Metrics {
                 };
                 self.tcp_events_by_owner.with_label_values(&[event, comm, &pid]).inc_by(u64::from(rec.segs));
             }
-            KernelEvent::Runq(_) => {}
+            KernelEvent::Runq(rec) => {
+                self.runq_slow_events.with_label_values(&[&rec.comm, &rec.pid.to_string()]).inc();
+            }
         }
     }
 
-    pub fn encode(&self) -> String {
+    pub fn encode(&self, extra: &[MetricFamily]) -> String {
+        let mut families = self.registry.gather();
+        families.extend_from_slice(extra);
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new().encode(&families, &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
+}
+
+/// `kernelsight_runq_latency_seconds`, one histogram per process, straight from the kernel's
+/// log2 slots: slot `i` counts delays in [2^i, 2^(i+1)) µs, so its upper bound is 2^(i+1) µs.
+/// (Prometheus buckets are `le`; a delay of exactly 2^(i+1) µs lands one bucket higher — a
+/// nanosecond-wide edge we accept to keep runqlat's slots.)
+pub fn runq_histograms(hists: &HashMap<u32, RunqHistogram>, comm_of: impl Fn(u32) -> String) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(format!("{NS}_runq_latency_seconds"));
+    family.set_help("Run-queue latency (wakeup or preemption to on-CPU) of watched processes, measured in the kernel.".into());
+    family.set_field_type(MetricType::HISTOGRAM);
+    let mut pids: Vec<_> = hists.keys().copied().collect();
+    pids.sort_unstable();
+    let mut metrics = Vec::new();
+    for pid in pids {
+        let h = &hists[&pid];
+        let mut buckets = Vec::new();
+        let mut cumulative = 0;
+        for (i, n) in h.slots.iter().enumerate() {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound((1u64 << (i + 1)) as f64 * 1e-6);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        let mut hist = Histogram::default();
+        hist.set_sample_count(cumulative);
+        hist.set_sample_sum(h.sum_ns as f64 * 1e-9);
+        hist.set_bucket(buckets);
+        let label = |name: &str, value: String| {
+            let mut l = LabelPair::default();
+            l.set_name(name.into());
+            l.set_value(value);
+            l
+        };
+        let mut m = Metric::default();
+        m.set_label(vec![label("comm", comm_of(pid)), label("pid", pid.to_string())]);
+        m.set_histogram(hist);
+        metrics.push(m);
+    }
+    family.set_metric(metrics);
+    family
 }

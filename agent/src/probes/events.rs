@@ -1,7 +1,7 @@
 //! Decoded kernel events, in the agent's own types.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{AF_INET, AF_INET6, SockOwner, TcpEvent, TcpEventKind};
+use agent_common::{AF_INET, AF_INET6, RunqEvent, SockOwner, TcpEvent, TcpEventKind};
 
 /// The process that owns a socket (or ran a thread), as the kernel saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +91,37 @@ pub struct RunqRecord {
     pub comm: String,
     pub cgroup_id: u64,
     pub cpu: u32,
+}
+
+impl RunqRecord {
+    /// Decodes a `RUNQ_EVENTS` record. The cgroup is not known in the kernel at that point (the
+    /// thread being switched in is not `current`); attribution fills it in.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<RunqEvent>() {
+            return None;
+        }
+        // SAFETY: as in TcpRecord::decode.
+        let ev: RunqEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Some(Self {
+            ts_ns: ev.ts_ns,
+            delay_ns: ev.delay_ns,
+            pid: ev.tgid,
+            tid: ev.tid,
+            comm: comm_str(&ev.comm),
+            cgroup_id: 0,
+            cpu: ev.cpu,
+        })
+    }
+}
+
+impl KernelEvent {
+    pub fn decode_tcp(bytes: &[u8]) -> Option<Self> {
+        TcpRecord::decode(bytes).map(Self::Tcp)
+    }
+
+    pub fn decode_runq(bytes: &[u8]) -> Option<Self> {
+        RunqRecord::decode(bytes).map(Self::Runq)
+    }
 }
 
 #[derive(Clone, Debug)]
