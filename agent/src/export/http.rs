@@ -33,7 +33,10 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
             Err(e) => tracing::warn!(error = %e, "reading run-queue histograms failed"),
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.encode(&extra))
+    match st.metrics.encode(&extra) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response(),
+    }
 }
 
 fn comm_of(pid: u32) -> String {

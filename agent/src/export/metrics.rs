@@ -104,12 +104,14 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self, extra: &[MetricFamily]) -> String {
+    /// The exposition text. `extra` families with no series are left out (an empty family is
+    /// not valid exposition).
+    pub fn encode(&self, extra: &[MetricFamily]) -> Result<String, prometheus::Error> {
         let mut families = self.registry.gather();
-        families.extend_from_slice(extra);
+        families.extend(extra.iter().filter(|f| !f.get_metric().is_empty()).cloned());
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&families, &mut buf).expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
+        TextEncoder::new().encode(&families, &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 }
 
