@@ -1,10 +1,13 @@
 //! Background work (persistence I/O, batch jobs) goes through the managed worker
-//! pool so it never blocks the async runtime that drives sockets and rooms.
-//! This wrapper keeps the call sites independent of the pool's exact API.
+//! pool (`game-pool`): OS-thread workers, so blocking SQLite calls and CPU-heavy
+//! batch tasks never stall the async runtime that drives sockets and rooms, and each
+//! task's span carries the Linux tid the kernel agent joins run-queue delay on.
+//! This thin wrapper keeps call sites to synchronous closures.
 
+use std::future::Future;
 use std::time::Duration;
 
-use tracing::Span;
+use game_pool::{BreakerState, Pool, PoolConfig, TaskContext};
 
 /// What a background task learns about where it runs (for span attributes).
 #[derive(Clone, Debug)]
@@ -15,7 +18,7 @@ pub struct TaskInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BgError {
-    #[error("rejected: {0}")]
+    #[error("rejected by worker pool: {0}")]
     Rejected(&'static str),
     #[error("{0}")]
     Task(String),
@@ -30,15 +33,31 @@ pub struct PoolSizing {
 
 #[derive(Clone)]
 pub struct Background {
-    _sizing: PoolSizing,
+    pool: Pool,
+}
+
+fn info(ctx: &TaskContext) -> TaskInfo {
+    TaskInfo {
+        thread_id: ctx.thread_id() as i64,
+        thread_name: ctx.thread_name().to_string(),
+    }
 }
 
 impl Background {
-    pub fn new(sizing: PoolSizing, _registry: &prometheus::Registry) -> anyhow::Result<Self> {
-        Ok(Self { _sizing: sizing })
+    pub fn new(sizing: PoolSizing, registry: &prometheus::Registry) -> anyhow::Result<Self> {
+        let cfg = PoolConfig {
+            name: "game".to_string(),
+            min_workers: sizing.min_workers,
+            max_workers: sizing.max_workers.max(sizing.min_workers).max(1),
+            queue_capacity: sizing.queue_capacity.max(1),
+            ..PoolConfig::default()
+        };
+        Ok(Self {
+            pool: Pool::new(cfg, registry)?,
+        })
     }
 
-    /// Run `f` on a worker thread, waiting for a queue slot if needed.
+    /// Run `f` on a worker thread, waiting (up to `deadline`) for a queue slot.
     pub async fn run<T, F>(
         &self,
         kind: &'static str,
@@ -49,17 +68,12 @@ impl Background {
         T: Send + 'static,
         F: FnOnce(TaskInfo) -> anyhow::Result<T> + Send + 'static,
     {
-        let parent = Span::current();
-        let h = tokio::task::spawn_blocking(move || {
-            let _g = parent.entered();
-            f(current_info())
-        });
-        match tokio::time::timeout(deadline, h).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(BgError::Task(format!("{kind}: {e:#}"))),
-            Ok(Err(e)) => Err(BgError::Task(format!("{kind}: {e}"))),
-            Err(_) => Err(BgError::Task(format!("{kind}: timeout"))),
-        }
+        let h = self
+            .pool
+            .submit(kind, deadline, move |ctx| async move { f(info(&ctx)) })
+            .await
+            .map_err(|r| BgError::Rejected(r.as_str()))?;
+        h.await.map_err(|e| BgError::Task(format!("{kind}: {e}")))
     }
 
     /// Submit without waiting for queue space; the returned future resolves to the result.
@@ -73,20 +87,19 @@ impl Background {
         T: Send + 'static,
         F: FnOnce(TaskInfo) -> anyhow::Result<T> + Send + 'static,
     {
-        let this = self.clone();
-        Ok(async move { this.run(kind, deadline, f).await })
+        let h = self
+            .pool
+            .try_submit(kind, deadline, move |ctx| async move { f(info(&ctx)) })
+            .map_err(|r| BgError::Rejected(r.as_str()))?;
+        Ok(async move { h.await.map_err(|e| BgError::Task(format!("{kind}: {e}"))) })
     }
 
+    /// False while the pool's circuit breaker is open (readiness).
     pub fn ready(&self) -> bool {
-        true
+        self.pool.stats().breaker != BreakerState::Open
     }
 
-    pub async fn shutdown(&self, _grace: Duration) {}
-}
-
-fn current_info() -> TaskInfo {
-    TaskInfo {
-        thread_id: crate::telemetry::gettid(),
-        thread_name: std::thread::current().name().unwrap_or("").to_string(),
+    pub async fn shutdown(&self, grace: Duration) {
+        self.pool.clone().shutdown(grace).await;
     }
 }

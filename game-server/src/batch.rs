@@ -37,11 +37,12 @@ pub fn full_sync(app: &Arc<App>, tasks: u32, trigger: &'static str) -> Summary {
         rejected: 0,
     };
     let mut handles = Vec::with_capacity(tasks as usize);
+    // Entered while submitting: the pool makes its `pool.task` spans children of it.
+    let entered = job.enter();
     for i in 0..tasks {
         let path = app.persistence.path().to_path_buf();
-        let parent = job.clone();
         let r = app.bg.try_run(FULL_SYNC, Duration::from_secs(30), move |info| {
-            let span = info_span!(parent: &parent, "batch.task", "task.kind" = FULL_SYNC,
+            let span = info_span!("batch.task", "task.kind" = FULL_SYNC,
                 "batch.page" = i as i64, "thread.id" = info.thread_id, "thread.name" = %info.thread_name);
             let _g = span.enter();
             sync_page(&path, i as i64)
@@ -54,6 +55,7 @@ pub fn full_sync(app: &Arc<App>, tasks: u32, trigger: &'static str) -> Summary {
             Err(_) => s.rejected += 1,
         }
     }
+    drop(entered);
     m.with_label_values(&[FULL_SYNC, "submitted"])
         .inc_by(s.submitted as u64);
     m.with_label_values(&[FULL_SYNC, "rejected"])

@@ -129,10 +129,11 @@ impl Persistence {
         let p = player.to_string();
         let span = info_span!("persistence.load", "db.system.name" = "sqlite", "player.id" = %player,
             "thread.id" = tracing::field::Empty);
+        let s2 = span.clone();
         let res = self
             .bg
             .run("persistence.load", Duration::from_secs(5), move |info| {
-                tracing::Span::current().record("thread.id", info.thread_id);
+                s2.record("thread.id", info.thread_id);
                 with_conn(&path, |c| {
                     c.query_row(
                         "SELECT gold, items, x, y FROM players WHERE player = ?1",
@@ -217,10 +218,11 @@ impl Persistence {
         let started = Instant::now();
         let versions: Vec<(String, u64)> =
             batch.iter().map(|(v, r)| (r.player.clone(), *v)).collect();
+        let s2 = span.clone();
         let res = self
             .bg
             .run("persistence.flush", Duration::from_secs(10), move |info| {
-                tracing::Span::current().record("thread.id", info.thread_id);
+                s2.record("thread.id", info.thread_id);
                 with_conn(&path, |c| {
                     let tx = c.transaction()?;
                     {

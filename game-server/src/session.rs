@@ -180,12 +180,6 @@ pub async fn run(ws: WebSocket, app: Arc<App>, p: SessionParams) {
     m.sessions_total.inc();
     let ending = Session::new(ws, app.clone(), p).run().await;
     app.metrics.sessions_active.dec();
-    if ending.kick {
-        app.metrics
-            .kicks_total
-            .with_label_values(&[ending.reason])
-            .inc();
-    }
     let span = Span::current();
     span.record("ws.close.reason", ending.reason);
     if let Some(c) = ending.code {
@@ -266,7 +260,7 @@ impl Session {
             tick_hz: cfg.tick_hz,
             heartbeat_ms: cfg.heartbeat_interval_ms as u32,
         };
-        let mut ending = match self.send_now(&welcome).await {
+        let ending = match self.send_now(&welcome).await {
             Ok(()) => {
                 self.main_loop(ping_after, kick_after, cfg.msg_rate, cfg.msg_burst)
                     .await
@@ -278,14 +272,16 @@ impl Session {
         if let Some(room) = self.room.take() {
             room.disconnected(&self.player, self.sid);
         }
-        if let Some(code) = ending.code
-            && !self.close(code, ending.reason).await
-        {
-            ending.reason = if ending.kick {
-                ending.reason
-            } else {
-                "close_failed"
-            };
+        // Counted before the close handshake, which may take a while with a stuck peer.
+        if ending.kick {
+            self.app
+                .metrics
+                .kicks_total
+                .with_label_values(&[ending.reason])
+                .inc();
+        }
+        if let Some(code) = ending.code {
+            self.close(code, ending.reason).await;
         }
         ending
     }
@@ -484,8 +480,8 @@ impl Session {
     }
 
     /// Send our close frame and wait briefly for the peer's, so the close frame is
-    /// not lost to a reset. Returns whether the close frame was written.
-    async fn close(&mut self, code: u16, reason: &'static str) -> bool {
+    /// not lost to a reset.
+    async fn close(&mut self, code: u16, reason: &'static str) {
         self.conn.batch.clear();
         let frame = Message::Close(Some(CloseFrame {
             code,
@@ -505,6 +501,5 @@ impl Session {
             })
             .await;
         }
-        wrote
     }
 }

@@ -338,7 +338,10 @@ impl World {
             }
         }
         // Positions are staged about once a second, not every tick.
-        if self.tick.is_multiple_of(self.shared.cfg.tick_hz.max(1) as u64) {
+        if self
+            .tick
+            .is_multiple_of(self.shared.cfg.tick_hz.max(1) as u64)
+        {
             for (name, p) in self.players.iter_mut() {
                 if p.persist_dirty {
                     p.persist_dirty = false;
