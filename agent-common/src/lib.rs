@@ -90,6 +90,8 @@ pub enum Counter {
     RunqEventsLost = 5,
     /// Retransmit attempts the kernel reported as failed (err != 0): not counted as retransmits.
     RetransmitFailed = 6,
+    /// Run-queue events the kernel tried to report (delivered + lost).
+    RunqEvents = 7,
 }
 
 pub const COUNTER_MAX: u32 = 8;

@@ -153,6 +153,7 @@ fn record_totals(tid: u32, delay: u64) {
 
 #[inline(always)]
 fn emit(now: u64, delay: u64, tgid: u32, tid: u32, task: *const u8, l: &TaskLayout) {
+    count(Counter::RunqEvents, 1);
     let Some(mut entry) = RUNQ_EVENTS.reserve::<RunqEvent>(0) else {
         count(Counter::RunqEventsLost, 1);
         return;

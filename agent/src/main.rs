@@ -39,8 +39,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut probes = Probes::load(&cfg.probe_config())?;
     let (tx, mut rx) = mpsc::channel(65536);
-    spawn_ring("tcp", probes.take_tcp_ring()?, KernelEvent::decode_tcp, tx.clone(), metrics.ring.clone());
-    spawn_ring("runq", probes.take_runq_ring()?, KernelEvent::decode_runq, tx, metrics.ring.clone());
+    spawn_ring("tcp", probes.take_tcp_ring()?, KernelEvent::decode_tcp, tx.clone(), metrics.ring("tcp"));
+    spawn_ring("runq", probes.take_runq_ring()?, KernelEvent::decode_runq, tx, metrics.ring("runq"));
     let probes = Arc::new(Mutex::new(probes));
     tokio::spawn(watch::keep_current(
         probes.clone(),

@@ -22,7 +22,10 @@ pub struct Metrics {
     tcp_events_by_owner: IntCounterVec,
     runq_slow_events: IntCounterVec,
     pub runq_watched: IntGauge,
-    pub ring: RingStats,
+    runq_events: IntCounter,
+    ring_records: IntCounterVec,
+    ring_malformed: IntCounterVec,
+    pipeline_dropped: IntCounterVec,
     last_kernel: Mutex<[u64; COUNTER_MAX as usize]>,
 }
 
@@ -60,13 +63,21 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            ring: RingStats {
-                decoded: counter(&r, "ring_records_total", "Ring-buffer records decoded by the agent."),
-                malformed: counter(&r, "ring_records_malformed_total", "Ring-buffer records the agent could not decode."),
-                pipeline_full: counter(&r, "pipeline_dropped_total", "Decoded events dropped because the agent's pipeline was full."),
-            },
+            runq_events: counter(&r, "runq_events_total", "Run-queue events the kernel tried to report (delivered plus lost)."),
+            ring_records: counter_vec(&r, "ring_records_total", "Ring-buffer records decoded by the agent.", &["ring"]),
+            ring_malformed: counter_vec(&r, "ring_records_malformed_total", "Ring-buffer records the agent could not decode.", &["ring"]),
+            pipeline_dropped: counter_vec(&r, "pipeline_dropped_total", "Decoded events dropped because the agent's pipeline was full.", &["ring"]),
             last_kernel: Mutex::new([0; COUNTER_MAX as usize]),
             registry: r,
+        }
+    }
+
+    /// Counters for one ring's reader.
+    pub fn ring(&self, ring: &str) -> RingStats {
+        RingStats {
+            decoded: self.ring_records.with_label_values(&[ring]),
+            malformed: self.ring_malformed.with_label_values(&[ring]),
+            pipeline_full: self.pipeline_dropped.with_label_values(&[ring]),
         }
     }
 
@@ -81,6 +92,7 @@ impl Metrics {
         self.events_lost.with_label_values(&["tcp"]).inc_by(delta(Counter::TcpEventsLost));
         self.events_lost.with_label_values(&["runq"]).inc_by(delta(Counter::RunqEventsLost));
         self.owner_unknown.inc_by(delta(Counter::OwnerUnknown));
+        self.runq_events.inc_by(delta(Counter::RunqEvents));
         *last = *now;
     }
 

@@ -108,9 +108,9 @@ impl Metrics {
     }
 }
 
-/// The kernel's TCP MIB (/proc/net/snmp "Tcp:" lines) for this network namespace.
+/// The kernel's TCP MIB ("Tcp:" lines of net/snmp) for the calling thread's network namespace.
 pub fn tcp_mib() -> HashMap<String, u64> {
-    let text = std::fs::read_to_string("/proc/net/snmp").unwrap();
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
     let lines: Vec<_> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
     let names = lines[0].split_whitespace().skip(1);
     let values = lines[1].split_whitespace().skip(1);
@@ -129,4 +129,61 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A network namespace of the test's own, with loopback up; deleted on drop. Kernel counters
+/// read from inside it count only the test's traffic.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("ks-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        sh(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Netns { name }
+    }
+
+    /// Moves the calling thread (only) into the namespace.
+    pub fn enter(&self) {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+    }
+
+    /// Runs an nft script inside the namespace.
+    pub fn nft(&self, script: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft (nftables) must be installed; `cargo xtask setup` installs it");
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "nft script failed:\n{script}");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn sh(cmd: &mut Command) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+/// Everything currently in a ring, decoded.
+pub fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    decode: fn(&[u8]) -> Option<agent::probes::events::KernelEvent>,
+) -> Vec<agent::probes::events::KernelEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(decode(&item).expect("every record decodes"));
+    }
+    out
 }
