@@ -113,11 +113,18 @@ impl Queue {
         Ok(len)
     }
 
-    /// Blocks a worker until a job arrives. After `idle_timeout` without work it asks `may_retire`
+    /// Blocks a worker until a job arrives, polling for up to `spin` before sleeping.
+    /// After `idle_timeout` without work it asks `may_retire`
     /// (under the queue lock, so no push can slip in between the decision and the exit).
-    pub(crate) fn pop(&self, idle_timeout: Duration, mut may_retire: impl FnMut() -> bool) -> Pop {
+    pub(crate) fn pop(
+        &self,
+        idle_timeout: Duration,
+        spin: Duration,
+        mut may_retire: impl FnMut() -> bool,
+    ) -> Pop {
         let mut inner = self.lock();
         let mut idle_until = Instant::now() + idle_timeout;
+        let mut spun = false;
         loop {
             if let Some(job) = inner.jobs.pop_front() {
                 self.len.store(inner.jobs.len(), Ordering::Relaxed);
@@ -134,6 +141,25 @@ impl Queue {
                     return Pop::Retire;
                 }
                 idle_until = now + idle_timeout;
+            }
+            if !spun && !spin.is_zero() {
+                // Poll briefly before sleeping: during a burst the next job usually arrives within
+                // microseconds, and catching it here saves both a futex wake on the submitter's
+                // side and a context switch on ours. Yielding keeps it polite on a busy machine.
+                spun = true;
+                drop(inner);
+                let until = now + spin;
+                let mut i = 0u32;
+                while self.len.load(Ordering::Relaxed) == 0 && Instant::now() < until {
+                    if i < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                    i += 1;
+                }
+                inner = self.lock();
+                continue;
             }
             inner.waiting += 1;
             inner = self

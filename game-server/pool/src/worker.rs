@@ -53,8 +53,9 @@ fn worker_main(shared: Arc<Shared>, name: String) {
         Ok(rt) => loop {
             match shared
                 .queue
-                .pop(shared.cfg.idle_timeout, || shared.try_retire())
-            {
+                .pop(shared.cfg.idle_timeout, shared.cfg.idle_spin, || {
+                    shared.try_retire()
+                }) {
                 Pop::Job(job) => run_job(&shared, &info, &rt, job),
                 Pop::Retire => break,
                 Pop::Closed => {
