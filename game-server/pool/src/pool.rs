@@ -139,7 +139,7 @@ impl Pool {
         let a = self.admit(kind)?;
         let until = deadline_from(a.now, deadline);
         if let Err(why) = self.owner.shared.queue.reserve_until(until).await {
-            return Err(self.refuse(&a, why));
+            return Err(a.refuse(why));
         }
         self.enqueue(a, until, task)
     }
@@ -158,15 +158,15 @@ impl Pool {
     {
         let a = self.admit(kind)?;
         if let Err(why) = self.owner.shared.queue.try_reserve() {
-            return Err(self.refuse(&a, why));
+            return Err(a.refuse(why));
         }
         let until = deadline_from(a.now, deadline);
         self.enqueue(a, until, task)
     }
 
     /// Counts the attempt and asks the breaker.
-    fn admit(&self, kind: &'static str) -> Result<Admitted, Rejected> {
-        let s = &self.owner.shared;
+    fn admit(&self, kind: &'static str) -> Result<Admitted<'_>, Rejected> {
+        let s = &*self.owner.shared;
         let km = s.metrics.kind(kind);
         km.submitted.inc();
         s.counters.submitted.fetch_add(1, Ordering::Relaxed);
@@ -176,26 +176,20 @@ impl Pool {
         }
         match s.breaker.admit(now) {
             Ok(admission) => Ok(Admitted {
+                shared: s,
                 kind,
                 km,
                 now,
                 admission,
+                settled: false,
             }),
             Err(why) => Err(s.reject(&km, why)),
         }
     }
 
-    fn refuse(&self, a: &Admitted, why: Rejected) -> Rejected {
-        if let Admission::Probe(epoch) = a.admission {
-            self.owner.shared.breaker.probe_abandoned(epoch);
-        }
-        self.owner.shared.reject(&a.km, why)
-    }
-
-    /// Pushes into an already reserved slot.
     fn enqueue<T, F, Fut>(
         &self,
-        a: Admitted,
+        mut a: Admitted<'_>,
         deadline: Instant,
         task: F,
     ) -> Result<TaskHandle<T>, Rejected>
@@ -222,12 +216,13 @@ impl Pool {
         };
         match s.queue.push(job) {
             Ok(queued) => {
+                a.settled = true;
                 s.maybe_scale_up(queued);
                 Ok(TaskHandle::new(rx, js))
             }
             Err(_job) => {
                 s.queue.unreserve();
-                Err(self.refuse(&a, Rejected::ShuttingDown))
+                Err(a.refuse(Rejected::ShuttingDown))
             }
         }
     }
@@ -282,12 +277,39 @@ impl Pool {
     }
 }
 
-/// A submission the breaker let through, not yet holding a queue slot.
-struct Admitted {
+/// A submission the breaker let through, not yet holding a queue slot. If it is dropped
+/// unsettled (the caller dropped `submit` while it waited for room), it still ends in an outcome
+/// and gives back its probe slot, so the counters add up and a half-open breaker cannot wedge.
+struct Admitted<'a> {
+    shared: &'a Shared,
     kind: &'static str,
     km: Arc<KindMetrics>,
     now: Instant,
     admission: Admission,
+    settled: bool,
+}
+
+impl Admitted<'_> {
+    fn refuse(mut self, why: Rejected) -> Rejected {
+        self.settled = true;
+        self.abandon_probe();
+        self.shared.reject(&self.km, why)
+    }
+
+    fn abandon_probe(&self) {
+        if let Admission::Probe(epoch) = self.admission {
+            self.shared.breaker.probe_abandoned(epoch);
+        }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.abandon_probe();
+            self.shared.record(&self.km, Outcome::Cancelled);
+        }
+    }
 }
 
 fn deadline_from(now: Instant, d: Duration) -> Instant {

@@ -118,3 +118,48 @@ async fn waiting_submitters_are_bounded_by_their_deadline() {
     );
     pool.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_abandoned_while_waiting_for_room_still_adds_up() {
+    let reg = Registry::new();
+    let pool = Pool::new(config("ovl-drop", 1, 1, 1), &reg).unwrap();
+    let (release, gate) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let running = pool
+        .submit("hold", Duration::from_secs(30), move |_| async move {
+            let _ = started_tx.send(());
+            let _ = gate.await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    within("start", started).await.unwrap();
+    let queued = pool
+        .submit("hold", Duration::from_secs(30), |_| async { Ok(()) })
+        .await
+        .unwrap();
+    // The queue is full; this submitter waits for room and then gives up (its future is dropped).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        pool.submit("impatient", Duration::from_secs(30), |_| async { Ok(()) }),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    release.send(()).unwrap();
+    within("running", running).await.unwrap();
+    within("queued", queued).await.unwrap();
+    assert_eq!(
+        metric0(
+            &reg,
+            "pool_tasks_total",
+            &[("kind", "impatient"), ("outcome", "cancelled")]
+        ),
+        1.0
+    );
+    let p = [("pool", "ovl-drop")];
+    assert_eq!(
+        metric0(&reg, "pool_tasks_total", &p),
+        metric0(&reg, "pool_submitted_total", &p)
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
+}

@@ -151,3 +151,39 @@ async fn rejects_after_shutdown_and_bad_configs() {
         ));
     }
 }
+
+#[test]
+fn pool_and_handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    fn send_future<F: std::future::Future + Send>(_: F) {}
+    send_sync::<Pool>();
+    send_sync::<game_pool::TaskContext>();
+    send_sync::<Rejected>();
+    send::<game_pool::TaskHandle<Vec<u8>>>();
+    send::<TaskError>();
+    // `submit` is usable from `tokio::spawn`ed handlers even when the task's own future is not
+    // Send (it only ever runs on its worker thread).
+    let pool = Pool::new(config("send", 1, 1, 1), &Registry::new()).unwrap();
+    send_future(pool.submit("rc", Duration::from_secs(1), |_| async {
+        let local = std::rc::Rc::new(1);
+        tokio::task::yield_now().await;
+        Ok(*local)
+    }));
+}
+
+#[tokio::test]
+async fn non_send_task_futures_run_on_the_worker() {
+    let pool = Pool::new(config("rc", 1, 1, 4), &Registry::new()).unwrap();
+    let h = pool
+        .submit("rc", Duration::from_secs(5), |_| async {
+            let shared = std::rc::Rc::new(std::cell::Cell::new(20));
+            tokio::task::yield_now().await;
+            shared.set(shared.get() + 1);
+            Ok(shared.get())
+        })
+        .await
+        .unwrap();
+    assert_eq!(within("rc", h).await.unwrap(), 21);
+    pool.shutdown(Duration::from_secs(5)).await;
+}
