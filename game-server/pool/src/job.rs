@@ -220,8 +220,11 @@ impl<T> Future for TypedRun<T> {
 impl<T> Run for TypedRun<T> {
     fn deliver(self: Pin<&mut Self>) {
         let this = self.get_mut();
-        if let (Some(tx), Some(result)) = (this.tx.take(), this.result.take()) {
-            let _ = tx.send(result);
+        if let (Some(tx), Some(result)) = (this.tx.take(), this.result.take())
+            && let Err(unwanted) = tx.send(result)
+        {
+            // The handle was dropped: the value is dropped here, and its Drop is user code.
+            drop_contained(unwanted);
         }
     }
 
@@ -231,7 +234,7 @@ impl<T> Run for TypedRun<T> {
 }
 
 /// Drops user state; its `Drop` impls are user code and may panic too.
-fn drop_contained<T>(value: T) {
+pub(crate) fn drop_contained<T>(value: T) {
     if catch_unwind(AssertUnwindSafe(move || drop(value))).is_err() {
         tracing::warn!("pool task panicked while being dropped");
     }

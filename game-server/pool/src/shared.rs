@@ -107,7 +107,8 @@ impl Shared {
                 _ => self.breaker.probe_abandoned(epoch),
             }
         }
-        drop(job);
+        // Drops the user's closure (and wakes the handle); its captures' Drop impls are user code.
+        crate::job::drop_contained(job);
     }
 
     /// Adds workers when the pool is busy relative to its live workers (`prewarm_at`), so that

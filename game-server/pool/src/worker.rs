@@ -43,33 +43,55 @@ pub(crate) fn spawn(shared: &Arc<Shared>) -> std::io::Result<()> {
 }
 
 fn worker_main(shared: Arc<Shared>, name: String) {
+    // Keeps the books right however this thread ends, even by a panic in the pool's own code:
+    // shutdown waits for `alive` to reach zero.
+    let mut exit = ExitGuard {
+        shared: &shared,
+        counted: true,
+    };
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     let info = Arc::new(WorkerInfo { tid, name });
-    match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => loop {
-            match shared
-                .queue
-                .pop(shared.cfg.idle_timeout, shared.cfg.idle_spin, || {
-                    shared.try_retire()
-                }) {
-                Pop::Job(job) => run_job(&shared, &info, &rt, job),
-                Pop::Retire => break,
-                Pop::Closed => {
-                    shared.live.fetch_sub(1, Ordering::AcqRel);
-                    break;
-                }
-            }
-        },
+        Ok(rt) => rt,
         Err(e) => {
             tracing::error!(pool = %shared.name, error = %e, "cannot build worker runtime");
-            shared.live.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    loop {
+        match shared
+            .queue
+            .pop(shared.cfg.idle_timeout, shared.cfg.idle_spin, || {
+                shared.try_retire()
+            }) {
+            Pop::Job(job) => run_job(&shared, &info, &rt, job),
+            Pop::Retire => {
+                // `try_retire` already took this worker out of `live`.
+                exit.counted = false;
+                return;
+            }
+            Pop::Closed => return,
         }
     }
-    shared.worker_exited();
+}
+
+struct ExitGuard<'a> {
+    shared: &'a Shared,
+    /// Still counted in `live`.
+    counted: bool,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.shared.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.shared.worker_exited();
+    }
 }
 
 /// How a started task ended.
