@@ -1,7 +1,7 @@
 //! Submit→start latency and throughput of empty tasks: game-pool beside tokio::spawn,
 //! spawn_blocking and a Semaphore-bounded tokio::spawn; plus the cost of the per-task span.
 //!
-//! Run: `cargo bench -p game-pool` (about half a minute). Prints a table; see README.md.
+//! Run: `cargo bench -p game-pool` (about 15 s). Prints a table; see README.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -231,7 +231,7 @@ fn main() {
     };
     let pool = Pool::new(cfg, &prometheus::Registry::new()).unwrap();
 
-    eprintln!("measuring (about 30 s)...");
+    eprintln!("measuring (about 15 s)...");
     let mut rows = vec![
         measure(&rt, "tokio::spawn", Mode::Spawn, &pool),
         measure(&rt, "tokio spawn_blocking", Mode::SpawnBlocking, &pool),
