@@ -43,8 +43,8 @@ impl TaskContext {
         self.job.is_cancelled()
     }
 
-    /// Completes when the task is cancelled. The pool already drops the task's future then; this
-    /// is for tasks that want to clean up or stop a sub-operation early.
+    /// Completes when the task is cancelled. The pool drops a cancelled task's future at its next
+    /// await anyway; a task awaiting this directly gets to finish first (clean up, return a value).
     pub async fn cancelled(&self) {
         self.job.cancelled().await
     }

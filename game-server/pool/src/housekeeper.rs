@@ -38,13 +38,8 @@ fn run(shared: Arc<Shared>) {
             }
         }
         let now = Instant::now();
-        for job in shared.queue.sweep(now) {
-            shared.finish_unstarted(job, now, false);
-        }
-        let queued = shared.queue.len();
-        if queued > 0 {
-            shared.maybe_scale_up(queued);
-        }
+        // Sample before sweeping: expired tasks still hold their queue slots until removed,
+        // and that pressure is what the watermark is meant to show.
         if now >= next_sample {
             // If we fell behind (a stalled VM), resume the cadence from now rather than burst.
             next_sample = (next_sample + sample_every).max(now + sample_every / 2);
@@ -59,6 +54,13 @@ fn run(shared: Arc<Shared>) {
                 cur.1.saturating_sub(last.1),
             );
             last = cur;
+        }
+        for job in shared.queue.sweep(now) {
+            shared.finish_unstarted(job, now, false);
+        }
+        let queued = shared.queue.len();
+        if queued > 0 {
+            shared.maybe_scale_up(queued);
         }
     }
 }
