@@ -37,6 +37,15 @@ impl Drop for Owner {
     }
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 /// A snapshot of the pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolStats {
