@@ -48,6 +48,10 @@ pub struct Config {
     /// tracefs mount point (default: /sys/kernel/tracing, then /sys/kernel/debug/tracing).
     #[arg(long, env = "KERNELSIGHT_TRACEFS")]
     pub tracefs: Option<PathBuf>,
+
+    /// OTLP receivers, joins, detection and forwarding.
+    #[command(flatten)]
+    pub correlation: crate::correlator::CorrelationArgs,
 }
 
 impl Config {

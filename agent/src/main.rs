@@ -48,6 +48,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Duration::from_secs(1),
         metrics.runq_watched.clone(),
     ));
+    let correlation = agent::correlator::start(&cfg.correlation, &metrics.registry).await?;
+    let feed = correlation.feed.clone();
     let pipeline_metrics = metrics.clone();
     tokio::spawn(async move {
         let mut cgroups = CgroupCache::default();
@@ -56,9 +58,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 rec.cgroup_id = cgroups.get(rec.pid);
             }
             pipeline_metrics.observe(&ev);
+            feed.push(&ev);
         }
     });
-    let state = Arc::new(AppState { metrics, probes: Some(probes) });
+    let state = Arc::new(AppState { metrics, probes: Some(probes), incidents: Some(correlation.board) });
     http::serve(cfg.http_addr, state, shutdown_signal()).await
 }
 

@@ -278,7 +278,7 @@ mod tests {
             (7, 260 * MS, 100_000),  // a short one: counted, no event
             (8, 250 * MS, 50 * MS),  // another thread: out
             (7, 302 * MS, 3 * MS),   // starts at 299 ms, within the slack: in
-            (7, 400 * MS, 1 * MS),   // after: out
+            (7, 400 * MS, MS),          // after: out
         ]);
         let j = join_runq(&w, 7, 200 * MS, 298 * MS, &cfg);
         assert_eq!(j.count, 4);

@@ -2,9 +2,9 @@
 //!
 //! Each evaluated bucket updates the baseline with weight `alpha`, derived from a half-life in
 //! buckets, so the baseline follows daily load changes (a half-life of minutes) but not a
-//! burst (seconds). While a series is anomalous it still adapts, but ten times slower: a surge
-//! that lasts becomes the new normal eventually (minutes, not seconds), and one that ends has
-//! barely moved the baseline.
+//! burst (seconds). While a series is anomalous its mean still adapts, ten times slower, and its
+//! variance not at all: a surge that lasts becomes the new normal eventually (minutes, not
+//! seconds), and one that ends has barely moved the baseline.
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -75,12 +75,16 @@ impl Ewma {
     }
 
     pub fn learn(&mut self, x: f64, anomalous: bool) {
-        let a = if anomalous { self.alpha / ANOMALY_SLOWDOWN } else { self.alpha };
         if self.n == 0 {
             self.mean = x;
             self.var = 0.0;
+        } else if anomalous {
+            // Only the mean moves, slowly: learning an outlier's deviation into the variance
+            // would widen the threshold until the outlier itself looked normal.
+            self.mean += self.alpha / ANOMALY_SLOWDOWN * (x - self.mean);
         } else {
             // West's incremental form of the exponentially weighted variance.
+            let a = self.alpha;
             let d = x - self.mean;
             self.mean += a * d;
             self.var = (1.0 - a) * (self.var + a * d * d);

@@ -10,6 +10,8 @@ use crate::probes::Probes;
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub probes: Option<Arc<Mutex<Probes>>>,
+    /// The incident listing (None when correlation is not running).
+    pub incidents: Option<super::incidents::SharedBoard>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -17,6 +19,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/incidents", get(super::incidents::handler))
         .with_state(state)
 }
 

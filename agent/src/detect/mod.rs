@@ -1,0 +1,723 @@
+//! Incident detection over one-second buckets of joined evidence, each series against its own
+//! adaptive baseline ([`baseline::Ewma`]).
+//!
+//! Time is event time (Unix ns): kernel events by when they happened, spans by when they
+//! started. A bucket is judged once, after it has *settled*: spans reach the agent late (the
+//! SDK's batch processor exports every 5 s by default, then the agent holds them for the
+//! kernel join), so the settle time follows the lateness actually observed, between a floor
+//! (the join wait) and a ceiling. Spans that arrive for an already judged bucket still reach
+//! the incidents' span links, which are gathered only when an incident closes.
+//!
+//! - `task_surge` (per pool): arrivals anomalous, together with queue wait or the run-queue
+//!   delay the pool's tasks suffered. Names the kinds that grew most over their own baselines.
+//! - `cpu_contention` (per process): run-queue delay anomalous while no pool of that process is
+//!   surging (a noisy neighbour or CPU limits, not our own load).
+//! - `connection_fault` (per service endpoint): connections reset, or segments retransmitted,
+//!   anomalous for that endpoint; says which side sent the resets and links the spans that were
+//!   hurt (failed, or carrying the kernel evidence).
+pub mod baseline;
+pub mod incident;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use agent_common::TcpEventKind;
+use serde_json::json;
+
+use self::{
+    baseline::{Ewma, Rule, Verdict},
+    incident::{Class, Incident, IncidentState, LinkRef},
+};
+use crate::correlator::{
+    evidence::{RunqEntry, TcpEntry},
+    join::{RunqJoin, TcpJoin},
+    netkey::{ConnKey, Endpoint, EphemeralPorts, Oriented},
+    span::{SpanFacts, SpanRef, hex},
+};
+
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    /// Bucket width: the unit of detection latency and of every rate below.
+    pub bucket_ns: u64,
+    /// Bounds of the settle time (see the module docs).
+    pub settle_min_ns: u64,
+    pub settle_max_ns: u64,
+    /// Baseline half-life, in buckets. Five minutes: long enough that a one-minute surge is
+    /// still far above it, short enough to follow load changes over an hour.
+    pub half_life_buckets: f64,
+    /// Standard deviations above baseline for every class. At 4σ a well-behaved series
+    /// crosses by chance about once a day per series at one-second buckets (Gaussian tail
+    /// 3e-5 × 86400 s); real series have heavier tails, which the ratio rules below absorb.
+    pub sigma: f64,
+    /// Buckets before a task or CPU baseline is trusted: half a minute of history.
+    pub warmup_buckets: u64,
+    /// `task_surge`: arrivals at least this many times the baseline ("far above") and at least
+    /// `surge_min_rate` tasks per bucket (below ~20/s a 3× jump is a handful of tasks, which
+    /// bursty but healthy traffic produces all the time).
+    pub surge_ratio: f64,
+    pub surge_min_rate: f64,
+    /// Queue wait or per-task run-queue delay (ms) must also be up by this ratio and at least
+    /// `pressure_min_ms` (a queue that still drains within a millisecond is not under pressure).
+    pub pressure_ratio: f64,
+    pub pressure_min_ms: f64,
+    /// `cpu_contention`: run-queue delay per bucket (ms summed over the process's threads) at
+    /// least `contention_ratio` × baseline and `contention_min_ms` (50 ms per second is 5% of a
+    /// CPU spent runnable but waiting, enough to stretch a 16 ms game tick noticeably).
+    pub contention_ratio: f64,
+    pub contention_min_ms: f64,
+    /// `connection_fault`: connections reset per bucket toward one endpoint. A client hanging
+    /// up hard resets one connection; five in one second toward one endpoint is a pattern.
+    /// Normally an endpoint resets nothing, so there is no warmup: a zero baseline is the
+    /// right prior.
+    pub fault_min_resets: f64,
+    /// Or retransmitted segments per bucket toward one endpoint: occasional loss is normal,
+    /// 50 segments within a second is a path or peer in trouble.
+    pub fault_min_retransmits: f64,
+    pub fault_ratio: f64,
+    /// Non-anomalous buckets that close an incident, and the longest an incident stays open
+    /// (a longer one is closed and, if it goes on, a new one opens, so spans keep flowing).
+    pub quiet_buckets: u32,
+    pub max_incident_ns: u64,
+    /// Span links per incident span; the rest are counted.
+    pub max_links: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            bucket_ns: 1_000_000_000,
+            settle_min_ns: 1_500_000_000,
+            settle_max_ns: 30_000_000_000,
+            half_life_buckets: 300.0,
+            sigma: 4.0,
+            warmup_buckets: 30,
+            surge_ratio: 3.0,
+            surge_min_rate: 20.0,
+            pressure_ratio: 2.0,
+            pressure_min_ms: 1.0,
+            contention_ratio: 2.0,
+            contention_min_ms: 50.0,
+            fault_min_resets: 5.0,
+            fault_min_retransmits: 50.0,
+            fault_ratio: 3.0,
+            quiet_buckets: 3,
+            max_incident_ns: 300_000_000_000,
+            max_links: 32,
+        }
+    }
+}
+
+// Bounds on what one bucket and the detector hold. Past them new series are not tracked (and
+// counted in `Detector::overflow`), existing ones still are.
+const MAX_POOLS: usize = 64;
+const MAX_KINDS: usize = 64;
+const MAX_PIDS: usize = 256;
+const MAX_TIDS_PER_PID: usize = 64;
+const MAX_ENDPOINTS: usize = 4096;
+const MAX_CONNS_PER_ENDPOINT: usize = 4096;
+const MAX_SESSIONS_PER_ENDPOINT: usize = 64;
+const MAX_LIVE_CONNS: usize = 65536;
+const MAX_REFS_PER_SUBJECT: usize = 4096;
+const MAX_REF_SUBJECTS: usize = 4096;
+/// A baseline nobody has fed for this long (ns) is forgotten.
+const IDLE_FORGET_NS: u64 = 600_000_000_000;
+/// Decay of the span-lateness high-water mark per second (half-life one minute).
+const LATENESS_DECAY_PER_S: f64 = 0.988_514_0;
+
+#[derive(Default)]
+struct PoolAgg {
+    pid: Option<u32>,
+    arrivals: u64,
+    kinds: HashMap<String, u64>,
+    qwait_ms: f64,
+    qwait_n: u64,
+    runq_ms: f64,
+    runq_n: u64,
+}
+
+#[derive(Default)]
+struct ProcAgg {
+    delay_ns: u64,
+    waits: u64,
+    max_ns: u64,
+    tids: HashMap<u32, u64>,
+}
+
+#[derive(Default)]
+struct EpAgg {
+    /// (connection, reset sent by the service side?)
+    resets: HashSet<(ConnKey, bool)>,
+    retrans_segs: u64,
+    failed_spans: u64,
+    sessions: HashSet<String>,
+    states: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    pools: HashMap<String, PoolAgg>,
+    procs: HashMap<u32, ProcAgg>,
+    eps: HashMap<Endpoint, EpAgg>,
+}
+
+struct PoolBase {
+    arrivals: Ewma,
+    qwait: Ewma,
+    runq: Ewma,
+    kinds: HashMap<String, Ewma>,
+    pid: Option<u32>,
+    seen: u64,
+}
+
+struct SeriesBase {
+    a: Ewma,
+    b: Ewma,
+    seen: u64,
+}
+
+#[derive(Clone, Copy)]
+struct RefEntry {
+    start: u64,
+    end: u64,
+    r: SpanRef,
+    weight: f64,
+}
+
+struct Open {
+    inc: Incident,
+    quiet: u32,
+    peak_score: f64,
+}
+
+/// What changed in one tick, for the listing, the metrics and the trace.
+#[derive(Default)]
+pub struct Changes {
+    pub opened: Vec<Incident>,
+    pub updated: Vec<Incident>,
+    pub closed: Vec<Incident>,
+}
+
+pub struct Detector {
+    cfg: DetectConfig,
+    eph: EphemeralPorts,
+    buckets: BTreeMap<u64, Bucket>,
+    /// The next bucket to judge; data for earlier buckets is late.
+    next_eval: u64,
+    pools: HashMap<String, PoolBase>,
+    procs: HashMap<u32, SeriesBase>,
+    eps: HashMap<Endpoint, SeriesBase>,
+    refs: HashMap<String, VecDeque<RefEntry>>,
+    live: HashMap<ConnKey, (String, SpanRef, u64)>,
+    live_order: VecDeque<ConnKey>,
+    thread_names: HashMap<u32, String>,
+    open: HashMap<(Class, String), Open>,
+    next_id: u64,
+    lateness_hw_ns: f64,
+    last_tick_ns: u64,
+    /// Inputs that arrived for buckets already judged, and series not tracked for the bounds.
+    pub late: u64,
+    pub overflow: u64,
+}
+
+impl Detector {
+    pub fn new(cfg: DetectConfig, eph: EphemeralPorts, now_ns: u64) -> Self {
+        let next_eval = now_ns / cfg.bucket_ns + 1;
+        Self {
+            cfg,
+            eph,
+            buckets: BTreeMap::new(),
+            next_eval,
+            pools: HashMap::new(),
+            procs: HashMap::new(),
+            eps: HashMap::new(),
+            refs: HashMap::new(),
+            live: HashMap::new(),
+            live_order: VecDeque::new(),
+            thread_names: HashMap::new(),
+            open: HashMap::new(),
+            next_id: 1,
+            lateness_hw_ns: 0.0,
+            last_tick_ns: now_ns,
+            late: 0,
+            overflow: 0,
+        }
+    }
+
+    pub fn config(&self) -> &DetectConfig {
+        &self.cfg
+    }
+
+    /// How long a bucket waits before it is judged.
+    pub fn settle_ns(&self) -> u64 {
+        (self.lateness_hw_ns as u64 + self.cfg.settle_min_ns).clamp(self.cfg.settle_min_ns, self.cfg.settle_max_ns)
+    }
+
+    fn bucket(&mut self, ts_ns: u64) -> Option<&mut Bucket> {
+        let idx = ts_ns / self.cfg.bucket_ns;
+        if idx < self.next_eval {
+            self.late += 1;
+            return None;
+        }
+        // A timestamp far in the future (a wrong clock in a span) would pin memory until then.
+        if idx > self.next_eval + (self.cfg.settle_max_ns / self.cfg.bucket_ns) + 60 {
+            self.overflow += 1;
+            return None;
+        }
+        Some(self.buckets.entry(idx).or_default())
+    }
+
+    fn push_ref(&mut self, subject: String, e: RefEntry) {
+        if !self.refs.contains_key(&subject) && self.refs.len() >= MAX_REF_SUBJECTS {
+            self.overflow += 1;
+            return;
+        }
+        let q = self.refs.entry(subject).or_default();
+        if q.len() >= MAX_REFS_PER_SUBJECT {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    /// A run-queue wait of thread `tid`.
+    pub fn on_runq(&mut self, tid: u32, e: &RunqEntry) {
+        let Some(b) = self.bucket(e.end_ns) else { return };
+        let full = b.procs.len() >= MAX_PIDS;
+        let Some(p) = (if full { b.procs.get_mut(&e.pid) } else { Some(b.procs.entry(e.pid).or_default()) }) else {
+            self.overflow += 1;
+            return;
+        };
+        p.delay_ns += e.delay_ns;
+        p.waits += 1;
+        p.max_ns = p.max_ns.max(e.delay_ns);
+        if p.tids.len() < MAX_TIDS_PER_PID || p.tids.contains_key(&tid) {
+            *p.tids.entry(tid).or_default() += e.delay_ns;
+        }
+    }
+
+    pub fn on_tcp(&mut self, e: &TcpEntry) {
+        let o = Oriented { local: e.local, peer: e.peer };
+        let (service, service_is_local) = self.eph.service(&o);
+        let key = o.key();
+        let live = self.live.get(&key).cloned();
+        if let Some((_, accept, _)) = &live
+            && e.kind != TcpEventKind::Retransmit
+        {
+            self.push_ref(format!("ep:{service}"), RefEntry { start: e.ts_ns, end: e.ts_ns, r: *accept, weight: 1.0 });
+        }
+        let Some(b) = self.bucket(e.ts_ns) else { return };
+        let full = b.eps.len() >= MAX_ENDPOINTS;
+        let Some(a) = (if full { b.eps.get_mut(&service) } else { Some(b.eps.entry(service).or_default()) }) else {
+            self.overflow += 1;
+            return;
+        };
+        match e.kind {
+            TcpEventKind::Retransmit => a.retrans_segs += u64::from(e.segs.max(1)),
+            kind => {
+                // Who sent the RST: the observing socket (sent) or its peer (received).
+                let sender_is_local = kind == TcpEventKind::RstSent;
+                let by_service = sender_is_local == service_is_local;
+                if a.resets.len() < MAX_CONNS_PER_ENDPOINT {
+                    a.resets.insert((key, by_service));
+                }
+                *a.states.entry(crate::correlator::join::tcp_state_name(e.state)).or_default() += 1;
+                if let Some((session, _, _)) = live
+                    && a.sessions.len() < MAX_SESSIONS_PER_ENDPOINT
+                {
+                    a.sessions.insert(session);
+                }
+            }
+        }
+    }
+
+    /// A span after its joins. `received_ns` is when the agent got it (for the lateness).
+    pub fn on_span(&mut self, f: &SpanFacts, r: Option<SpanRef>, runq: Option<&RunqJoin>, tcp: Option<&TcpJoin>, received_ns: u64) {
+        let late = received_ns.saturating_sub(f.end_ns) as f64;
+        if late > self.lateness_hw_ns && received_ns >= f.end_ns {
+            self.lateness_hw_ns = late.min(self.cfg.settle_max_ns as f64);
+        }
+        if let (Some(tid), Some(name)) = (f.tid, &f.thread_name)
+            && (self.thread_names.len() < MAX_LIVE_CONNS || self.thread_names.contains_key(&tid))
+        {
+            self.thread_names.insert(tid, name.clone());
+        }
+        let runq_ms = runq.map(|j| j.total_ns as f64 / 1e6);
+        if let (Some(r), Some(pid), Some(ms)) = (r, f.pid, runq_ms)
+            && ms > 0.0
+        {
+            self.push_ref(format!("pid:{pid}"), RefEntry { start: f.start_ns, end: f.end_ns, r, weight: ms });
+        }
+        if f.is_pool_task() {
+            let pool = f.pool.clone().unwrap_or_else(|| "default".into());
+            if let Some(r) = r {
+                let weight = f.queue_wait_ms.unwrap_or(0.0) + runq_ms.unwrap_or(0.0);
+                self.push_ref(format!("pool:{pool}"), RefEntry { start: f.start_ns, end: f.end_ns, r, weight });
+            }
+            let max_pools = self.pools.len() >= MAX_POOLS && !self.pools.contains_key(&pool);
+            if let Some(b) = self.bucket(f.start_ns) {
+                let full = max_pools || (b.pools.len() >= MAX_POOLS && !b.pools.contains_key(&pool));
+                if full {
+                    self.overflow += 1;
+                } else {
+                    let a = b.pools.entry(pool).or_default();
+                    a.pid = a.pid.or(f.pid);
+                    a.arrivals += 1;
+                    let kind = f.task_kind.clone().unwrap_or_else(|| "unknown".into());
+                    if a.kinds.len() < MAX_KINDS || a.kinds.contains_key(&kind) {
+                        *a.kinds.entry(kind).or_default() += 1;
+                    }
+                    if let Some(q) = f.queue_wait_ms {
+                        a.qwait_ms += q;
+                        a.qwait_n += 1;
+                    }
+                    if let Some(ms) = runq_ms {
+                        a.runq_ms += ms;
+                        a.runq_n += 1;
+                    }
+                }
+            }
+        }
+        if let Some(conn) = f.conn {
+            let (service, _) = self.eph.service(&conn);
+            let key = conn.key();
+            if f.name == "ws.accept" {
+                if let (Some(r), Some(sid)) = (r, &f.session_id) {
+                    self.remember_live(key, sid.clone(), r, f.end_ns);
+                }
+            } else if f.name == "ws.session" {
+                self.live.remove(&key);
+            }
+            let hurt = tcp.is_some_and(|j| j.retransmits + j.resets_sent + j.resets_received > 0);
+            if let Some(r) = r
+                && (f.failed || hurt)
+            {
+                let weight = if f.failed { 2.0 } else { 1.0 };
+                self.push_ref(format!("ep:{service}"), RefEntry { start: f.start_ns, end: f.end_ns, r, weight });
+            }
+            if f.failed
+                && let Some(b) = self.bucket(f.end_ns)
+            {
+                if let Some(a) = b.eps.get_mut(&service) {
+                    a.failed_spans += 1;
+                } else if b.eps.len() < MAX_ENDPOINTS {
+                    b.eps.entry(service).or_default().failed_spans += 1;
+                }
+            }
+        }
+    }
+
+    fn remember_live(&mut self, key: ConnKey, session: String, r: SpanRef, ts: u64) {
+        if self.live.insert(key, (session, r, ts)).is_none() {
+            self.live_order.push_back(key);
+        }
+        while self.live.len() > MAX_LIVE_CONNS {
+            let Some(old) = self.live_order.pop_front() else { break };
+            self.live.remove(&old);
+        }
+        if self.live_order.len() > 2 * MAX_LIVE_CONNS {
+            let live = &self.live;
+            self.live_order.retain(|k| live.contains_key(k));
+        }
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn open_incidents(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Judges every bucket that has settled by `now_ns`.
+    pub fn tick(&mut self, now_ns: u64) -> Changes {
+        let elapsed_s = now_ns.saturating_sub(self.last_tick_ns) as f64 / 1e9;
+        self.lateness_hw_ns *= LATENESS_DECAY_PER_S.powf(elapsed_s);
+        self.last_tick_ns = now_ns;
+        let mut ch = Changes::default();
+        let settle = self.settle_ns();
+        while (self.next_eval + 1) * self.cfg.bucket_ns + settle <= now_ns {
+            let idx = self.next_eval;
+            let b = self.buckets.remove(&idx).unwrap_or_default();
+            self.next_eval += 1;
+            self.judge(idx, b, &mut ch);
+        }
+        // Old references are useless once no incident can ask for them.
+        let horizon = now_ns.saturating_sub(self.cfg.max_incident_ns + settle + 60_000_000_000);
+        self.refs.retain(|_, q| {
+            while q.front().is_some_and(|e| e.end < horizon) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        ch
+    }
+
+    fn judge(&mut self, idx: u64, b: Bucket, ch: &mut Changes) {
+        let start = idx * self.cfg.bucket_ns;
+        let end = start + self.cfg.bucket_ns;
+        let c = self.cfg.clone();
+        let mut anomalous: HashSet<(Class, String)> = HashSet::new();
+        let mut surging_pids: HashSet<Option<u32>> = HashSet::new();
+
+        // --- task_surge, per pool.
+        let arrivals_rule = Rule { sigma: c.sigma, ratio: c.surge_ratio, floor: c.surge_min_rate, warmup: c.warmup_buckets };
+        let pressure_rule = Rule { sigma: c.sigma, ratio: c.pressure_ratio, floor: c.pressure_min_ms, warmup: c.warmup_buckets };
+        for (name, a) in &b.pools {
+            if !self.pools.contains_key(name) && self.pools.len() < MAX_POOLS {
+                let h = c.half_life_buckets;
+                self.pools.insert(name.clone(), PoolBase { arrivals: Ewma::new(h), qwait: Ewma::new(h), runq: Ewma::new(h), kinds: HashMap::new(), pid: a.pid, seen: idx });
+            }
+        }
+        let empty = PoolAgg::default();
+        for (name, base) in self.pools.iter_mut() {
+            let a = b.pools.get(name).unwrap_or(&empty);
+            if a.arrivals > 0 {
+                base.seen = idx;
+                base.pid = base.pid.or(a.pid);
+            }
+            let va = base.arrivals.judge(a.arrivals as f64, &arrivals_rule);
+            let q = (a.qwait_n > 0).then(|| a.qwait_ms / a.qwait_n as f64);
+            let r = (a.runq_n > 0).then(|| a.runq_ms / a.runq_n as f64);
+            let vq = q.map(|q| base.qwait.judge(q, &pressure_rule));
+            let vr = r.map(|r| base.runq.judge(r, &pressure_rule));
+            let pressure = vq.is_some_and(|v| v.anomalous) || vr.is_some_and(|v| v.anomalous);
+            let surge = va.anomalous && pressure;
+            if va.anomalous {
+                surging_pids.insert(base.pid);
+            }
+            // Kinds: which grew most over their own baselines.
+            let mut growth: Vec<(String, u64, f64)> = Vec::new();
+            for k in a.kinds.keys() {
+                if !base.kinds.contains_key(k) && base.kinds.len() < MAX_KINDS {
+                    base.kinds.insert(k.clone(), Ewma::new(c.half_life_buckets));
+                }
+            }
+            for (k, kb) in base.kinds.iter_mut() {
+                let n = a.kinds.get(k).copied().unwrap_or(0);
+                if n > 0 {
+                    growth.push((k.clone(), n, n as f64 - kb.mean()));
+                }
+                kb.learn(n as f64, surge);
+            }
+            base.arrivals.learn(a.arrivals as f64, va.anomalous);
+            if let (Some(q), Some(v)) = (q, vq) {
+                base.qwait.learn(q, v.anomalous);
+            }
+            if let (Some(r), Some(v)) = (r, vr) {
+                base.runq.learn(r, v.anomalous);
+            }
+            if surge {
+                growth.sort_by(|x, y| y.2.total_cmp(&x.2));
+                let dominant: Vec<_> = growth
+                    .iter()
+                    .take(3)
+                    .map(|(k, n, g)| json!({"kind": k, "tasks": n, "share": *n as f64 / a.arrivals.max(1) as f64, "above_baseline": g}))
+                    .collect();
+                let kinds: Vec<&str> = growth.iter().take(3).map(|g| g.0.as_str()).collect();
+                let summary = format!(
+                    "pool {name}: {} tasks/s against a baseline of {:.1}/s (threshold {:.1}); dominant kinds: {}",
+                    a.arrivals,
+                    va.mean,
+                    va.threshold,
+                    kinds.join(", ")
+                );
+                let evidence = json!({
+                    "pool": name,
+                    "pid": base.pid,
+                    "arrivals": a.arrivals,
+                    "dominant_kinds": dominant,
+                    "queue_wait_ms_mean": q,
+                    "queue_wait": vq,
+                    "task_runq_delay_ms_mean": r,
+                    "task_runq_delay": vr,
+                });
+                let key = (Class::TaskSurge, format!("pool:{name}"));
+                anomalous.insert(key.clone());
+                Self::raise(&mut self.open, &mut self.next_id, key, start, end, va, summary, evidence, ch);
+            }
+        }
+        let h = c.half_life_buckets;
+        let keep_pool_idle = IDLE_FORGET_NS / c.bucket_ns;
+        self.pools.retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
+
+        // --- cpu_contention, per process.
+        let contention_rule = Rule { sigma: c.sigma, ratio: c.contention_ratio, floor: c.contention_min_ms, warmup: c.warmup_buckets };
+        for pid in b.procs.keys() {
+            if !self.procs.contains_key(pid) && self.procs.len() < MAX_PIDS {
+                self.procs.insert(*pid, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx });
+            }
+        }
+        let empty = ProcAgg::default();
+        for (pid, base) in self.procs.iter_mut() {
+            let p = b.procs.get(pid).unwrap_or(&empty);
+            if p.waits > 0 {
+                base.seen = idx;
+            }
+            let ms = p.delay_ns as f64 / 1e6;
+            let v = base.a.observe(ms, &contention_rule);
+            let own_surge = surging_pids.contains(&Some(*pid)) || surging_pids.contains(&None);
+            if v.anomalous && !own_surge {
+                let mut tids: Vec<(&u32, &u64)> = p.tids.iter().collect();
+                tids.sort_by(|x, y| y.1.cmp(x.1));
+                let top: Vec<_> = tids
+                    .iter()
+                    .take(5)
+                    .map(|(t, ns)| json!({"tid": t, "thread_name": self.thread_names.get(t), "delay_ms": **ns as f64 / 1e6}))
+                    .collect();
+                let summary = format!(
+                    "pid {pid}: {ms:.1} ms of run-queue delay in 1 s against a baseline of {:.1} ms (threshold {:.1}) while task arrivals are normal",
+                    v.mean, v.threshold
+                );
+                let evidence = json!({
+                    "pid": pid,
+                    "runq_delay_ms": ms,
+                    "waits": p.waits,
+                    "max_wait_ms": p.max_ns as f64 / 1e6,
+                    "top_threads": top,
+                    "task_arrivals": "normal",
+                });
+                let key = (Class::CpuContention, format!("pid:{pid}"));
+                anomalous.insert(key.clone());
+                Self::raise(&mut self.open, &mut self.next_id, key, start, end, v, summary, evidence, ch);
+            }
+        }
+        self.procs.retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
+
+        // --- connection_fault, per service endpoint.
+        let reset_rule = Rule { sigma: c.sigma, ratio: c.fault_ratio, floor: c.fault_min_resets, warmup: 0 };
+        let retrans_rule = Rule { sigma: c.sigma, ratio: c.fault_ratio, floor: c.fault_min_retransmits, warmup: 0 };
+        for ep in b.eps.keys() {
+            if !self.eps.contains_key(ep) && self.eps.len() < MAX_ENDPOINTS {
+                self.eps.insert(*ep, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx });
+            }
+        }
+        let empty = EpAgg::default();
+        for (ep, base) in self.eps.iter_mut() {
+            let a = b.eps.get(ep).unwrap_or(&empty);
+            if !a.resets.is_empty() || a.retrans_segs > 0 || a.failed_spans > 0 {
+                base.seen = idx;
+            }
+            let conns: HashSet<&ConnKey> = a.resets.iter().map(|(k, _)| k).collect();
+            let by_service: HashSet<&ConnKey> = a.resets.iter().filter(|(_, s)| *s).map(|(k, _)| k).collect();
+            let by_peer = conns.len() - by_service.len().min(conns.len());
+            let vr = base.a.observe(conns.len() as f64, &reset_rule);
+            let vx = base.b.observe(a.retrans_segs as f64, &retrans_rule);
+            if vr.anomalous || vx.anomalous {
+                let reset_by = match (by_service.len(), a.resets.iter().filter(|(_, s)| !*s).count()) {
+                    (0, 0) => "none",
+                    (_, 0) => "service",
+                    (0, _) => "peers",
+                    _ => "both",
+                };
+                let what = if vr.anomalous {
+                    format!("{} connections reset ({})", conns.len(), match reset_by {
+                        "service" => format!("{ep} sent the resets"),
+                        "peers" => format!("its peers reset {ep}"),
+                        _ => "resets from both sides".to_owned(),
+                    })
+                } else {
+                    format!("{} segments retransmitted", a.retrans_segs)
+                };
+                let v = if vr.anomalous { vr } else { vx };
+                let summary = format!("{ep}: {what} in 1 s against a baseline of {:.1} (threshold {:.1})", v.mean, v.threshold);
+                let mut sessions: Vec<&String> = a.sessions.iter().collect();
+                sessions.sort();
+                let evidence = json!({
+                    "endpoint": ep.to_string(),
+                    "connections_reset": conns.len(),
+                    "reset_by": reset_by,
+                    "connections_reset_by_service": by_service.len(),
+                    "connections_reset_by_peers": by_peer,
+                    "retransmitted_segments": a.retrans_segs,
+                    "retransmits": vx,
+                    "states_at_reset": a.states,
+                    "failed_spans": a.failed_spans,
+                    "sessions": sessions,
+                });
+                let key = (Class::ConnectionFault, format!("ep:{ep}"));
+                anomalous.insert(key.clone());
+                Self::raise(&mut self.open, &mut self.next_id, key, start, end, v, summary, evidence, ch);
+            }
+        }
+        self.eps.retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
+
+        // --- close what has been quiet long enough (or open too long).
+        let keys: Vec<(Class, String)> = self.open.keys().cloned().collect();
+        for key in keys {
+            let o = self.open.get_mut(&key).expect("key from the map");
+            if !anomalous.contains(&key) {
+                o.quiet += 1;
+            }
+            let too_long = end.saturating_sub(o.inc.start_unix_ns) >= c.max_incident_ns;
+            if o.quiet >= c.quiet_buckets || too_long {
+                let mut o = self.open.remove(&key).expect("present");
+                o.inc.state = IncidentState::Closed;
+                self.attach_links(&mut o.inc);
+                ch.closed.push(o.inc);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn raise(
+        open: &mut HashMap<(Class, String), Open>,
+        next_id: &mut u64,
+        key: (Class, String),
+        start: u64,
+        end: u64,
+        v: Verdict,
+        summary: String,
+        evidence: serde_json::Value,
+        ch: &mut Changes,
+    ) {
+        let score = v.observed / v.threshold.max(f64::MIN_POSITIVE);
+        if let Some(o) = open.get_mut(&key) {
+            o.quiet = 0;
+            o.inc.end_unix_ns = end;
+            o.inc.buckets += 1;
+            if score > o.peak_score {
+                o.peak_score = score;
+                o.inc.baseline = v;
+                o.inc.summary = summary;
+                o.inc.evidence = evidence;
+            }
+            ch.updated.push(o.inc.clone());
+            return;
+        }
+        let id = *next_id;
+        *next_id += 1;
+        let inc = Incident::new(id, key.0, key.1.clone(), start, end, summary, v, evidence);
+        ch.opened.push(inc.clone());
+        open.insert(key, Open { inc, quiet: 0, peak_score: score });
+    }
+
+    fn attach_links(&self, inc: &mut Incident) {
+        let margin = self.cfg.bucket_ns;
+        let (lo, hi) = (inc.start_unix_ns.saturating_sub(margin), inc.end_unix_ns + margin);
+        let mut hits: Vec<RefEntry> =
+            self.refs.get(&inc.subject).map(|q| q.iter().filter(|e| e.start <= hi && e.end >= lo).copied().collect()).unwrap_or_default();
+        // One link per span, the heaviest reason.
+        hits.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+        let mut seen = HashSet::new();
+        hits.retain(|e| seen.insert(e.r));
+        inc.links_total = hits.len();
+        inc.links = hits
+            .iter()
+            .take(self.cfg.max_links)
+            .map(|e| LinkRef { trace_id: hex(&e.r.trace_id), span_id: hex(&e.r.span_id), r: e.r, weight: e.weight })
+            .collect();
+    }
+
+    /// Closes every open incident now (shutdown).
+    pub fn close_all(&mut self) -> Vec<Incident> {
+        let open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
+        open.into_iter()
+            .map(|mut o| {
+                o.inc.state = IncidentState::Closed;
+                self.attach_links(&mut o.inc);
+                o.inc
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

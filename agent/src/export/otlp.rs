@@ -1,0 +1,154 @@
+//! Forwarding spans (enriched, passed through, and incident spans) over OTLP/gRPC to a trace
+//! backend, through a bounded retry queue: when the backend is slow or down, the oldest queued
+//! spans are dropped and counted; the agent never blocks its receivers on it.
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use tokio::sync::Notify;
+use tonic::{Code, transport::Endpoint};
+
+#[derive(Clone, Debug)]
+pub struct ForwardConfig {
+    /// `http://host:4317`.
+    pub endpoint: String,
+    /// Spans the retry queue holds before dropping the oldest.
+    pub queue_spans: usize,
+    /// Per-export deadline.
+    pub timeout: Duration,
+    /// Attempts per request before it is dropped (with backoff, ~30 s in all).
+    pub max_attempts: u32,
+}
+
+#[derive(Clone)]
+pub struct ForwardMetrics {
+    pub forwarded: IntCounter,
+    pub dropped: IntCounterVec,
+    pub errors: IntCounter,
+    pub queued: IntGauge,
+}
+
+struct Queue {
+    items: VecDeque<(ExportTraceServiceRequest, usize)>,
+    spans: usize,
+}
+
+struct Inner {
+    q: Mutex<Queue>,
+    notify: Notify,
+    cap: usize,
+    m: ForwardMetrics,
+}
+
+/// A handle to the forwarding task. Cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
+    req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
+}
+
+impl Forwarder {
+    /// Starts the forwarding task (the connection is made lazily, and re-made as needed).
+    pub fn start(cfg: ForwardConfig, m: ForwardMetrics) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+            .map_err(|e| anyhow::anyhow!("--otlp-forward {}: {e}", cfg.endpoint))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(cfg.timeout);
+        let client = TraceServiceClient::new(endpoint.connect_lazy());
+        let inner = Arc::new(Inner {
+            q: Mutex::new(Queue { items: VecDeque::new(), spans: 0 }),
+            notify: Notify::new(),
+            cap: cfg.queue_spans.max(1),
+            m,
+        });
+        tokio::spawn(run(inner.clone(), client, cfg));
+        Ok(Self { inner })
+    }
+
+    /// Queues a request; never blocks. Drops the oldest queued spans if the queue is full.
+    pub fn push(&self, req: ExportTraceServiceRequest) {
+        let n = span_count(&req);
+        if n == 0 {
+            return;
+        }
+        let mut q = self.inner.q.lock().expect("forward queue lock");
+        if n > self.inner.cap {
+            self.inner.m.dropped.with_label_values(&["queue_full"]).inc_by(n as u64);
+            return;
+        }
+        while q.spans + n > self.inner.cap {
+            let Some((_, old)) = q.items.pop_front() else { break };
+            q.spans -= old;
+            self.inner.m.dropped.with_label_values(&["queue_full"]).inc_by(old as u64);
+        }
+        q.items.push_back((req, n));
+        q.spans += n;
+        self.inner.m.queued.set(q.spans as i64);
+        drop(q);
+        self.inner.notify.notify_one();
+    }
+
+    pub fn queued_spans(&self) -> usize {
+        self.inner.q.lock().expect("forward queue lock").spans
+    }
+}
+
+/// Per the OTLP spec, these codes are worth retrying; anything else is a permanent rejection.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss | Code::ResourceExhausted | Code::Unknown
+    )
+}
+
+async fn run(inner: Arc<Inner>, mut client: TraceServiceClient<tonic::transport::Channel>, cfg: ForwardConfig) {
+    loop {
+        let next = {
+            let mut q = inner.q.lock().expect("forward queue lock");
+            let item = q.items.pop_front();
+            if let Some((_, n)) = &item {
+                q.spans -= n;
+            }
+            inner.m.queued.set(q.spans as i64);
+            item
+        };
+        let Some((req, n)) = next else {
+            inner.notify.notified().await;
+            continue;
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match client.export(req.clone()).await {
+                Ok(_) => {
+                    inner.m.forwarded.inc_by(n as u64);
+                    break;
+                }
+                Err(status) => {
+                    inner.m.errors.inc();
+                    if !retryable(status.code()) {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "trace backend rejected spans");
+                        inner.m.dropped.with_label_values(&["rejected"]).inc_by(n as u64);
+                        break;
+                    }
+                    if attempt >= cfg.max_attempts {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "giving up on spans after {attempt} attempts");
+                        inner.m.dropped.with_label_values(&["retries_exhausted"]).inc_by(n as u64);
+                        break;
+                    }
+                    tracing::debug!(code = ?status.code(), "forwarding failed, retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
