@@ -1,9 +1,11 @@
 //! The joins: a span's key and time window against the kernel evidence, and what gets written
 //! onto the span.
 //!
-//! - Thread spans (`thread.id`): every run-queue wait of that thread that overlaps the span's
-//!   window, widened by `slack` on both sides. The full wait counts: a wait that ends just
-//!   after the span starts is the worker being woken for this task and kept off the CPU.
+//! - Thread spans (`thread.id`): the run-queue waits of that thread inside the span's window
+//!   (widened by `slack` on both sides); a wait that straddles a boundary counts only its part
+//!   inside. The wake-up that brought the worker to this task ends before the span starts: it
+//!   is queueing, and shows in `pool.queue_wait_ms`. Slow waits also become span events,
+//!   carrying the whole wait as the kernel measured it.
 //! - Connection spans (4-tuple): every TCP event on the connection from `start − slack` to
 //!   `end + tail`. The tail is there because a session's socket is closed, and its last RST
 //!   sent, as the session task unwinds, just after the span has ended; a 4-tuple is not reused
@@ -57,10 +59,12 @@ pub const E_TCP_RST: &str = "kernelsight.tcp.reset";
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunqJoin {
+    /// Run-queue time inside the window, summed and the longest single part.
     pub total_ns: u64,
     pub max_ns: u64,
+    /// Waits with some part inside the window.
     pub count: u64,
-    /// Waits ≥ the slow threshold, oldest first.
+    /// Those of them that were slow (whole wait ≥ the threshold), oldest first.
     pub slow: Vec<RunqEntry>,
     pub truncated: bool,
 }
@@ -69,9 +73,13 @@ pub fn join_runq(w: &Windows<u32, RunqEntry>, tid: u32, start: u64, end: u64, cf
     let (lo, hi) = (start.saturating_sub(cfg.slack_ns), end.saturating_add(cfg.slack_ns));
     let mut j = RunqJoin { truncated: w.truncated(&tid, lo), ..Default::default() };
     if let Some(win) = w.get(&tid) {
-        for e in win.items().filter(|e| e.start_ns() <= hi && e.end_ns >= lo) {
-            j.total_ns += e.delay_ns;
-            j.max_ns = j.max_ns.max(e.delay_ns);
+        for e in win.items() {
+            let inside = e.end_ns.min(hi).saturating_sub(e.start_ns().max(lo));
+            if inside == 0 {
+                continue;
+            }
+            j.total_ns += inside;
+            j.max_ns = j.max_ns.max(inside);
             j.count += 1;
             if e.delay_ns >= cfg.slow_wakeup_ns {
                 j.slow.push(e.clone());
@@ -272,27 +280,34 @@ mod tests {
     fn runq_window_counts_overlapping_waits_of_that_thread_only() {
         let cfg = JoinConfig { slack_ns: MS, ..Default::default() };
         let w = runq_windows(&[
-            (7, 100 * MS, 5 * MS),   // ends 98 ms before the span: out
-            (7, 200 * MS, 2 * MS),   // the wake-up for the task, ends at span start: in
-            (7, 250 * MS, 7 * MS),   // preempted mid-task: in
-            (7, 260 * MS, 100_000),  // a short one: counted, no event
-            (8, 250 * MS, 50 * MS),  // another thread: out
-            (7, 302 * MS, 3 * MS),   // starts at 299 ms, within the slack: in
-            (7, 400 * MS, MS),          // after: out
+            (7, 100 * MS, 5 * MS),    // ends 98 ms before the span: out
+            (7, 200 * MS, 2 * MS),    // the wake-up for the task: only its last 1 ms (slack) is in
+            (7, 250 * MS, 7 * MS),    // preempted mid-task: in
+            (7, 260 * MS, 100_000),   // a short one: counted, no event
+            (8, 250 * MS, 50 * MS),   // another thread: out
+            (7, 301 * MS, 3 * MS),    // from 298 ms: 1 ms inside the window's slack
+            (7, 300 * MS + 1, MS),    // starts 1 ns after the window (with slack): out
+            (7, 400 * MS, MS),        // after: out
+            (7, 5_000 * MS, 4_900 * MS), // a wait straddling the whole span: only the window counts
         ]);
         let j = join_runq(&w, 7, 200 * MS, 298 * MS, &cfg);
-        assert_eq!(j.count, 4);
-        assert_eq!(j.total_ns, 12 * MS + 100_000);
-        assert_eq!(j.max_ns, 7 * MS);
-        assert_eq!(j.slow.len(), 3);
+        assert_eq!(j.count, 5, "{j:?}");
+        assert_eq!(j.total_ns, 9 * MS + 100_000 + 100 * MS);
+        assert_eq!(j.max_ns, 100 * MS, "the window is 100 ms wide with its slack");
+        assert_eq!(j.slow.len(), 4);
+        let j = join_runq(&w, 7, 200 * MS, 298 * MS, &JoinConfig { slack_ns: 0, ..cfg.clone() });
+        assert_eq!(j.total_ns, 7 * MS + 100_000 + 98 * MS, "without slack: the mid-task wait, the short one, the straddler");
+        let w = runq_windows(&[(7, 200 * MS, 2 * MS), (7, 250 * MS, 7 * MS), (7, 260 * MS, 100_000), (7, 301 * MS, 3 * MS)]);
+        let j = join_runq(&w, 7, 200 * MS, 298 * MS, &cfg);
+        assert_eq!(j.total_ns, 9 * MS + 100_000);
         let mut span = Span::default();
         apply_runq(&mut span, &j, &cfg);
-        assert_eq!(attr_f64(&span.attributes, A_RUNQ_TOTAL), Some(12.1));
+        assert_eq!(attr_f64(&span.attributes, A_RUNQ_TOTAL), Some(9.1));
         assert_eq!(attr_f64(&span.attributes, A_RUNQ_MAX), Some(7.0));
         assert_eq!(attr_i64(&span.attributes, A_RUNQ_COUNT), Some(4));
         assert_eq!(span.events.len(), 3);
         assert_eq!(span.events[1].time_unix_nano, 250 * MS);
-        assert_eq!(attr_f64(&span.events[1].attributes, "kernelsight.runq.delay_ms"), Some(7.0));
+        assert_eq!(attr_f64(&span.events[0].attributes, "kernelsight.runq.delay_ms"), Some(2.0), "events carry the whole wait");
     }
 
     #[test]

@@ -38,6 +38,10 @@ impl Agent {
             .arg(addr.to_string())
             .args(extra)
             .env("RUST_LOG", "warn")
+            // Any free port for the OTLP receivers, so agents started side by side (and a dev
+            // agent on 4317/4318) do not collide; tests that send spans pass explicit addresses.
+            .env("KERNELSIGHT_OTLP_GRPC_ADDR", "127.0.0.1:0")
+            .env("KERNELSIGHT_OTLP_HTTP_ADDR", "127.0.0.1:0")
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn agent");
