@@ -193,16 +193,18 @@ pub struct RunqConfig {
 /// Log2 histogram slots: slot `i` holds delays in [2^i, 2^(i+1)) microseconds (slot 0: < 2 µs),
 /// the same buckets as libbpf-tools' runqlat so the two compare slot by slot.
 pub const RUNQ_SLOTS: u32 = 27;
-/// `HistKey::slot` under which a process's total delay in nanoseconds accumulates (the
-/// histogram's sum).
-pub const RUNQ_SUM_SLOT: u32 = u32::MAX;
 
-/// Key of the per-process run-queue histogram (`RUNQ_HIST`, per-CPU counts).
+/// One process's run-queue histogram (`RUNQ_HIST`, per-CPU, keyed by tgid): one map lookup
+/// per delay updates both the slot and the sum.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct HistKey {
-    pub tgid: u32,
-    pub slot: u32,
+#[derive(Clone, Copy, Debug)]
+pub struct RunqHist {
+    pub slots: [u64; RUNQ_SLOTS as usize],
+    pub sum_ns: u64,
+}
+
+impl RunqHist {
+    pub const ZERO: Self = Self { slots: [0; RUNQ_SLOTS as usize], sum_ns: 0 };
 }
 
 /// Cumulative run-queue delay of one thread (`RUNQ_TID`, per-CPU).
@@ -232,7 +234,7 @@ pub struct RunqEvent {
 mod pod {
     unsafe impl aya::Pod for super::TaskLayout {}
     unsafe impl aya::Pod for super::RunqConfig {}
-    unsafe impl aya::Pod for super::HistKey {}
+    unsafe impl aya::Pod for super::RunqHist {}
     unsafe impl aya::Pod for super::RunqTotals {}
     unsafe impl aya::Pod for super::RunqEvent {}
     // SAFETY: all are repr(C) plain data with explicit padding fields.

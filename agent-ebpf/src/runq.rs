@@ -2,11 +2,11 @@
 //! (`sched_wakeup`, `sched_wakeup_new`) or when a running thread is preempted and stays runnable
 //! (`sched_switch` with prev still TASK_RUNNING); it ends when `sched_switch` puts the thread on a
 //! CPU. Only watched processes pay more than one map lookup.
-use agent_common::{Counter, HistKey, RUNQ_SLOTS, RUNQ_SUM_SLOT, RunqConfig, RunqEvent, RunqTotals, TaskLayout};
+use agent_common::{Counter, RUNQ_SLOTS, RunqConfig, RunqEvent, RunqHist, RunqTotals, TaskLayout};
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 
@@ -20,11 +20,17 @@ pub static RUNQ_CONFIG: Array<RunqConfig> = Array::with_max_entries(1, 0);
 /// Watched processes (tgid → 1), kept up to date by the agent.
 #[map]
 pub static RUNQ_WATCH: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
-/// tid → when its current wait began. LRU: a thread that exits mid-wait must not leak a slot.
+/// tid → when its current wait began. A plain hash (cheaper than LRU on this hot path): a
+/// thread that exits mid-wait leaves a stale entry, which its tid's next wait overwrites; the
+/// agent sizes the map well above the number of threads it watches.
 #[map]
-static RUNQ_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 #[map]
-pub static RUNQ_HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(65536, 0);
+pub static RUNQ_HIST: PerCpuHashMap<u32, RunqHist> = PerCpuHashMap::with_max_entries(4096, 0);
+/// All zeros: the initial value for a new histogram, copied from the map instead of built on
+/// the 512-byte BPF stack.
+#[map]
+static ZERO_HIST: Array<RunqHist> = Array::with_max_entries(1, 0);
 #[map]
 pub static RUNQ_TID: LruPerCpuHashMap<u32, RunqTotals> = LruPerCpuHashMap::with_max_entries(16384, 0);
 #[map]
@@ -37,8 +43,18 @@ fn layout() -> TaskLayout {
     unsafe { core::ptr::read_volatile(&TASK_LAYOUT) }
 }
 
+/// Reads a `task_struct` field. tp_btf arguments are trusted BTF pointers and `off` comes from
+/// read-only .rodata, so the verifier sees a constant offset, checks the load against the
+/// kernel's own task_struct layout, and lets us load directly: no helper call on the hottest
+/// path in the kernel.
 #[inline(always)]
-fn field<T>(task: *const u8, off: u32) -> Option<T> {
+fn field<T: Copy>(task: *const u8, off: u32) -> Option<T> {
+    Some(unsafe { core::ptr::read(task.add(off as usize) as *const T) })
+}
+
+/// Copies with the helper, for values that are not scalars (`comm`).
+#[inline(always)]
+fn copy<T>(task: *const u8, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(task.add(off as usize) as *const T) }.ok()
 }
 
@@ -120,18 +136,22 @@ fn log2_slot(delay_ns: u64) -> u32 {
 
 #[inline(always)]
 fn record_hist(tgid: u32, delay: u64) {
-    add(&HistKey { tgid, slot: log2_slot(delay) }, 1);
-    add(&HistKey { tgid, slot: RUNQ_SUM_SLOT }, delay);
-}
-
-#[inline(always)]
-fn add(key: &HistKey, n: u64) {
-    match RUNQ_HIST.get_ptr_mut(key) {
-        // Per-CPU value: no other CPU writes it.
-        Some(v) => unsafe { *v += n },
+    let slot = log2_slot(delay) as usize;
+    let h = match RUNQ_HIST.get_ptr_mut(&tgid) {
+        Some(h) => h,
         None => {
-            let _ = RUNQ_HIST.insert(key, &n, 0);
+            let Some(zero) = ZERO_HIST.get(0) else { return };
+            let _ = RUNQ_HIST.insert(&tgid, zero, 0);
+            let Some(h) = RUNQ_HIST.get_ptr_mut(&tgid) else { return };
+            h
         }
+    };
+    // Per-CPU value: no other CPU writes it. The bound check is for the verifier.
+    unsafe {
+        if slot < RUNQ_SLOTS as usize {
+            (*h).slots[slot] += 1;
+        }
+        (*h).sum_ns += delay;
     }
 }
 
@@ -165,7 +185,7 @@ fn emit(now: u64, delay: u64, tgid: u32, tid: u32, task: *const u8, l: &TaskLayo
         tid,
         cpu: unsafe { bpf_get_smp_processor_id() },
         _pad: 0,
-        comm: field::<[u8; 16]>(task, l.comm).unwrap_or([0; 16]),
+        comm: copy::<[u8; 16]>(task, l.comm).unwrap_or([0; 16]),
     });
     entry.submit(0);
 }

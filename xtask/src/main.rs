@@ -1,5 +1,6 @@
 //! Project tasks. `cargo xtask setup` installs what the build and tests need (idempotent, cached
 //! in `.tools/`); `run` starts the game server and the agent; `test` runs the whole suite.
+mod bench;
 mod setup;
 mod tasks;
 mod util;
@@ -23,6 +24,14 @@ enum Cmd {
     Run(tasks::RunArgs),
     /// Run the whole test suite (set-up included).
     Test(tasks::TestArgs),
+    /// Benchmarks that print a table (`probes`, `pool`).
+    Bench(bench::BenchArgs),
+    /// The fixed scheduling workload `bench probes` measures (internal).
+    #[command(hide = true)]
+    SchedWorkload {
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +41,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Build => setup::run().and_then(|env| tasks::build(&env)),
         Cmd::Run(args) => setup::run().and_then(|env| tasks::run(&env, args)),
         Cmd::Test(args) => setup::run().and_then(|env| tasks::test(&env, args)),
+        Cmd::Bench(args) => setup::run().and_then(|env| bench::run(&env, args)),
+        Cmd::SchedWorkload { seconds } => bench::sched_workload(seconds),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

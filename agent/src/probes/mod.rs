@@ -9,7 +9,7 @@ pub mod watch;
 
 use std::{collections::HashMap, path::PathBuf};
 
-use agent_common::{COUNTER_MAX, Counter, HistKey, RUNQ_SLOTS, RUNQ_SUM_SLOT, RunqConfig, RunqTotals, TaskLayout};
+use agent_common::{COUNTER_MAX, Counter, RunqConfig, RunqHist, RunqTotals, TaskLayout};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -79,7 +79,7 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     runq_config: Array<MapData, RunqConfig>,
     runq_watch: BpfHashMap<MapData, u32, u8>,
-    runq_hist: PerCpuHashMap<MapData, HistKey, u64>,
+    runq_hist: PerCpuHashMap<MapData, u32, RunqHist>,
     runq_tid: PerCpuHashMap<MapData, u32, RunqTotals>,
 }
 
@@ -234,19 +234,17 @@ impl Probes {
 
     /// Per-process run-queue histograms, summed over CPUs.
     pub fn runq_histograms(&self) -> Result<HashMap<u32, RunqHistogram>> {
-        let mut out: HashMap<u32, RunqHistogram> = HashMap::new();
+        let mut out = HashMap::new();
         for item in self.runq_hist.iter() {
-            let (key, values) = item?;
-            let n: u64 = values.iter().sum();
-            let h = out.entry(key.tgid).or_insert_with(|| RunqHistogram {
-                slots: vec![0; RUNQ_SLOTS as usize],
-                sum_ns: 0,
-            });
-            if key.slot == RUNQ_SUM_SLOT {
-                h.sum_ns += n;
-            } else if let Some(s) = h.slots.get_mut(key.slot as usize) {
-                *s += n;
+            let (tgid, per_cpu) = item?;
+            let mut h = RunqHistogram { slots: vec![0; RunqHist::ZERO.slots.len()], sum_ns: 0 };
+            for v in per_cpu.iter() {
+                for (acc, n) in h.slots.iter_mut().zip(v.slots) {
+                    *acc += n;
+                }
+                h.sum_ns += v.sum_ns;
             }
+            out.insert(tgid, h);
         }
         Ok(out)
     }
