@@ -23,6 +23,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("libbpf-tools", "runqlat/tcplife: real peers to check our numbers against"),
     ("bpftool", "inspecting loaded programs, bpf_stats"),
     ("util-linux", "setpriv: running the agent without privileges in tests"),
+    ("prometheus", "promtool: checking the Prometheus config and both binaries' /metrics"),
 ];
 
 /// What later steps need to know about the set-up.
