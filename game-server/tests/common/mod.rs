@@ -54,9 +54,22 @@ impl Server {
     }
 
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn(data_dir, true, extra, env)
+    }
+
+    /// Production mode (no --dev): no /login, /admin needs the admin token.
+    pub fn start_prod(extra: &[&str]) -> Server {
+        Self::spawn(&temp_dir("prod"), false, extra, &[])
+    }
+
+    pub fn spawn(data_dir: &Path, dev: bool, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_game-server"));
-        cmd.args(["--listen", "127.0.0.1:0", "--dev", "--token-secret", SECRET])
-            .arg("--data-dir")
+        cmd.args(["--listen", "127.0.0.1:0", "--token-secret", SECRET])
+            .env_remove("GAME_DEV");
+        if dev {
+            cmd.arg("--dev");
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -372,7 +385,9 @@ impl Client {
 
     /// Read deltas until `pred` holds for one; returns it.
     pub async fn delta_until(&mut self, mut pred: impl FnMut(&ServerMsg) -> bool) -> ServerMsg {
+        let deadline = tokio::time::Instant::now() + GUARD;
         loop {
+            assert!(tokio::time::Instant::now() < deadline, "no matching delta");
             let m = self.recv().await;
             if matches!(m, ServerMsg::Delta { .. }) && pred(&m) {
                 return m;
