@@ -189,13 +189,15 @@ fn task_spans_get_the_run_queue_delay_their_thread_suffered() {
             })
         })
         .collect();
+    // The blocked thread stays alive until the end: the agent checks that a span's thread.id
+    // is a live thread of its process before it reports a measured zero.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let blocked = std::thread::spawn(move || {
-        let tid = gettid();
-        let start = now_ns();
-        let _ = rx.recv_timeout(Duration::from_millis(800));
-        (tid, start)
+        tid_tx.send((gettid(), now_ns())).unwrap();
+        let _ = rx.recv();
     });
+    let (btid, bstart) = tid_rx.recv().unwrap();
     let victim = std::thread::spawn(|| {
         pin_to_cpu0();
         let tid = gettid();
@@ -209,8 +211,7 @@ fn task_spans_get_the_run_queue_delay_their_thread_suffered() {
     let (vtid, vstart, vend, _) = victim.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     hogs.into_iter().for_each(|h| h.join().unwrap());
-    drop(tx);
-    let (btid, bstart) = blocked.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300).saturating_sub(Duration::from_nanos(now_ns() - bstart)));
 
     let pid = std::process::id();
     let victim_span = task_span(1, vstart, vend, vtid, pid, "compute");
@@ -231,4 +232,13 @@ fn task_spans_get_the_run_queue_delay_their_thread_suffered() {
     let i = wait_for(&sink, &idle_span.span_id);
     assert_eq!(attr_i(&i, "kernelsight.runq.count"), Some(0), "a watched, blocked thread: zero, measured: {:?}", i.attributes);
     assert_eq!(attr_f(&i, "kernelsight.runq.delay_total_ms"), Some(0.0));
+    drop(tx);
+    blocked.join().unwrap();
+
+    // A thread.id that is not a thread of the process (tracing-opentelemetry's ThreadId
+    // counter, say) gets no run-queue attributes at all, rather than a "measured" zero.
+    let bogus = task_span(3, vstart, vend, 3, pid, "bogus");
+    send_grpc(grpc, request(vec![bogus.clone()]));
+    let b = wait_for(&sink, &bogus.span_id);
+    assert_eq!(attr_i(&b, "kernelsight.runq.count"), None, "{:?}", b.attributes);
 }

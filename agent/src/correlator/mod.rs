@@ -152,6 +152,9 @@ const TCP_BOUNDS: Bounds = Bounds { max_keys: 16384, per_key: 32, retention_ns: 
 /// Threads with run-queue waits, the last 128 each, for one minute (task spans arrive seconds
 /// after they end, even through a batching SDK).
 const RUNQ_BOUNDS: Bounds = Bounds { max_keys: 8192, per_key: 128, retention_ns: 60_000_000_000 };
+/// (pid, tid) verdicts cached between /proc checks; cleared when full (a thread's answer
+/// does not change while it lives, and re-checking is one stat).
+const TID_CACHE: usize = 65536;
 /// Correlator tick: how often held spans are checked for readiness.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -292,6 +295,8 @@ pub struct Correlator {
     /// Processes with run-queue evidence, and when last seen: their threads' spans get
     /// run-queue attributes even when zero (zero is then a measurement, not an absence).
     runq_pids: HashMap<u32, u64>,
+    /// (pid, tid) → is that a thread of that process (see `is_linux_tid`).
+    tid_cache: HashMap<(u32, u32), bool>,
     fwd: Option<Forwarder>,
     board: SharedBoard,
     resource: Vec<KeyValue>,
@@ -312,6 +317,7 @@ impl Correlator {
             evidence: Evidence { runq: Windows::new(RUNQ_BOUNDS), tcp: Windows::new(TCP_BOUNDS) },
             detector: Detector::new(args.detect_config(), EphemeralPorts::from_sysctl(), Clock::now_unix_ns()),
             runq_pids: HashMap::new(),
+            tid_cache: HashMap::new(),
             fwd,
             board,
             resource: vec![
@@ -432,7 +438,8 @@ impl Correlator {
                 for span in ss.spans.iter_mut() {
                     let facts = SpanFacts::read(span, res);
                     let r = SpanRef::of(span);
-                    let runq = facts.tid.map(|tid| join_runq(&self.evidence.runq, tid, facts.start_ns, facts.end_ns, &self.join));
+                    let tid = facts.tid.filter(|&t| self.is_linux_tid(facts.pid, t));
+                    let runq = tid.map(|tid| join_runq(&self.evidence.runq, tid, facts.start_ns, facts.end_ns, &self.join));
                     let runq = runq.filter(|j| j.count > 0 || facts.pid.is_some_and(|p| self.runq_pids.contains_key(&p)));
                     if let Some(j) = &runq {
                         apply_runq(span, j, &self.join);
@@ -459,6 +466,26 @@ impl Correlator {
         if let Some(f) = &self.fwd {
             f.push(req);
         }
+    }
+
+    /// Whether a span's `thread.id` really is a Linux thread of its `process.pid`. Libraries
+    /// put other numbers there (tracing-opentelemetry: a Rust `ThreadId` counter), and joining
+    /// on one of those would attach another thread's delays, or a "measured" zero. The kernel's
+    /// own evidence decides when it names the thread; otherwise /proc does (cached, bounded).
+    /// Without a pid only evidence the kernel reported for that tid is trusted.
+    fn is_linux_tid(&mut self, pid: Option<u32>, tid: u32) -> bool {
+        let seen: Option<bool> = self.evidence.runq.get(&tid).and_then(|w| w.items().last()).map(|e| pid.is_none_or(|p| e.pid == p));
+        if let Some(ok) = seen {
+            return ok;
+        }
+        let Some(pid) = pid else { return false };
+        if self.tid_cache.len() >= TID_CACHE {
+            self.tid_cache.clear();
+        }
+        *self
+            .tid_cache
+            .entry((pid, tid))
+            .or_insert_with(|| std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists())
     }
 
     pub fn detector(&self) -> &Detector {

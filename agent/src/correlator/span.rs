@@ -8,8 +8,12 @@ use opentelemetry_proto::tonic::{
 
 use super::netkey::{Endpoint, Oriented};
 
+/// The value of `key`; when a key repeats, the last one wins (as the OpenTelemetry API's
+/// `set_attribute` does). This matters: `tracing-opentelemetry` adds its own `thread.id` (a
+/// Rust `ThreadId` counter) first, and a span's explicit `thread.id` field (the Linux tid)
+/// comes after it.
 pub fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
+    attrs.iter().rev().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
 }
 
 pub fn attr_i64(attrs: &[KeyValue], key: &str) -> Option<i64> {
@@ -171,6 +175,10 @@ mod tests {
         let resource = vec![kv_i("process.pid", 4200), kv_s("service.name", "game")];
         let f = SpanFacts::read(&span, &resource);
         assert_eq!((f.tid, f.pid), (Some(4242), Some(4200)));
+        // tracing-opentelemetry's own thread.id comes first; the explicit field wins.
+        let mut dup = span.clone();
+        dup.attributes.insert(0, kv_i("thread.id", 3));
+        assert_eq!(SpanFacts::read(&dup, &resource).tid, Some(4242));
         assert!(f.is_pool_task() && f.failed);
         assert_eq!(f.queue_wait_ms, Some(1.5));
         assert_eq!(f.service, "game");
