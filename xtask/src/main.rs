@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask setup` installs what the build and tests need (idempotent, cached
 //! in `.tools/`); `run` starts the game server and the agent; `test` runs the whole suite.
 mod bench;
+mod scenario;
 mod setup;
 mod tasks;
 mod util;
@@ -24,6 +25,14 @@ enum Cmd {
     Run(tasks::RunArgs),
     /// Run the whole test suite (set-up included).
     Test(tasks::TestArgs),
+    /// Run server + agent + bots on loopback, inject one fault, compare detection to ground truth.
+    Scenario(scenario::ScenarioArgs),
+    /// Burn one CPU for a while (the noisy-neighbour scenario's hog; internal).
+    #[command(hide = true)]
+    Hog {
+        #[arg(long)]
+        seconds: u64,
+    },
     /// Benchmarks that print a table (`probes`, `pool`).
     Bench(bench::BenchArgs),
     /// The fixed scheduling workload `bench probes` measures (internal).
@@ -43,6 +52,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Test(args) => setup::run().and_then(|env| tasks::test(&env, args)),
         Cmd::Bench(args) => setup::run().and_then(|env| bench::run(&env, args)),
         Cmd::SchedWorkload { seconds } => bench::sched_workload(seconds),
+        Cmd::Scenario(args) => setup::run().and_then(|env| scenario::run(&env, args)),
+        Cmd::Hog { seconds } => {
+            scenario::hog(seconds);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

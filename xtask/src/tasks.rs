@@ -76,5 +76,6 @@ pub struct TestArgs {
 
 pub fn test(env: &Env, args: TestArgs) -> Result<()> {
     step("running the test suite");
-    run_cmd(env.cargo().args(["test", "--workspace", "--exclude", "agent-ebpf"]).args(&args.rest))
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
+    run_cmd(env.cargo().args(["test", "--workspace", "--exclude", "agent-ebpf", "--no-fail-fast"]).args(&args.rest))
 }

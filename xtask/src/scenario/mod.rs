@@ -1,0 +1,465 @@
+//! `cargo xtask scenario <name>`: the game server, the agent and bots on loopback, one injected
+//! fault with known ground truth (what, when, toward which endpoint), and a comparison of what
+//! the agent detected against it: time to detect, right class and subject, false alarms.
+mod dependency;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::{setup::Env, util::{run as run_cmd, step}};
+use dependency::Dependency;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// Load without a fault: nothing should be raised.
+    Calm,
+    /// The scheduled batch job floods the worker pool.
+    Surge,
+    /// The dependency (a Redis stand-in) resets every connection, like an exhausted pool.
+    RstStorm,
+    /// nftables drops segments to the game server's port for a bounded time.
+    PacketLoss,
+    /// CPU hogs outside the server oversubscribe the cores.
+    NoisyNeighbour,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [Kind::Calm, Kind::Surge, Kind::RstStorm, Kind::PacketLoss, Kind::NoisyNeighbour];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Calm => "calm",
+            Kind::Surge => "surge",
+            Kind::RstStorm => "rst-storm",
+            Kind::PacketLoss => "packet-loss",
+            Kind::NoisyNeighbour => "noisy-neighbour",
+        }
+    }
+
+    /// The incident class the fault must raise (None: nothing may be raised).
+    fn expected_class(self) -> Option<&'static str> {
+        match self {
+            Kind::Calm => None,
+            Kind::Surge => Some("task_surge"),
+            Kind::RstStorm | Kind::PacketLoss => Some("connection_fault"),
+            Kind::NoisyNeighbour => Some("cpu_contention"),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct ScenarioArgs {
+    /// Which fault to inject.
+    #[arg(value_enum)]
+    pub kind: Option<Kind>,
+    /// Run every scenario.
+    #[arg(long, conflicts_with = "kind")]
+    pub all: bool,
+    /// Runs per scenario (precision, recall and time to detect are reported over all of them).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Use the debug binaries in target/debug (what the test suite builds) instead of release.
+    #[arg(long)]
+    pub debug: bool,
+    /// Print the report as JSON (for tests) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Bot sessions and rooms.
+    #[arg(long, default_value_t = 40)]
+    pub sessions: u32,
+    #[arg(long, default_value_t = 4)]
+    pub rooms: u32,
+    /// Seconds of normal load before the fault (the detectors learn their baselines).
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// Seconds the fault lasts.
+    #[arg(long, default_value_t = 10)]
+    pub fault: u64,
+    /// Seconds of normal load after the fault.
+    #[arg(long, default_value_t = 10)]
+    pub after: u64,
+}
+
+struct Bins {
+    agent: PathBuf,
+    server: PathBuf,
+    bots: PathBuf,
+}
+
+fn bins(env: &Env, debug: bool) -> Result<Bins> {
+    let profile = if debug { "debug" } else { "release" };
+    let mut cmd = env.cargo();
+    cmd.args(["build", "-p", "agent", "-p", "game-server"]);
+    if !debug {
+        cmd.arg("--release");
+    }
+    run_cmd(&mut cmd)?;
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| env.root.join("target")).join(profile);
+    Ok(Bins { agent: dir.join("kernelsight-agent"), server: dir.join("game-server"), bots: dir.join("bots") })
+}
+
+/// A child killed (SIGTERM, then SIGKILL) when dropped.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe { kill(self.0.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad HTTP response")?;
+    Ok((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+fn wait_ready(addr: SocketAddr, what: &str, child: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = http(addr, "GET", "/readyz", None) {
+            return Ok(());
+        }
+        if let Some(status) = child.0.try_wait()? {
+            bail!("{what} exited before it was ready ({status})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} was not ready within 60 s")
+}
+
+/// An incident as first seen in the agent's listing.
+#[derive(Clone, Debug)]
+struct Seen {
+    id: String,
+    class: String,
+    subject: String,
+    summary: String,
+    first_seen_unix_ns: u64,
+}
+
+/// Polls /incidents and remembers when each incident first appeared.
+fn watch_incidents(agent: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec<Seen>>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((200, body)) = http(agent, "GET", "/incidents", None) {
+                if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                    let now = now_unix_ns();
+                    let mut seen = seen.lock().expect("not poisoned");
+                    for inc in v["incidents"].as_array().into_iter().flatten() {
+                        let id = inc["id"].as_str().unwrap_or_default().to_owned();
+                        if !seen.iter().any(|s| s.id == id) {
+                            seen.push(Seen {
+                                id,
+                                class: inc["class"].as_str().unwrap_or_default().to_owned(),
+                                subject: inc["subject"].as_str().unwrap_or_default().to_owned(),
+                                summary: inc["summary"].as_str().unwrap_or_default().to_owned(),
+                                first_seen_unix_ns: now,
+                            });
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    })
+}
+
+/// The fault, while it lasts; undone on drop even if the run fails.
+enum Fault {
+    None,
+    Resetting(Arc<Dependency>),
+    Nft,
+    /// Held so that ending the fault (drop) stops them.
+    Hogs(#[allow(dead_code)] Vec<Proc>),
+}
+
+impl Drop for Fault {
+    fn drop(&mut self) {
+        match self {
+            Fault::Resetting(dep) => dep.set_resetting(false),
+            Fault::Nft => {
+                let _ = nft("delete table inet ks_scenario\n");
+            }
+            Fault::None | Fault::Hogs(_) => {}
+        }
+    }
+}
+
+fn nft(script: &str) -> Result<()> {
+    let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().context("nft (nftables)")?;
+    child.stdin.take().context("stdin")?.write_all(script.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("nft failed on:\n{script}");
+    }
+    Ok(())
+}
+
+/// What one run found, against its ground truth.
+#[derive(Debug)]
+struct RunReport {
+    kind: Kind,
+    fault_start_unix_ns: u64,
+    /// The subject the right incident must name (`ep:addr:port`, `pool:name`, `pid:n`), or a
+    /// prefix of it.
+    expected_subject: Option<String>,
+    detected: Option<Seen>,
+    false_alarms: Vec<Seen>,
+    bots: Value,
+    /// Connections the dependency reset (ground truth for rst-storm).
+    dependency_resets: u64,
+}
+
+impl RunReport {
+    fn ttd_s(&self) -> Option<f64> {
+        self.detected.as_ref().map(|d| d.first_seen_unix_ns.saturating_sub(self.fault_start_unix_ns) as f64 / 1e9)
+    }
+
+    fn json(&self) -> Value {
+        let seen = |s: &Seen| json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary});
+        json!({
+            "scenario": self.kind.name(),
+            "expected_class": self.kind.expected_class(),
+            "expected_subject": self.expected_subject,
+            "detected": self.detected.as_ref().map(seen),
+            "time_to_detect_s": self.ttd_s(),
+            "false_alarms": self.false_alarms.iter().map(seen).collect::<Vec<_>>(),
+            "bots": self.bots,
+            "dependency_resets": self.dependency_resets,
+        })
+    }
+}
+
+fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
+    let dep = Arc::new(Dependency::start()?);
+    let (agent_http, otlp_grpc, otlp_http, game) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    let data = std::env::temp_dir().join(format!("ks-scenario-{}-{}", std::process::id(), kind.name()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
+    let logs = |name: &str| -> Result<std::fs::File> { Ok(std::fs::File::create(data.join(format!("{name}.log")))?) };
+
+    let mut agent = Proc(
+        Command::new(&bins.agent)
+            .args(["--http-addr", &agent_http.to_string()])
+            .args(["--otlp-grpc-addr", &otlp_grpc.to_string(), "--otlp-http-addr", &otlp_http.to_string()])
+            .args(["--comm", "game-server"])
+            .env("RUST_LOG", "info")
+            .stderr(logs("agent")?)
+            .spawn()
+            .context("starting the agent")?,
+    );
+    wait_ready(agent_http, "the agent", &mut agent)?;
+    let mut server = Proc(
+        Command::new(&bins.server)
+            .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
+            .arg(&data)
+            .args(["--dependency-addr", &dep.addr.to_string()])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_grpc}"))
+            // Export spans twice a second, so detection is not waiting on the batcher.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "500")
+            .env("RUST_LOG", "info")
+            .stderr(logs("game-server")?)
+            .spawn()
+            .context("starting the game server")?,
+    );
+    wait_ready(game, "the game server", &mut server)?;
+    let server_pid = server.0.id();
+
+    let total = a.warmup + a.fault + a.after;
+    let bots = Proc(
+        Command::new(&bins.bots)
+            .args(["--url", &format!("ws://{game}/ws")])
+            .args(["--sessions", &a.sessions.to_string(), "--rooms", &a.rooms.to_string()])
+            .args(["--rate", "10", "--duration", &total.to_string(), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(logs("bots")?)
+            .spawn()
+            .context("starting the bots")?,
+    );
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_incidents(agent_http, stop.clone(), seen.clone());
+
+    std::thread::sleep(Duration::from_secs(a.warmup));
+    let fault_start_unix_ns = now_unix_ns();
+    step(format!("scenario {}: fault starts", kind.name()));
+    let (fault, expected_subject) = match kind {
+        Kind::Calm => (Fault::None, None),
+        Kind::Surge => {
+            let body = json!({"kind": "full_sync", "tasks": 3000}).to_string();
+            let (status, reply) = http(game, "POST", "/admin/batch", Some(&body))?;
+            if status != 200 {
+                bail!("POST /admin/batch answered {status}: {reply}");
+            }
+            (Fault::None, Some("pool:".to_owned()))
+        }
+        Kind::RstStorm => {
+            dep.set_resetting(true);
+            (Fault::Resetting(dep.clone()), Some(format!("ep:{}", dep.addr)))
+        }
+        Kind::PacketLoss => {
+            nft(&format!(
+                "add table inet ks_scenario\n\
+                 add chain inet ks_scenario input {{ type filter hook input priority 0; policy accept; }}\n\
+                 add rule inet ks_scenario input ip daddr 127.0.0.1 tcp dport {} drop\n",
+                game.port()
+            ))?;
+            (Fault::Nft, Some("ep:127.0.0.1".to_owned()))
+        }
+        Kind::NoisyNeighbour => {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+            let xtask = std::env::current_exe()?;
+            let hogs = (0..=cores)
+                .map(|_| -> Result<Proc> {
+                    Ok(Proc(Command::new(&xtask).args(["hog", "--seconds", &a.fault.to_string()]).spawn()?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (Fault::Hogs(hogs), Some(format!("pid:{server_pid}")))
+        }
+    };
+    std::thread::sleep(Duration::from_secs(a.fault));
+    drop(fault);
+    step(format!("scenario {}: fault ends", kind.name()));
+    std::thread::sleep(Duration::from_secs(a.after));
+
+    let mut bots = bots;
+    let mut bots_out = String::new();
+    if let Some(mut out) = bots.0.stdout.take() {
+        // The bots stop on their own at the end of the duration.
+        let _ = out.read_to_string(&mut bots_out);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    drop((bots, server, agent));
+
+    let seen = seen.lock().expect("not poisoned").clone();
+    let expected = kind.expected_class();
+    // Incidents raised before the fault started are false alarms whatever their class.
+    let slack_ns = 1_000_000_000;
+    let matches = |s: &Seen| {
+        Some(s.class.as_str()) == expected
+            && s.first_seen_unix_ns + slack_ns >= fault_start_unix_ns
+            && expected_subject.as_deref().is_none_or(|p| s.subject.starts_with(p))
+    };
+    let detected = seen.iter().filter(|s| matches(s)).min_by_key(|s| s.first_seen_unix_ns).cloned();
+    let false_alarms = seen.iter().filter(|s| !matches(s)).cloned().collect();
+    let bots = serde_json::from_str(bots_out.lines().last().unwrap_or("null")).unwrap_or(Value::Null);
+    let _ = std::fs::remove_dir_all(&data);
+    let dependency_resets = dep.resets.load(Ordering::Relaxed);
+    Ok(RunReport { kind, fault_start_unix_ns, expected_subject, detected, false_alarms, bots, dependency_resets })
+}
+
+pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
+    if unsafe { geteuid() } != 0 {
+        bail!("scenarios load eBPF programs and change nftables: run them as root");
+    }
+    let kinds: Vec<Kind> = match (a.kind, a.all) {
+        (Some(k), _) => vec![k],
+        (None, true) => Kind::ALL.to_vec(),
+        (None, false) => bail!("name a scenario (calm, surge, rst-storm, packet-loss, noisy-neighbour) or pass --all"),
+    };
+    let bins = bins(env, a.debug)?;
+    let mut reports = Vec::new();
+    for kind in kinds {
+        for i in 0..a.repeat {
+            step(format!("scenario {} ({}/{})", kind.name(), i + 1, a.repeat));
+            reports.push(run_one(&bins, kind, &a)?);
+        }
+    }
+    if a.json {
+        println!("{}", Value::Array(reports.iter().map(RunReport::json).collect()));
+    } else {
+        print_table(&reports);
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
+
+fn print_table(reports: &[RunReport]) {
+    println!("\n| scenario | expected | detected | subject | time to detect | false alarms |");
+    println!("|---|---|---|---|---:|---:|");
+    for r in reports {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.kind.name(),
+            r.kind.expected_class().unwrap_or("nothing"),
+            r.detected.as_ref().map(|d| d.class.as_str()).unwrap_or("-"),
+            r.detected.as_ref().map(|d| d.subject.as_str()).unwrap_or("-"),
+            r.ttd_s().map(|t| format!("{t:.1} s")).unwrap_or_else(|| "-".into()),
+            r.false_alarms.len()
+        );
+        for f in &r.false_alarms {
+            println!("|   false alarm | | {} | {} | | {} |", f.class, f.subject, f.summary.replace('|', "/"));
+        }
+    }
+    // Precision: raised incidents that were right; recall: faults that were found.
+    let faults = reports.iter().filter(|r| r.kind.expected_class().is_some()).count();
+    let found = reports.iter().filter(|r| r.detected.is_some()).count();
+    let raised: usize = reports.iter().map(|r| r.false_alarms.len() + usize::from(r.detected.is_some())).sum();
+    let mut ttd: Vec<f64> = reports.iter().filter_map(RunReport::ttd_s).collect();
+    ttd.sort_by(f64::total_cmp);
+    println!();
+    if raised > 0 {
+        println!("precision {:.2} ({found} right of {raised} raised)", found as f64 / raised as f64);
+    }
+    if faults > 0 {
+        println!("recall    {:.2} ({found} of {faults} faults found)", found as f64 / faults as f64);
+    }
+    if !ttd.is_empty() {
+        println!("time to detect: median {:.1} s, max {:.1} s", ttd[ttd.len() / 2], ttd[ttd.len() - 1]);
+    }
+}
+
+/// Burns one CPU for `seconds` (the noisy neighbour).
+pub fn hog(seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut x: u64 = 0;
+    while Instant::now() < deadline {
+        for i in 0..100_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+}
