@@ -21,6 +21,9 @@ pub struct RunArgs {
     /// Agent HTTP address (/metrics, /incidents, UI).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub agent_addr: String,
+    /// Bot sessions that play while it runs (0: none).
+    #[arg(long, default_value_t = 20)]
+    pub bots: u32,
 }
 
 /// Kills the child when dropped, so ^C or an error never leaves a process behind.
@@ -47,20 +50,40 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     let bin = env.root.join("target/release");
     let data = env.root.join("target/run-data");
     std::fs::create_dir_all(&data)?;
+    // The agent first: its OTLP receiver (4317/4318) must be up before the server exports.
+    let agent = Command::new(bin.join("kernelsight-agent"))
+        .args(["--http-addr", &args.agent_addr, "--comm", "game-server"])
+        .spawn()
+        .context("starting kernelsight-agent")?;
+    let mut agent = Guard(agent, "kernelsight-agent");
+    std::thread::sleep(Duration::from_secs(2));
+    if let Some(status) = agent.0.try_wait()? {
+        bail!("kernelsight-agent exited ({status}); it needs root or CAP_BPF + CAP_PERFMON");
+    }
     let server = Command::new(bin.join("game-server"))
         .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
         .arg(&data)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "1000")
         .spawn()
         .context("starting game-server")?;
     let _server = Guard(server, "game-server");
-    let agent = Command::new(bin.join("kernelsight-agent"))
-        .args(["--http-addr", &args.agent_addr])
-        .spawn()
-        .context("starting kernelsight-agent")?;
-    let mut agent = Guard(agent, "kernelsight-agent");
-    step(format!("game server: ws://{}/ws  metrics http://{}/metrics", args.game_addr, args.game_addr));
-    step(format!("agent:       http://{}/  metrics http://{}/metrics", args.agent_addr, args.agent_addr));
+    let _bots = if args.bots > 0 {
+        std::thread::sleep(Duration::from_secs(1));
+        let bots = Command::new(bin.join("bots"))
+            .args(["--url", &format!("ws://{}/ws", args.game_addr)])
+            .args(["--sessions", &args.bots.to_string(), "--rooms", "4", "--rate", "10"])
+            .args(["--duration", "86400"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting bots")?;
+        Some(Guard(bots, "bots"))
+    } else {
+        None
+    };
+    step(format!("game server: ws://{}/ws   metrics http://{}/metrics", args.game_addr, args.game_addr));
+    step(format!("agent:       http://{}/   (incidents, timeline)  metrics http://{}/metrics", args.agent_addr, args.agent_addr));
+    step(format!("bots:        {} sessions; try `curl -XPOST -d '{{\"kind\":\"full_sync\",\"tasks\":3000}}' -H 'content-type: application/json' http://{}/admin/batch` for a task surge", args.bots, args.game_addr));
     step("press Ctrl-C to stop");
     // The agent is the part that needs privileges; if it exits, say so and stop.
     let status = agent.0.wait()?;
