@@ -61,8 +61,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             feed.push(&ev);
         }
     });
-    let state = Arc::new(AppState { metrics, probes: Some(probes), incidents: Some(correlation.board) });
-    http::serve(cfg.http_addr, state, shutdown_signal()).await
+    let state = Arc::new(AppState { metrics, probes: Some(probes), incidents: Some(correlation.board.clone()) });
+    let served = http::serve(cfg.http_addr, state, shutdown_signal()).await;
+    correlation.shutdown(Duration::from_secs(3)).await;
+    served
 }
 
 fn spawn_ring(

@@ -28,8 +28,10 @@ fn otlp_agent(sink: &Sink, extra: &[&str]) -> (Agent, SocketAddr, SocketAddr) {
         "--otlp-grpc-addr".to_owned(), grpc.to_string(),
         "--otlp-http-addr".to_owned(), http.to_string(),
         "--otlp-forward".to_owned(), forward,
-        "--span-wait-ms".to_owned(), "300".to_owned(),
     ];
+    if !extra.contains(&"--span-wait-ms") {
+        args.extend(["--span-wait-ms".to_owned(), "300".to_owned()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (Agent::start(&args), grpc, http)
@@ -241,4 +243,54 @@ fn task_spans_get_the_run_queue_delay_their_thread_suffered() {
     send_grpc(grpc, request(vec![bogus.clone()]));
     let b = wait_for(&sink, &bogus.span_id);
     assert_eq!(attr_i(&b, "kernelsight.runq.count"), None, "{:?}", b.attributes);
+}
+
+#[test]
+fn a_clean_shutdown_delivers_held_spans_and_closes_open_incidents() {
+    require_root();
+    let sink = Sink::start(&dump_path("shutdown"));
+    // Spans are held 2 s for evidence: at the SIGTERM below, the last one is still held.
+    let (mut agent, grpc, _) = otlp_agent(&sink, &["--span-wait-ms", "2000"]);
+    let listener = Arc::new(service_listener());
+    let subject = format!("ep:{}", listener.local_addr().unwrap());
+    // Resets keep coming (20 a second) until the agent is gone: the incident is still open at
+    // the SIGTERM.
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let (listener, stop) = (listener.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                aborted_connection(&listener);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let (_, body) = http_get(agent.addr, "/incidents?state=open").unwrap();
+            body.contains(&subject)
+        }),
+        "no open incident for {subject}"
+    );
+    let start = now_ns();
+    let (srv, cli, _, _) = aborted_connection(&listener);
+    let held = conn_span("ws.session", 7, start, now_ns(), srv, cli, true);
+    send_grpc(grpc, request(vec![held.clone()]));
+
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
+    }));
+    stop.store(true, Ordering::Relaxed);
+    storm.join().unwrap();
+    assert!(status.unwrap().success(), "{status:?}");
+    let s = sink.span(&held.span_id.clone().try_into().unwrap()).expect("the held span was delivered before exit");
+    assert_eq!(attr_i(&s, "kernelsight.tcp.resets_sent"), Some(1), "and joined with the evidence there was");
+    assert!(
+        sink.spans().iter().any(|s| s.name == "kernelsight.incident.connection_fault"
+            && matches!(attr(s, "kernelsight.incident.subject"), Some(Value::StringValue(v)) if *v == subject)),
+        "the open incident was closed and forwarded at shutdown"
+    );
 }

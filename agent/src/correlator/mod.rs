@@ -253,6 +253,25 @@ pub struct Correlation {
     pub intake: Intake,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    drain: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    fwd: Option<Forwarder>,
+}
+
+impl Correlation {
+    /// Clean shutdown: joins what is held now (with the evidence there is), closes open
+    /// incidents, and gives the forwarder up to `grace` to deliver everything queued.
+    pub async fn shutdown(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        let (done, drained) = tokio::sync::oneshot::channel();
+        if self.drain.send(done).await.is_ok() {
+            let _ = tokio::time::timeout_at(deadline, drained).await;
+        }
+        if let Some(f) = &self.fwd
+            && !f.flush(deadline).await
+        {
+            tracing::warn!(spans = f.queued_spans(), "shutting down with spans not yet forwarded");
+        }
+    }
 }
 
 /// Binds the receivers, starts the forwarder (if configured) and the correlator task.
@@ -279,9 +298,11 @@ pub async fn start(args: &CorrelationArgs, registry: &Registry) -> anyhow::Resul
     let (kernel_tx, kernel_rx) = mpsc::channel(65536);
     let intake = Intake { tx: span_tx, budget: budget.clone(), fwd: fwd.clone(), m: m.clone() };
     let (grpc_addr, http_addr) = receiver::start(args, intake.clone()).await?;
+    let intake_fwd = fwd.clone();
     let correlator = Correlator::new(args, clock.clone(), budget, fwd, board.clone(), m.clone());
-    tokio::spawn(correlator.run(span_rx, kernel_rx, Duration::from_secs(args.clock_resync_secs.max(1))));
-    Ok(Correlation { feed: KernelFeed { tx: kernel_tx, clock, m }, board, intake, grpc_addr, http_addr })
+    let (drain_tx, drain_rx) = mpsc::channel(1);
+    tokio::spawn(correlator.run(span_rx, kernel_rx, drain_rx, Duration::from_secs(args.clock_resync_secs.max(1))));
+    Ok(Correlation { feed: KernelFeed { tx: kernel_tx, clock, m }, board, intake, grpc_addr, http_addr, drain: drain_tx, fwd: intake_fwd })
 }
 
 /// The state the correlator task owns.
@@ -331,7 +352,13 @@ impl Correlator {
         }
     }
 
-    pub async fn run(mut self, mut spans: mpsc::Receiver<Batch>, mut kernel: mpsc::Receiver<Ingested>, resync: Duration) {
+    pub async fn run(
+        mut self,
+        mut spans: mpsc::Receiver<Batch>,
+        mut kernel: mpsc::Receiver<Ingested>,
+        mut drain: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+        resync: Duration,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // A stepped wall clock is caught within one period; between steps the offset drifts
@@ -343,6 +370,17 @@ impl Correlator {
                 Some(ev) = kernel.recv() => self.on_kernel(ev),
                 Some(b) = spans.recv() => self.on_batch(b),
                 _ = tick.tick() => self.on_tick(Instant::now(), Clock::now_unix_ns()),
+                Some(done) = drain.recv() => {
+                    // Take in what the receivers already accepted, then let go of everything.
+                    while let Ok(ev) = kernel.try_recv() {
+                        self.on_kernel(ev);
+                    }
+                    while let Ok(b) = spans.try_recv() {
+                        self.on_batch(b);
+                    }
+                    self.drain();
+                    let _ = done.send(());
+                }
                 _ = resync_tick.tick() => {
                     let o = self.clock.remeasure();
                     self.m.clock_offset.set(o.offset_ns as f64 / 1e9);

@@ -220,7 +220,9 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(cfg: DetectConfig, eph: EphemeralPorts, now_ns: u64) -> Self {
-        let next_eval = now_ns / cfg.bucket_ns + 1;
+        // The current second is judged too, though it was only partly watched: what the agent
+        // saw in it is real, and a fault right at startup should not go unseen.
+        let next_eval = now_ns / cfg.bucket_ns;
         Self {
             cfg,
             eph,

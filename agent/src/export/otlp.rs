@@ -39,6 +39,8 @@ struct Queue {
 
 struct Inner {
     q: Mutex<Queue>,
+    /// Spans taken off the queue and not yet delivered or dropped.
+    inflight: std::sync::atomic::AtomicUsize,
     notify: Notify,
     cap: usize,
     m: ForwardMetrics,
@@ -64,6 +66,7 @@ impl Forwarder {
         let client = TraceServiceClient::new(endpoint.connect_lazy());
         let inner = Arc::new(Inner {
             q: Mutex::new(Queue { items: VecDeque::new(), spans: 0 }),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
             notify: Notify::new(),
             cap: cfg.queue_spans.max(1),
             m,
@@ -96,7 +99,21 @@ impl Forwarder {
     }
 
     pub fn queued_spans(&self) -> usize {
-        self.inner.q.lock().expect("forward queue lock").spans
+        self.inner.q.lock().expect("forward queue lock").spans + self.inner.inflight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until everything queued has been delivered (or dropped), or `deadline`; true if
+    /// nothing is left.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            if self.queued_spans() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -115,6 +132,7 @@ async fn run(inner: Arc<Inner>, mut client: TraceServiceClient<tonic::transport:
             let item = q.items.pop_front();
             if let Some((_, n)) = &item {
                 q.spans -= n;
+                inner.inflight.store(*n, std::sync::atomic::Ordering::Release);
             }
             inner.m.queued.set(q.spans as i64);
             item
@@ -150,5 +168,6 @@ async fn run(inner: Arc<Inner>, mut client: TraceServiceClient<tonic::transport:
                 }
             }
         }
+        inner.inflight.store(0, std::sync::atomic::Ordering::Release);
     }
 }
