@@ -3,6 +3,7 @@
 
 pub mod background;
 pub mod batch;
+pub mod bots;
 pub mod config;
 pub mod gateway;
 pub mod metrics;

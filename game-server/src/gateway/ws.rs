@@ -101,8 +101,14 @@ pub async fn upgrade(
     session.follows_from(&accept);
     let max = app.cfg.max_message_bytes;
     let tracker = app.sessions.clone();
+    // tungstenite defaults to 128 KiB read and write buffers per connection; our frames
+    // are small, so smaller buffers cut per-session memory. The write buffer cap bounds
+    // what a stalled peer can pin (the outbound queue bound does the rest).
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1024 * 1024)
         // The failure callback lives as long as the session task, so it must not hold the span.
         .on_failed_upgrade(
             move |e| tracing::info!(session.id = %sid, "websocket upgrade failed: {e}"),

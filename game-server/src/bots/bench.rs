@@ -1,0 +1,278 @@
+//! `bots bench`: spawn the real server, sweep the session count at a fixed input
+//! rate, and print one table row per step (server-side tick p99 from its histogram,
+//! messages out per second, RSS per session; client-side delta latency).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::http::{sample, scrape};
+use super::load::{self, Hook, LoadOpts, Phase};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchOpts {
+    /// The server binary (default: `game-server` next to this executable).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Session counts to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "100,250,500,1000")]
+    pub steps: Vec<usize>,
+    /// Players per room (rooms = ceil(sessions / per_room)).
+    #[arg(long, default_value_t = 50)]
+    pub per_room: usize,
+    /// Seconds of steady load per step.
+    #[arg(long, default_value_t = 15)]
+    pub duration: u64,
+    /// Inputs per second per bot (also the server tick rate).
+    #[arg(long, default_value_t = 20)]
+    pub rate: u32,
+    #[arg(long, default_value = "binary", value_parser = ["json", "binary"])]
+    pub encoding: String,
+    /// NPCs per room on the benchmarked server.
+    #[arg(long, default_value_t = 8)]
+    pub npcs_per_room: u32,
+    /// Print the rows as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+type Scrape = Vec<(String, f64)>;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Row {
+    pub sessions: usize,
+    pub connected: u64,
+    pub rooms: usize,
+    pub held: bool,
+    pub tick_budget_ms: f64,
+    pub tick_p99_ms_le: f64,
+    pub tick_overruns: f64,
+    pub msgs_out_per_sec: f64,
+    pub bytes_out_per_sec: f64,
+    pub rss_per_session_kib: f64,
+    pub delta_latency_p99_ms: f64,
+    pub input_to_ack_p99_ms: f64,
+    pub rtt_p99_ms: f64,
+    pub closed_early: u64,
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// p99 upper bound from the difference of two scrapes of a Prometheus histogram.
+fn hist_p99(before: &[(String, f64)], after: &[(String, f64)], name: &str) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(n, v)| {
+            let le = n.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - sample(before, n)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    if total <= 0.0 {
+        return 0.0;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= 0.99 * total)
+        .map(|(le, _)| *le)
+        .unwrap_or(f64::INFINITY)
+}
+
+fn sent_total(m: &[(String, f64)]) -> f64 {
+    sample(m, "game_messages_sent_total{encoding=\"binary\"}")
+        + sample(m, "game_messages_sent_total{encoding=\"json\"}")
+}
+
+pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
+    let bin = match &o.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("game-server"),
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "server binary {} not found (build it or pass --server-bin)",
+        bin.display()
+    );
+    let data = std::env::temp_dir().join(format!("gs-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret)?;
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut child = tokio::process::Command::new(&bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token-secret",
+            &secret,
+            "--reconnect-grace-ms",
+            "0",
+        ])
+        .args([
+            "--tick-hz",
+            &o.rate.to_string(),
+            "--npcs-per-room",
+            &o.npcs_per_room.to_string(),
+        ])
+        .args([
+            "--max-room-members",
+            &o.per_room.max(1).to_string(),
+            "--msg-rate",
+            &(o.rate * 3).to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let pid = child.id().context("server pid")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .context("server did not start")??
+        .context("server exited")?;
+    let addr: std::net::SocketAddr = first
+        .strip_prefix("game-server listening on ")
+        .with_context(|| format!("unexpected server output {first:?}"))?
+        .parse()?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    eprintln!(
+        "bench: server pid {pid} on {addr}, {} Hz, steps {:?}",
+        o.rate, o.steps
+    );
+
+    let mut rows = Vec::new();
+    for (step, &n) in o.steps.iter().enumerate() {
+        let rooms = n.div_ceil(o.per_room.max(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let baseline_rss = rss_kib(pid);
+        let scrapes: Arc<Mutex<Vec<Scrape>>> = Arc::default();
+        let rss_peak = Arc::new(Mutex::new(0.0f64));
+        let hook: Hook = {
+            let scrapes = scrapes.clone();
+            let rss_peak = rss_peak.clone();
+            Arc::new(move |phase: Phase| {
+                let scrapes = scrapes.clone();
+                let rss_peak = rss_peak.clone();
+                Box::pin(async move {
+                    if let Ok(m) = scrape(addr).await {
+                        scrapes.lock().unwrap().push(m);
+                    }
+                    if phase == Phase::Done {
+                        *rss_peak.lock().unwrap() = rss_kib(pid);
+                    }
+                })
+            })
+        };
+        let opts = LoadOpts {
+            url: format!("ws://{addr}/ws"),
+            sessions: n,
+            rooms,
+            rate: o.rate as f64,
+            duration: o.duration,
+            encoding: o.encoding.clone(),
+            token_secret: Some(secret.clone()),
+            connect_rate: 500.0,
+            player_prefix: format!("b{step}"),
+            json: false,
+            quiet: false,
+        };
+        let s = load::run(opts, Some(hook)).await?;
+        let sc = scrapes.lock().unwrap().clone();
+        anyhow::ensure!(sc.len() == 2, "could not scrape server metrics");
+        let (before, after) = (&sc[0], &sc[1]);
+        let secs = s.steady_secs.max(0.001);
+        let budget_ms = 1000.0 / o.rate as f64;
+        let tick_p99_ms = hist_p99(before, after, "game_tick_duration_seconds") * 1000.0;
+        let closed_early: u64 = s.closed_early.values().sum();
+        let row = Row {
+            sessions: n,
+            connected: s.connected,
+            rooms,
+            held: s.connected == n as u64 && closed_early == 0 && tick_p99_ms < budget_ms,
+            tick_budget_ms: budget_ms,
+            tick_p99_ms_le: tick_p99_ms,
+            tick_overruns: sample(after, "game_tick_overruns_total")
+                - sample(before, "game_tick_overruns_total"),
+            msgs_out_per_sec: (sent_total(after) - sent_total(before)) / secs,
+            bytes_out_per_sec: (sample(after, "game_sent_bytes_total")
+                - sample(before, "game_sent_bytes_total"))
+                / secs,
+            rss_per_session_kib: ((*rss_peak.lock().unwrap() - baseline_rss) / n.max(1) as f64)
+                .max(0.0),
+            delta_latency_p99_ms: s.delta_latency.p99_ms,
+            input_to_ack_p99_ms: s.input_to_ack.p99_ms,
+            rtt_p99_ms: s.rtt.p99_ms,
+            closed_early,
+        };
+        eprintln!("bench: step {n} done: {row:?}");
+        rows.push(row);
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(rows)
+}
+
+pub fn print_table(rows: &[Row], o: &BenchOpts) {
+    println!(
+        "| sessions | rooms | held @{} Hz | tick p99 (budget {:.0} ms) | overruns | msgs out/s | KiB out/s | RSS/session | delta p99 | input→ack p99 |",
+        o.rate,
+        1000.0 / o.rate as f64
+    );
+    println!("|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | ≤ {} ms | {} | {:.0} | {:.0} | {:.1} KiB | {:.1} ms | {:.1} ms |",
+            r.sessions,
+            r.rooms,
+            if r.held { "yes" } else { "no" },
+            fmt_ms(r.tick_p99_ms_le),
+            r.tick_overruns,
+            r.msgs_out_per_sec,
+            r.bytes_out_per_sec / 1024.0,
+            r.rss_per_session_kib,
+            r.delta_latency_p99_ms,
+            r.input_to_ack_p99_ms,
+        );
+    }
+    if let Some(max) = rows.iter().filter(|r| r.held).map(|r| r.sessions).max() {
+        println!(
+            "\nmost sessions held at {} Hz with p99 tick under budget: {max}",
+            o.rate
+        );
+    }
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v.is_infinite() {
+        "inf".into()
+    } else if v < 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.1}")
+    }
+}

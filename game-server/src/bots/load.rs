@@ -1,0 +1,425 @@
+//! The load generator: one task per bot session, all in one runtime.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::BytesMut;
+use futures_util::future::BoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+
+use super::percentile;
+use crate::protocol::{ClientMsg, Encoding, Input, ServerMsg, unix_micros};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadOpts {
+    /// WebSocket URL of the server.
+    #[arg(long, env = "BOTS_URL", default_value = "ws://127.0.0.1:7000/ws")]
+    pub url: String,
+    /// Bot sessions to open.
+    #[arg(long, default_value_t = 100)]
+    pub sessions: usize,
+    /// Rooms to spread them over (bot i joins room i % M).
+    #[arg(long, default_value_t = 4)]
+    pub rooms: usize,
+    /// Inputs per second per bot.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of steady load after every bot connected.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    #[arg(long, default_value = "binary", value_parser = ["json", "binary"])]
+    pub encoding: String,
+    /// Mint tokens locally with the server's secret; without it, bots use the dev /login.
+    #[arg(long, env = "GAME_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// New sessions per second while ramping up.
+    #[arg(long, default_value_t = 500.0)]
+    pub connect_rate: f64,
+    /// Player id prefix (bot ids are PREFIX-<i>).
+    #[arg(long, default_value = "bot")]
+    pub player_prefix: String,
+    /// Print a machine-readable JSON summary instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Every bot has connected (or failed to): measurement starts.
+    Steady,
+    /// Measurement ends; bots are still connected until the hook returns.
+    Done,
+}
+
+pub type Hook = Arc<dyn Fn(Phase) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Default)]
+struct Progress {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    closed: AtomicU64,
+    inputs: AtomicU64,
+    deltas: AtomicU64,
+    bytes: AtomicU64,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Pct {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Pct {
+    fn from(mut v: Vec<u32>) -> Self {
+        v.sort_unstable();
+        let ms = |p: f64| percentile(&v, p).map(|x| x as f64 / 1000.0).unwrap_or(0.0);
+        Pct {
+            count: v.len(),
+            p50_ms: ms(50.0),
+            p90_ms: ms(90.0),
+            p99_ms: ms(99.0),
+            p999_ms: ms(99.9),
+            max_ms: ms(100.0),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Summary {
+    pub sessions: usize,
+    pub rooms: usize,
+    pub rate_hz: f64,
+    pub encoding: String,
+    pub connected: u64,
+    pub connect_failed: u64,
+    /// Sessions the server closed before the end, by reason.
+    pub closed_early: BTreeMap<String, u64>,
+    pub steady_secs: f64,
+    pub inputs_per_sec: f64,
+    pub deltas_per_sec: f64,
+    pub bytes_in_per_sec: f64,
+    /// App-level ping → pong.
+    pub rtt: Pct,
+    /// Input sent → delta acknowledging it received.
+    pub input_to_ack: Pct,
+    /// Delta sent by the server (its `ts`) → received by the bot (same host clock).
+    pub delta_latency: Pct,
+}
+
+#[derive(Default)]
+struct BotResult {
+    rtt: Vec<u32>,
+    ack: Vec<u32>,
+    delta: Vec<u32>,
+    closed: Option<String>,
+}
+
+fn host_port(url: &str) -> anyhow::Result<String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .context("only ws:// URLs are supported")?;
+    Ok(rest.split('/').next().unwrap_or(rest).to_string())
+}
+
+async fn token(opts: &LoadOpts, addr: SocketAddr, player: &str) -> anyhow::Result<String> {
+    match &opts.token_secret {
+        Some(s) => Ok(crate::token::issue(s.as_bytes(), player, 24 * 3600)),
+        None => super::http::login(addr, player).await,
+    }
+}
+
+struct BotCtx {
+    opts: LoadOpts,
+    enc: Encoding,
+    addr: SocketAddr,
+    progress: Arc<Progress>,
+    measuring: CancellationToken,
+    stop: CancellationToken,
+}
+
+async fn bot(i: usize, ctx: Arc<BotCtx>) -> anyhow::Result<BotResult> {
+    let o = &ctx.opts;
+    let player = format!("{}-{i}", o.player_prefix);
+    let tok = token(o, ctx.addr, &player).await?;
+    let mut req = format!("{}?token={tok}", o.url).into_client_request()?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(ctx.enc.subprotocol()),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
+    ctx.progress.connected.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = ws.split();
+    let mut buf = BytesMut::with_capacity(64);
+    let enc = ctx.enc;
+    let mut send = async |sink: &mut futures_util::stream::SplitSink<_, Message>, m: &ClientMsg| {
+        enc.encode_client(m, &mut buf);
+        let b = buf.split().freeze();
+        let msg = match enc {
+            Encoding::Binary => Message::Binary(b),
+            Encoding::Json => Message::Text(String::from_utf8_lossy(&b).into_owned().into()),
+        };
+        sink.send(msg).await
+    };
+    send(
+        &mut sink,
+        &ClientMsg::Join {
+            room: format!("{}-room-{}", o.player_prefix, i % o.rooms.max(1)),
+        },
+    )
+    .await?;
+
+    let mut r = BotResult::default();
+    let mut inputs = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate.max(0.1)));
+    // A bot that falls behind does not burst to catch up: it would distort the rate.
+    inputs.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut pings = tokio::time::interval(Duration::from_secs(1));
+    pings.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut sent_at = [Instant::now(); 128];
+    let mut seq: u32 = 0;
+    let mut last_ack: u32 = 0;
+    let mut ping_id: u32 = 0;
+    let (mut dx, mut dy) = (1i8, 0i8);
+    let mut joined = false;
+    loop {
+        tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            _ = inputs.tick(), if joined => {
+                seq += 1;
+                if seq.is_multiple_of(20) {
+                    // Wander: a new direction every second or so.
+                    dx = ((seq / 20 + i as u32) % 3) as i8 - 1;
+                    dy = ((seq / 60 + i as u32) % 3) as i8 - 1;
+                }
+                sent_at[seq as usize % 128] = Instant::now();
+                send(&mut sink, &ClientMsg::Input(Input { seq, dx, dy, collect: seq.is_multiple_of(10) })).await?;
+                ctx.progress.inputs.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = pings.tick(), if joined => {
+                ping_id += 1;
+                send(&mut sink, &ClientMsg::Ping { id: ping_id, ts: unix_micros() }).await?;
+            }
+            m = stream.next() => {
+                let data = match m {
+                    None => { r.closed = Some("eof".into()); break }
+                    Some(Err(e)) => { r.closed = Some(format!("error: {e}")); break }
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Text(t))) => bytes::Bytes::from(t),
+                    Some(Ok(Message::Close(f))) => {
+                        r.closed = Some(f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "close".into()));
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                let now = Instant::now();
+                let now_us = unix_micros();
+                ctx.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                let measuring = ctx.measuring.is_cancelled();
+                match enc.decode_server(&data)? {
+                    ServerMsg::Delta { ack, ts, .. } => {
+                        ctx.progress.deltas.fetch_add(1, Ordering::Relaxed);
+                        if measuring {
+                            r.delta.push(now_us.saturating_sub(ts) as u32);
+                        }
+                        if ack > last_ack {
+                            if measuring && seq.wrapping_sub(ack) < 128 {
+                                r.ack.push((now - sent_at[ack as usize % 128]).as_micros() as u32);
+                            }
+                            last_ack = ack;
+                        }
+                    }
+                    ServerMsg::Pong { ts, .. } if measuring => r.rtt.push(now_us.saturating_sub(ts) as u32),
+                    ServerMsg::Ping { id, .. } => send(&mut sink, &ClientMsg::Pong { id }).await?,
+                    ServerMsg::Joined { .. } => joined = true,
+                    ServerMsg::Error { code, msg } => anyhow::bail!("server error {code}: {msg}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if r.closed.is_some() {
+        ctx.progress.closed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+    }
+    Ok(r)
+}
+
+/// Run the load and return its summary. `hook` is awaited at each phase (bench scrapes there).
+pub async fn run(opts: LoadOpts, hook: Option<Hook>) -> anyhow::Result<Summary> {
+    let enc = Encoding::parse(&opts.encoding).context("encoding")?;
+    let hp = host_port(&opts.url)?;
+    let addr = tokio::net::lookup_host(&hp)
+        .await?
+        .next()
+        .with_context(|| format!("resolve {hp}"))?;
+    let progress = Arc::new(Progress::default());
+    let ctx = Arc::new(BotCtx {
+        opts: opts.clone(),
+        enc,
+        addr,
+        progress: progress.clone(),
+        measuring: CancellationToken::new(),
+        stop: CancellationToken::new(),
+    });
+    let started = Instant::now();
+    let printer = (!opts.quiet).then(|| {
+        let p = progress.clone();
+        let n = opts.sessions;
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            t.tick().await;
+            let (mut li, mut ld, mut lb) = (0, 0, 0);
+            loop {
+                t.tick().await;
+                let (i, d, b) = (
+                    p.inputs.load(Ordering::Relaxed),
+                    p.deltas.load(Ordering::Relaxed),
+                    p.bytes.load(Ordering::Relaxed),
+                );
+                eprintln!(
+                    "[{:>4.0}s] sessions {}/{n} (failed {}, closed {})  inputs/s {}  deltas/s {}  KiB/s in {}",
+                    started.elapsed().as_secs_f64(),
+                    p.connected.load(Ordering::Relaxed),
+                    p.failed.load(Ordering::Relaxed),
+                    p.closed.load(Ordering::Relaxed),
+                    i - li,
+                    d - ld,
+                    (b - lb) / 1024,
+                );
+                (li, ld, lb) = (i, d, b);
+            }
+        })
+    });
+
+    let mut tasks = Vec::with_capacity(opts.sessions);
+    let gap = Duration::from_secs_f64(1.0 / opts.connect_rate.max(1.0));
+    for i in 0..opts.sessions {
+        let c = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = bot(i, c.clone()).await;
+            if r.is_err() && c.stop.is_cancelled() {
+                return Ok(BotResult::default());
+            }
+            if r.is_err() {
+                c.progress.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        }));
+        tokio::time::sleep(gap).await;
+    }
+    // Steady state: every bot connected or failed (hang guard: 60 s).
+    let ramp_deadline = Instant::now() + Duration::from_secs(60);
+    while (progress.connected.load(Ordering::Relaxed) + progress.failed.load(Ordering::Relaxed))
+        < opts.sessions as u64
+        && Instant::now() < ramp_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(h) = &hook {
+        h(Phase::Steady).await;
+    }
+    let (i0, d0, b0) = (
+        progress.inputs.load(Ordering::Relaxed),
+        progress.deltas.load(Ordering::Relaxed),
+        progress.bytes.load(Ordering::Relaxed),
+    );
+    ctx.measuring.cancel();
+    let steady = Instant::now();
+    tokio::time::sleep(Duration::from_secs(opts.duration)).await;
+    let secs = steady.elapsed().as_secs_f64();
+    let (i1, d1, b1) = (
+        progress.inputs.load(Ordering::Relaxed),
+        progress.deltas.load(Ordering::Relaxed),
+        progress.bytes.load(Ordering::Relaxed),
+    );
+    if let Some(h) = &hook {
+        h(Phase::Done).await;
+    }
+    ctx.stop.cancel();
+    if let Some(p) = printer {
+        p.abort();
+    }
+
+    let mut s = Summary {
+        sessions: opts.sessions,
+        rooms: opts.rooms,
+        rate_hz: opts.rate,
+        encoding: enc.as_str().into(),
+        connected: progress.connected.load(Ordering::Relaxed),
+        connect_failed: progress.failed.load(Ordering::Relaxed),
+        steady_secs: secs,
+        inputs_per_sec: (i1 - i0) as f64 / secs,
+        deltas_per_sec: (d1 - d0) as f64 / secs,
+        bytes_in_per_sec: (b1 - b0) as f64 / secs,
+        ..Default::default()
+    };
+    let (mut rtt, mut ack, mut delta) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first_err = None;
+    for t in tasks {
+        match t.await? {
+            Ok(r) => {
+                rtt.extend(r.rtt);
+                ack.extend(r.ack);
+                delta.extend(r.delta);
+                if let Some(c) = r.closed {
+                    *s.closed_early.entry(c).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        eprintln!("first bot error: {e:#}");
+    }
+    s.rtt = Pct::from(rtt);
+    s.input_to_ack = Pct::from(ack);
+    s.delta_latency = Pct::from(delta);
+    Ok(s)
+}
+
+pub fn print_report(s: &Summary) {
+    println!(
+        "sessions {}/{} connected ({} failed) in {} rooms, {} Hz inputs, {} encoding, {:.0} s steady",
+        s.connected, s.sessions, s.connect_failed, s.rooms, s.rate_hz, s.encoding, s.steady_secs
+    );
+    println!(
+        "inputs/s {:.0}   deltas/s {:.0}",
+        s.inputs_per_sec, s.deltas_per_sec
+    );
+    if !s.closed_early.is_empty() {
+        println!("closed by server early: {:?}", s.closed_early);
+    }
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (name, p) in [
+        ("ping rtt", &s.rtt),
+        ("input -> ack delta", &s.input_to_ack),
+        ("delta send -> recv", &s.delta_latency),
+    ] {
+        println!(
+            "{:<22} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            name, p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
+        );
+    }
+}
