@@ -20,11 +20,20 @@ pub static RUNQ_CONFIG: Array<RunqConfig> = Array::with_max_entries(1, 0);
 /// Watched processes (tgid → 1), kept up to date by the agent.
 #[map]
 pub static RUNQ_WATCH: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
-/// tid → when its current wait began. A plain hash (cheaper than LRU on this hot path): a
-/// thread that exits mid-wait leaves a stale entry, which its tid's next wait overwrites; the
-/// agent sizes the map well above the number of threads it watches.
+/// When a thread's current wait began, and which process it belonged to then.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Start {
+    ts_ns: u64,
+    tgid: u32,
+    _pad: u32,
+}
+
+/// tid → its pending wait. A plain hash (cheaper than LRU on this hot path). Entries of threads
+/// that exit are deleted at exit; the tgid guards against the rest (a reused tid belongs to
+/// another process, so an entry left by the old thread is ignored).
 #[map]
-static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+static RUNQ_START: HashMap<u32, Start> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static RUNQ_HIST: PerCpuHashMap<u32, RunqHist> = PerCpuHashMap::with_max_entries(4096, 0);
 /// All zeros: the initial value for a new histogram, copied from the map instead of built on
@@ -75,7 +84,17 @@ fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig) {
         return; // the idle task never waits
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = RUNQ_START.insert(&tid, &now, 0);
+    let _ = RUNQ_START.insert(&tid, &Start { ts_ns: now, tgid, _pad: 0 }, 0);
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`: a thread that exits never waits again.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    let l = layout();
+    if let Some(tid) = field::<u32>(ctx.arg::<*const u8>(0), l.pid) {
+        let _ = RUNQ_START.remove(&tid);
+    }
+    0
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
@@ -115,9 +134,12 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let Some(tid) = field::<u32>(next, l.pid) else { return 0 };
     let Some(&start) = (unsafe { RUNQ_START.get(&tid) }) else { return 0 };
     let _ = RUNQ_START.remove(&tid);
-    let now = unsafe { bpf_ktime_get_ns() };
-    let delay = now.saturating_sub(start);
     let tgid = field::<u32>(next, l.tgid).unwrap_or(0);
+    if start.tgid != tgid {
+        return 0; // left behind by an earlier thread with this tid
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let delay = now.saturating_sub(start.ts_ns);
 
     record_hist(tgid, delay);
     record_totals(tid, delay);

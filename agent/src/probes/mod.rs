@@ -64,7 +64,7 @@ const TRACEPOINTS: [(&str, &str, &str); 7] = [
 
 /// BTF tracepoints (program = tracepoint name): the scheduler path is hot, so these take typed
 /// arguments directly instead of a formatted trace record.
-const BTF_TRACEPOINTS: [&str; 3] = ["sched_wakeup", "sched_wakeup_new", "sched_switch"];
+const BTF_TRACEPOINTS: [&str; 4] = ["sched_wakeup", "sched_wakeup_new", "sched_switch", "sched_process_exit"];
 
 /// Per-process run-queue histogram: counts per log2 slot, and the sum of delays.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
