@@ -92,6 +92,17 @@ pub struct Config {
     #[arg(long, env = "GAME_BATCH_TASKS", default_value_t = 500)]
     pub batch_tasks: u32,
 
+    /// A remote dependency (Redis-like line protocol) that background tasks call, e.g. a
+    /// session cache; unset = none.
+    #[arg(long, env = "GAME_DEPENDENCY_ADDR")]
+    pub dependency_addr: Option<SocketAddr>,
+    /// Dependency calls per second (through the worker pool).
+    #[arg(long, env = "GAME_DEPENDENCY_RATE", default_value_t = 20)]
+    pub dependency_rate: u32,
+    /// Idle connections kept to the dependency.
+    #[arg(long, env = "GAME_DEPENDENCY_POOL", default_value_t = 4)]
+    pub dependency_pool: usize,
+
     /// How long shutdown waits for sessions to close and the store to flush.
     #[arg(long, env = "GAME_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,

@@ -5,6 +5,7 @@ pub mod background;
 pub mod batch;
 pub mod bots;
 pub mod config;
+pub mod dependency;
 pub mod gateway;
 pub mod metrics;
 pub mod persistence;

@@ -116,6 +116,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.batch_tasks,
     );
 
+    if let Some(addr) = cfg.dependency_addr {
+        let dep = std::sync::Arc::new(crate::dependency::Dependency::new(
+            addr,
+            cfg.dependency_pool,
+            Duration::from_secs(1),
+        ));
+        tokio::spawn(crate::dependency::run_calls(app.clone(), dep, cfg.dependency_rate));
+    }
+
     tokio::spawn(shutdown_signal(shutdown.clone()));
     let router = gateway::router(app.clone());
     axum::serve(

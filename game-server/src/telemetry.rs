@@ -74,6 +74,9 @@ pub fn init(service_name: &'static str) -> anyhow::Result<Telemetry> {
     // sees connection and task spans even when the console log is quiet.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        // The layer's own `thread.id` is a Rust thread counter; ours (the Linux tid the kernel
+        // reports) is set on the spans that need it and must not be shadowed.
+        .with_threads(false)
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::registry().with(fmt).with(otel).init();
     Ok(Telemetry {
