@@ -79,8 +79,9 @@ pub struct ScenarioArgs {
     pub sessions: u32,
     #[arg(long, default_value_t = 4)]
     pub rooms: u32,
-    /// Seconds of normal load before the fault (the detectors learn their baselines).
-    #[arg(long, default_value_t = 20)]
+    /// Seconds of normal load before the fault: the detectors trust a task or CPU baseline
+    /// after 30 one-second buckets of history.
+    #[arg(long, default_value_t = 35)]
     pub warmup: u64,
     /// Seconds the fault lasts.
     #[arg(long, default_value_t = 10)]
@@ -152,11 +153,27 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Resul
     Ok((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
+/// True once something listens on `addr` (IPv4), read from /proc/net/tcp: unlike a connect
+/// attempt, looking does not make the kernel answer with an RST, which the agent would
+/// rightly report.
+fn listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = addr else { return false };
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<_> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+    })
+}
+
 fn wait_ready(addr: SocketAddr, what: &str, child: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok((200, _)) = http(addr, "GET", "/readyz", None) {
-            return Ok(());
+        if listening(addr) {
+            if let Ok((200, _)) = http(addr, "GET", "/readyz", None) {
+                return Ok(());
+            }
         }
         if let Some(status) = child.0.try_wait()? {
             bail!("{what} exited before it was ready ({status})");
@@ -243,6 +260,9 @@ struct RunReport {
     expected_subject: Option<String>,
     detected: Option<Seen>,
     false_alarms: Vec<Seen>,
+    /// Incidents about endpoints and processes that are not part of the scenario (other
+    /// traffic on this machine): shown, not scored.
+    unrelated: Vec<Seen>,
     bots: Value,
     /// Connections the dependency reset (ground truth for rst-storm).
     dependency_resets: u64,
@@ -254,7 +274,10 @@ impl RunReport {
     }
 
     fn json(&self) -> Value {
-        let seen = |s: &Seen| json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary});
+        let seen = |s: &Seen| {
+            let at = (s.first_seen_unix_ns as f64 - self.fault_start_unix_ns as f64) / 1e9;
+            json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at})
+        };
         json!({
             "scenario": self.kind.name(),
             "expected_class": self.kind.expected_class(),
@@ -262,6 +285,7 @@ impl RunReport {
             "detected": self.detected.as_ref().map(seen),
             "time_to_detect_s": self.ttd_s(),
             "false_alarms": self.false_alarms.iter().map(seen).collect::<Vec<_>>(),
+            "unrelated": self.unrelated.iter().map(seen).collect::<Vec<_>>(),
             "bots": self.bots,
             "dependency_resets": self.dependency_resets,
         })
@@ -381,11 +405,22 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             && expected_subject.as_deref().is_none_or(|p| s.subject.starts_with(p))
     };
     let detected = seen.iter().filter(|s| matches(s)).min_by_key(|s| s.first_seen_unix_ns).cloned();
-    let false_alarms = seen.iter().filter(|s| !matches(s)).cloned().collect();
+    let ours = |s: &Seen| -> bool {
+        if let Some(ep) = s.subject.strip_prefix("ep:") {
+            let port = ep.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+            return port.is_some_and(|p| [game, dep.addr, agent_http, otlp_grpc, otlp_http].iter().any(|a| a.port() == p));
+        }
+        if let Some(pid) = s.subject.strip_prefix("pid:") {
+            return pid == server_pid.to_string();
+        }
+        true
+    };
+    let false_alarms = seen.iter().filter(|s| !matches(s) && ours(s)).cloned().collect();
+    let unrelated = seen.iter().filter(|s| !matches(s) && !ours(s)).cloned().collect();
     let bots = serde_json::from_str(bots_out.lines().last().unwrap_or("null")).unwrap_or(Value::Null);
     let _ = std::fs::remove_dir_all(&data);
     let dependency_resets = dep.resets.load(Ordering::Relaxed);
-    Ok(RunReport { kind, fault_start_unix_ns, expected_subject, detected, false_alarms, bots, dependency_resets })
+    Ok(RunReport { kind, fault_start_unix_ns, expected_subject, detected, false_alarms, unrelated, bots, dependency_resets })
 }
 
 pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
@@ -431,7 +466,11 @@ fn print_table(reports: &[RunReport]) {
             r.false_alarms.len()
         );
         for f in &r.false_alarms {
-            println!("|   false alarm | | {} | {} | | {} |", f.class, f.subject, f.summary.replace('|', "/"));
+            let at = (f.first_seen_unix_ns as f64 - r.fault_start_unix_ns as f64) / 1e9;
+            println!("|   false alarm | | {} | {} | {at:+.1} s | {} |", f.class, f.subject, f.summary.replace('|', "/"));
+        }
+        for f in &r.unrelated {
+            println!("|   (unrelated: other traffic) | | {} | {} | | {} |", f.class, f.subject, f.summary.replace('|', "/"));
         }
     }
     // Precision: raised incidents that were right; recall: faults that were found.
