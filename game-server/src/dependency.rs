@@ -32,7 +32,12 @@ pub struct Dependency {
 
 impl Dependency {
     pub fn new(addr: SocketAddr, max_idle: usize, timeout: Duration) -> Self {
-        Self { addr, idle: Mutex::new(Vec::new()), max_idle, timeout }
+        Self {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            timeout,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -130,15 +135,24 @@ pub async fn run_calls(app: Arc<App>, dep: Arc<Dependency>, rate: u32) {
         n += 1;
         let dep = dep.clone();
         let key = format!("player:{}", n % 1000);
-        match app.bg.try_run(KIND, Duration::from_secs(1), move |info| dep.get(&key, &info)) {
+        match app.bg.try_run(KIND, Duration::from_secs(1), move |info| {
+            dep.get(&key, &info)
+        }) {
             Ok(call) => {
                 let metrics = app.metrics.clone();
                 tokio::spawn(async move {
                     let outcome = if call.await.is_ok() { "ok" } else { "error" };
-                    metrics.dependency_calls_total.with_label_values(&[outcome]).inc();
+                    metrics
+                        .dependency_calls_total
+                        .with_label_values(&[outcome])
+                        .inc();
                 });
             }
-            Err(_) => app.metrics.dependency_calls_total.with_label_values(&["rejected"]).inc(),
+            Err(_) => app
+                .metrics
+                .dependency_calls_total
+                .with_label_values(&["rejected"])
+                .inc(),
         }
     }
 }

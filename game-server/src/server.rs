@@ -122,7 +122,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.dependency_pool,
             Duration::from_secs(1),
         ));
-        tokio::spawn(crate::dependency::run_calls(app.clone(), dep, cfg.dependency_rate));
+        tokio::spawn(crate::dependency::run_calls(
+            app.clone(),
+            dep,
+            cfg.dependency_rate,
+        ));
     }
 
     tokio::spawn(shutdown_signal(shutdown.clone()));

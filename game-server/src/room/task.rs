@@ -54,6 +54,10 @@ pub(super) async fn run(
                     let now = Instant::now();
                     acc += now - last;
                     last = now;
+                    if world.is_empty() {
+                        // Nobody to simulate for: the world (and its NPCs) pauses.
+                        acc = Duration::ZERO;
+                    }
                     let started = Instant::now();
                     let mut steps = 0;
                     while acc >= dt {
