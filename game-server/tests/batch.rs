@@ -62,3 +62,13 @@ async fn admin_needs_the_admin_token_outside_dev_mode() {
     // No dev login outside dev mode.
     assert_eq!(http(srv.addr, "POST", "/login", Some("{}"), &[]).0, 404);
 }
+
+#[tokio::test]
+async fn full_sync_also_runs_on_its_schedule() {
+    let srv = Server::start(&["--batch-every-secs", "1", "--batch-tasks", "5"]);
+    srv.wait_metric(
+        "game_batch_tasks_total{kind=\"full_sync\",result=\"ok\"}",
+        |v| v >= 10.0,
+    )
+    .await;
+}
