@@ -12,9 +12,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 async fn silent_client_is_kicked_by_heartbeat() {
     let srv = Server::start(&[
         "--heartbeat-interval-ms",
-        "200",
+        "250",
         "--heartbeat-timeout-ms",
-        "800",
+        "1500",
     ]);
     // A live client answers pings (tungstenite answers WebSocket pings, Client answers app pings).
     let mut live = Client::connect(&srv, "alive", Encoding::Json).await;
