@@ -63,7 +63,7 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     let server = Command::new(bin.join("game-server"))
         .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
         .arg(&data)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
         .env("OTEL_BSP_SCHEDULE_DELAY", "1000")
         .spawn()
         .context("starting game-server")?;

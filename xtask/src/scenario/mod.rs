@@ -316,7 +316,8 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
             .arg(&data)
             .args(["--dependency-addr", &dep.addr.to_string()])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_grpc}"))
+            // The game server exports OTLP over HTTP/protobuf (4318-style).
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_http}"))
             // Export spans twice a second, so detection is not waiting on the batcher.
             .env("OTEL_BSP_SCHEDULE_DELAY", "500")
             .env("RUST_LOG", "info")
