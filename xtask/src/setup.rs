@@ -34,6 +34,12 @@ pub struct Env {
 }
 
 impl Env {
+    /// The environment as set up earlier, without checking anything.
+    pub fn here() -> Self {
+        let root = workspace_root();
+        Self { tools_bin: root.join(".tools/bin"), python: root.join(".tools/venv/bin/python3"), root }
+    }
+
     /// PATH with the project's tools first.
     pub fn path(&self) -> String {
         let old = std::env::var("PATH").unwrap_or_default();

@@ -71,6 +71,10 @@ pub struct ScenarioArgs {
     /// Use the debug binaries in target/debug (what the test suite builds) instead of release.
     #[arg(long)]
     pub debug: bool,
+    /// Use the binaries as they are, without building them first (the test suite's cargo has
+    /// built them already and holds the build lock).
+    #[arg(long)]
+    pub no_build: bool,
     /// Print the report as JSON (for tests) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -97,16 +101,24 @@ struct Bins {
     bots: PathBuf,
 }
 
-fn bins(env: &Env, debug: bool) -> Result<Bins> {
+fn bins(env: &Env, debug: bool, no_build: bool) -> Result<Bins> {
     let profile = if debug { "debug" } else { "release" };
-    let mut cmd = env.cargo();
-    cmd.args(["build", "-p", "agent", "-p", "game-server"]);
-    if !debug {
-        cmd.arg("--release");
+    if !no_build {
+        let mut cmd = env.cargo();
+        cmd.args(["build", "-p", "agent", "-p", "game-server"]);
+        if !debug {
+            cmd.arg("--release");
+        }
+        run_cmd(&mut cmd)?;
     }
-    run_cmd(&mut cmd)?;
     let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| env.root.join("target")).join(profile);
-    Ok(Bins { agent: dir.join("kernelsight-agent"), server: dir.join("game-server"), bots: dir.join("bots") })
+    let bins = Bins { agent: dir.join("kernelsight-agent"), server: dir.join("game-server"), bots: dir.join("bots") };
+    for b in [&bins.agent, &bins.server, &bins.bots] {
+        if !b.exists() {
+            bail!("{} is missing; build it (cargo build -p agent -p game-server)", b.display());
+        }
+    }
+    Ok(bins)
 }
 
 /// A child killed (SIGTERM, then SIGKILL) when dropped.
@@ -433,7 +445,7 @@ pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
         (None, true) => Kind::ALL.to_vec(),
         (None, false) => bail!("name a scenario (calm, surge, rst-storm, packet-loss, noisy-neighbour) or pass --all"),
     };
-    let bins = bins(env, a.debug)?;
+    let bins = bins(env, a.debug, a.no_build)?;
     let mut reports = Vec::new();
     for kind in kinds {
         for i in 0..a.repeat {
