@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs, bpf_stats"),
     ("util-linux", "setpriv: running the agent without privileges in tests"),
     ("prometheus", "promtool: checking the Prometheus config and both binaries' /metrics"),
+    ("chromium", "headless browser for the incident page test"),
 ];
 
 /// What later steps need to know about the set-up.
@@ -61,6 +62,7 @@ pub fn run() -> Result<Env> {
     let tools_bin = bpf_linker(&tools)?;
     debian_packages()?;
     let python = python_venv(&root, &tools)?;
+    ui_test_node_modules(&root)?;
     tracefs()?;
     Ok(Env { root, tools_bin, python })
 }
@@ -168,6 +170,28 @@ fn python_venv(root: &Path, tools: &Path) -> Result<PathBuf> {
     run_cmd(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"]).arg(&req))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
+}
+
+/// playwright-core for the incident page's browser test (agent/tests/ui), test-only; `npm ci` only
+/// when node_modules is missing or the lock file changed. It drives Debian's chromium: no
+/// browser is ever downloaded.
+fn ui_test_node_modules(root: &Path) -> Result<()> {
+    let dir = root.join("agent/tests/ui");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).context("reading agent/tests/ui/package-lock.json")?;
+    let stamp = dir.join("node_modules/.kernelsight-lock");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
+        step("ui test node_modules: present");
+        return Ok(());
+    }
+    run_cmd(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"),
+    )
+    .context("npm ci in agent/tests/ui failed (Node.js 20 and npm are needed)")?;
+    std::fs::write(&stamp, lock)?;
+    Ok(())
 }
 
 fn tracefs() -> Result<()> {

@@ -430,7 +430,8 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     };
     let false_alarms = seen.iter().filter(|s| !matches(s) && ours(s)).cloned().collect();
     let unrelated = seen.iter().filter(|s| !matches(s) && !ours(s)).cloned().collect();
-    let bots = serde_json::from_str(bots_out.lines().last().unwrap_or("null")).unwrap_or(Value::Null);
+    // The bots print one (pretty) JSON document.
+    let bots = serde_json::from_str(bots_out.trim()).unwrap_or(Value::Null);
     let _ = std::fs::remove_dir_all(&data);
     let dependency_resets = dep.resets.load(Ordering::Relaxed);
     Ok(RunReport { kind, fault_start_unix_ns, expected_subject, detected, false_alarms, unrelated, bots, dependency_resets })
