@@ -52,6 +52,10 @@ pub struct Config {
     /// OTLP receivers, joins, detection and forwarding.
     #[command(flatten)]
     pub correlation: crate::correlator::CorrelationArgs,
+
+    /// The page at / (timeline, incidents, trace links).
+    #[command(flatten)]
+    pub ui: crate::export::ui::UiArgs,
 }
 
 impl Config {

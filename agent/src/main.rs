@@ -50,6 +50,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     let correlation = agent::correlator::start(&cfg.correlation, &metrics.registry).await?;
     let feed = correlation.feed.clone();
+    let forwarding = cfg.correlation.otlp_forward.is_some();
+    let ui = agent::export::ui::start(&cfg.ui, Some(probes.clone()), Some(&correlation), forwarding, metrics.clone())?;
+    let timeline = ui.timeline.clone();
     let pipeline_metrics = metrics.clone();
     tokio::spawn(async move {
         let mut cgroups = CgroupCache::default();
@@ -59,9 +62,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             pipeline_metrics.observe(&ev);
             feed.push(&ev);
+            timeline.observe(&ev);
         }
     });
-    let state = Arc::new(AppState { metrics, probes: Some(probes), incidents: Some(correlation.board.clone()) });
+    let state = Arc::new(AppState { metrics, probes: Some(probes), incidents: Some(correlation.board.clone()), ui: Some(ui) });
     let served = http::serve(cfg.http_addr, state, shutdown_signal()).await;
     correlation.shutdown(Duration::from_secs(3)).await;
     served

@@ -12,6 +12,8 @@ pub struct AppState {
     pub probes: Option<Arc<Mutex<Probes>>>,
     /// The incident listing (None when correlation is not running).
     pub incidents: Option<super::incidents::SharedBoard>,
+    /// The page and its timeline (None: only the JSON endpoints above).
+    pub ui: Option<Arc<super::ui::Ui>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -20,6 +22,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/incidents", get(super::incidents::handler))
+        .merge(super::ui::routes())
         .with_state(state)
 }
 
@@ -60,7 +63,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AppState>, shutdown: impl Future
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "http listening (/metrics, /healthz, /readyz)");
+    tracing::info!(addr = %listener.local_addr()?, "http listening (/ the incident page, /metrics, /incidents, /healthz, /readyz)");
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

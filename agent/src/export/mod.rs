@@ -3,3 +3,5 @@ pub mod http;
 pub mod incidents;
 pub mod metrics;
 pub mod otlp;
+pub mod timeline;
+pub mod ui;
