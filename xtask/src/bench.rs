@@ -28,12 +28,23 @@ enum What {
     },
     /// The worker pool against tokio baselines (`cargo bench -p game-pool`).
     Pool,
+    /// Sessions held at 20 Hz, messages/s, RSS per session, delta latency (`bots bench`).
+    Server {
+        /// Extra arguments for `bots bench` (e.g. `--steps 250,500,1000`).
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
 }
 
 pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
     match args.what {
         What::Probes { seconds } => probes(env, seconds),
         What::Pool => run_cmd(env.cargo().args(["bench", "-p", "game-pool"])),
+        What::Server { rest } => {
+            // bots bench spawns the release server binary next to it: build both.
+            run_cmd(env.cargo().args(["build", "--release", "-p", "game-server"]))?;
+            run_cmd(Command::new(env.root.join("target/release/bots")).arg("bench").args(rest))
+        }
     }
 }
 

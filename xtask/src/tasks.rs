@@ -98,6 +98,9 @@ pub struct TestArgs {
 }
 
 pub fn test(env: &Env, args: TestArgs) -> Result<()> {
+    // The scenario tests run the release binaries: debug builds of server, agent and bots
+    // together saturate two cores, which is itself real CPU contention the agent reports.
+    build(env)?;
     step("running the test suite");
     // --no-fail-fast: one failing test binary must not hide the results of the others.
     run_cmd(env.cargo().args(["test", "--workspace", "--exclude", "agent-ebpf", "--no-fail-fast"]).args(&args.rest))
