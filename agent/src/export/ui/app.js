@@ -301,9 +301,13 @@
     lanes.push({ id: 'incidents', title: 'Incidents', h: 26, draw: (y0) => drawIncidentFlags(y0, x, start, end, g, L + plotW, noteX) });
 
     lanes.push({
-      id: 'tasks', title: 'Task arrivals', sub: ['line: tasks/s', 'area: queue depth'], h: 70,
+      id: 'tasks', title: 'Task arrivals', sub: ['line: tasks/s'], h: 70,
       draw: (y0, h) => {
-        if (!st || !st.tasks.pool_metrics_url) return note(y0, h, 'No task source: start the agent with --pool-metrics-url http://<game-server>/metrics', 'lane-warn');
+        const areaLabel = svg('text', { x: 8, y: y0 + 41, text: 'area: queue depth' });
+        g.push(areaLabel);
+        if (!st || !st.tasks.pool_metrics_url) {
+          return note(y0, h, 'No task source: start the agent with --pool-metrics-url http://<game-server>/metrics', 'lane-warn');
+        }
         const pts = samples.filter((s) => s.pools);
         if (!pts.length) return note(y0, h, st.tasks.error ? `Pool metrics failing: ${st.tasks.error}` : 'Waiting for the first pool metrics…', st.tasks.error ? 'lane-warn' : 'lane-note');
         const pools = [...new Set(pts.flatMap((s) => s.pools.map((p) => p.pool)))].slice(0, EP_COLORS.length);
@@ -328,7 +332,7 @@
           g.push(svg('path', { d: line, fill: 'none', stroke: c, 'stroke-width': 1.6 }));
         });
         g.push(svg('text', { x: L - 6, y: y0 + 9, 'text-anchor': 'end', text: `${fmtNum(maxA)}/s` }));
-        g.push(svg('text', { x: L + plotW + 3, y: y0 + 9, text: fmtNum(maxQ) }, svg('title', { text: 'queue depth at the top of the lane' })));
+        areaLabel.textContent = `area: queue depth (top ${fmtNum(maxQ)})`;
         let lx = noteX;
         for (const [i, pool] of pools.entries()) {
           g.push(svg('rect', { x: lx, y: y0 + 3, width: 9, height: 9, rx: 2, fill: EP_COLORS[i] }));
@@ -383,7 +387,8 @@
     const rstEps = topEndpoints(samples, (p) => p.rst_sent + p.rst_received);
     const rtxEps = topEndpoints(samples, (p) => p.retransmits);
     const colorOf = endpointColors([...rstEps, ...rtxEps]);
-    const tcpLane = (title, sub, field, eps) => ({
+    const sumOf = (ep, f) => samples.reduce((a, s) => a + s.tcp.filter((p) => p.ep === ep).reduce((b, p) => b + f(p), 0), 0);
+    const tcpLane = (title, sub, field, eps, legend) => ({
       id: title, title, sub, h: 74,
       draw: (y0, h) => {
         if (st && !st.probes.loaded) return note(y0, h, 'Kernel probes not loaded', 'lane-warn');
@@ -401,10 +406,10 @@
           }
         }
         g.push(svg('text', { x: L - 6, y: y0 + 9, 'text-anchor': 'end', text: `${fmtNum(maxV)}/s` }));
-        // Legend: the endpoints in this lane, busiest first.
+        // Legend: the endpoints in this lane, busiest first, with what the window holds.
         let lx = L + 4;
         for (const [ep, total] of eps.slice(0, 5)) {
-          const label = `${ep} (${fmtNum(total)})`;
+          const label = `${ep} · ${legend(ep, total)}`;
           g.push(svg('rect', { x: lx, y: y0 + 2, width: 9, height: 9, rx: 2, fill: colorOf(ep) }));
           g.push(svg('text', { x: lx + 13, y: y0 + 10, text: label, 'data-endpoint': ep }));
           lx += 22 + label.length * 6.3;
@@ -412,8 +417,9 @@
         }
       },
     });
-    lanes.push(tcpLane('TCP resets', ['RST sent + received', 'per service endpoint'], (p) => p.rst_sent + p.rst_received, rstEps));
-    lanes.push(tcpLane('Retransmits', ['segments', 'per service endpoint'], (p) => p.retransmits, rtxEps));
+    lanes.push(tcpLane('TCP resets', ['RST sent + received', 'per service endpoint'], (p) => p.rst_sent + p.rst_received, rstEps,
+      (ep) => `${fmtNum(sumOf(ep, (p) => p.rst_sent))} sent, ${fmtNum(sumOf(ep, (p) => p.rst_received))} received`));
+    lanes.push(tcpLane('Retransmits', ['segments', 'per service endpoint'], (p) => p.retransmits, rtxEps, (ep, total) => `${fmtNum(total)} segments`));
 
     lanes.push({
       id: 'spans', title: 'Spans received', sub: ['per second · blue: enriched'], h: 44,

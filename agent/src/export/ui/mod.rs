@@ -76,10 +76,10 @@ impl UiArgs {
     /// Refuses a template that is not an http(s) URL with `{trace_id}` in it (it becomes a link
     /// on the page).
     pub fn validate(&self) -> anyhow::Result<()> {
-        if let Some(t) = &self.trace_url_template {
-            if !(t.starts_with("http://") || t.starts_with("https://")) || !t.contains("{trace_id}") {
-                bail!("--trace-url-template must be an http(s) URL containing {{trace_id}}, got {t:?}");
-            }
+        if let Some(t) = &self.trace_url_template
+            && (!(t.starts_with("http://") || t.starts_with("https://")) || !t.contains("{trace_id}"))
+        {
+            bail!("--trace-url-template must be an http(s) URL containing {{trace_id}}, got {t:?}");
         }
         if let Some(u) = &self.pool_metrics_url {
             HttpUrl::parse(u).with_context(|| format!("--pool-metrics-url {u:?}"))?;
