@@ -91,6 +91,11 @@ async function incident(page, subject, tracePrefix) {
   check(/resets_sent=1/.test(enrichment), `kernel enrichment shown: ${enrichment.slice(0, 400)}`);
   check(links.length >= spanRows && links.every((h) => h.startsWith(tracePrefix)), `trace links: ${links.slice(0, 3)}`);
   check(selectedCard === 1, 'the clicked incident is highlighted in the list');
+  // Hovering the incident's second lists that second's values.
+  const box = await page.locator(`#chart-svg g.band:not(.flag)[data-subject="${subject}"] rect`).first().boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  const tip = await page.locator('#tip').innerText();
+  check(tip.includes(`${ep}: 12 RST sent`) || new RegExp(`${ep.replace(/\./g, '\\.')}: \\d+ RST sent`).test(tip), `tooltip: ${tip}`);
   await page.mouse.move(5, 5);
   await page.screenshot({ path: join(artifacts, 'incident.png'), fullPage: true });
 
@@ -106,7 +111,7 @@ async function incident(page, subject, tracePrefix) {
   check(whileHidden === 0, `no polling while hidden (${whileHidden} requests)`);
   check(afterVisible >= 1, 'polling resumes when visible');
   const live = await page.locator('#live-text').textContent();
-  return { summary, span_rows: spanRows, links: links.length, first_link: links[0], while_hidden: whileHidden, after_visible: afterVisible, live, evidence };
+  return { summary, tip, span_rows: spanRows, links: links.length, first_link: links[0], while_hidden: whileHidden, after_visible: afterVisible, live, evidence };
 }
 
 async function setVisibility(page, v) {

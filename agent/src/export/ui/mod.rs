@@ -489,6 +489,40 @@ mod tests {
         assert!(!touches("pid:1", &a));
     }
 
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+        (head.split_whitespace().nth(1).unwrap().parse().unwrap(), head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    /// Without probes, correlation or the timeline (states the binary does not reach today, but
+    /// the listener supports), every route still answers and says what is missing.
+    #[tokio::test]
+    async fn routes_answer_and_say_what_is_missing() {
+        let state = Arc::new(AppState { metrics: Arc::new(Metrics::new()), probes: None, incidents: None, ui: None });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, super::super::http::router(state)).await });
+        let (code, head, body) = get(addr, "/").await;
+        assert_eq!(code, 200);
+        assert!(head.contains("content-security-policy: default-src 'self'") && head.contains("text/html"), "{head}");
+        assert!(body.contains("/ui/app.js"));
+        for (path, ctype) in [("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css"), ("/ui/favicon.svg", "image/svg+xml")] {
+            let (code, head, _) = get(addr, path).await;
+            assert!(code == 200 && head.contains(ctype), "{path}: {head}");
+        }
+        let (code, _, body) = get(addr, "/api/status").await;
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["probes"]["loaded"], false);
+        assert_eq!(v["spans"]["correlation"], false);
+        assert_eq!(get(addr, "/api/timeline").await.0, 503);
+        assert_eq!(get(addr, "/api/incidents/connection_fault-1").await.0, 404);
+    }
+
     /// The page loads nothing from elsewhere: every script, style, image and fetch names a
     /// path on the agent itself.
     #[test]
