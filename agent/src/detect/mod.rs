@@ -64,6 +64,10 @@ pub struct DetectConfig {
     /// CPU spent runnable but waiting, enough to stretch a 16 ms game tick noticeably).
     pub contention_ratio: f64,
     pub contention_min_ms: f64,
+    /// Consecutive anomalous buckets before `cpu_contention` is raised. A single second of
+    /// run-queue spikes happens on any busy machine (a burst of wakeups, a compaction); a
+    /// neighbour that takes the CPU stays for longer. Costs one bucket of detection latency.
+    pub contention_min_buckets: u32,
     /// `connection_fault`: connections reset per bucket toward one endpoint. A client hanging
     /// up hard resets one connection; five in one second toward one endpoint is a pattern.
     /// Normally an endpoint resets nothing, so there is no warmup: a zero baseline is the
@@ -96,6 +100,7 @@ impl Default for DetectConfig {
             pressure_min_ms: 1.0,
             contention_ratio: 2.0,
             contention_min_ms: 50.0,
+            contention_min_buckets: 2,
             fault_min_resets: 5.0,
             fault_min_retransmits: 50.0,
             fault_ratio: 3.0,
@@ -172,6 +177,8 @@ struct SeriesBase {
     a: Ewma,
     b: Ewma,
     seen: u64,
+    /// Consecutive anomalous buckets so far.
+    streak: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -544,7 +551,7 @@ impl Detector {
         let contention_rule = Rule { sigma: c.sigma, ratio: c.contention_ratio, floor: c.contention_min_ms, warmup: c.warmup_buckets };
         for pid in b.procs.keys() {
             if !self.procs.contains_key(pid) && self.procs.len() < MAX_PIDS {
-                self.procs.insert(*pid, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx });
+                self.procs.insert(*pid, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx, streak: 0 });
             }
         }
         let empty = ProcAgg::default();
@@ -556,7 +563,8 @@ impl Detector {
             let ms = p.delay_ns as f64 / 1e6;
             let v = base.a.observe(ms, &contention_rule);
             let own_surge = surging_pids.contains(&Some(*pid)) || surging_pids.contains(&None);
-            if v.anomalous && !own_surge {
+            base.streak = if v.anomalous && !own_surge { base.streak + 1 } else { 0 };
+            if base.streak >= c.contention_min_buckets {
                 let mut tids: Vec<(&u32, &u64)> = p.tids.iter().collect();
                 tids.sort_by(|x, y| y.1.cmp(x.1));
                 let top: Vec<_> = tids
@@ -588,7 +596,7 @@ impl Detector {
         let retrans_rule = Rule { sigma: c.sigma, ratio: c.fault_ratio, floor: c.fault_min_retransmits, warmup: 0 };
         for ep in b.eps.keys() {
             if !self.eps.contains_key(ep) && self.eps.len() < MAX_ENDPOINTS {
-                self.eps.insert(*ep, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx });
+                self.eps.insert(*ep, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx, streak: 0 });
             }
         }
         let empty = EpAgg::default();

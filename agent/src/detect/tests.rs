@@ -230,6 +230,17 @@ fn task_surge_needs_arrivals_and_pressure_and_names_the_dominant_kind() {
 fn cpu_contention_when_runq_delay_rises_with_normal_arrivals_but_not_during_a_surge() {
     let mut s = Sim::new();
     warm(&mut s, 40);
+    // One second of spikes is not contention: it must persist (contention_min_buckets).
+    s.tasks(30, "load", 0.5, 0.2);
+    s.runq(42, 400);
+    s.next_second();
+    assert!(s.opened.is_empty(), "a lone spike: {:?}", s.opened.first().map(|i| &i.summary));
+    warm(&mut s, 3);
+    assert!(s.opened.is_empty());
+    s.tasks(30, "load", 0.5, 0.2);
+    s.runq(42, 400);
+    s.next_second();
+    assert!(s.opened.is_empty());
     s.tasks(30, "load", 0.5, 0.2);
     s.runq(42, 400);
     s.next_second();
@@ -243,9 +254,11 @@ fn cpu_contention_when_runq_delay_rises_with_normal_arrivals_but_not_during_a_su
     // The same delay during our own surge is the surge, not a neighbour.
     let mut s = Sim::new();
     warm(&mut s, 40);
-    s.tasks(200, "load", 20.0, 5.0);
-    s.runq(42, 400);
-    s.next_second();
+    for _ in 0..2 {
+        s.tasks(200, "load", 20.0, 5.0);
+        s.runq(42, 400);
+        s.next_second();
+    }
     let classes: Vec<Class> = s.opened.iter().map(|i| i.class).collect();
     assert_eq!(classes, [Class::TaskSurge]);
 }
