@@ -53,6 +53,8 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     // The agent first: its OTLP receiver (4317/4318) must be up before the server exports.
     let agent = Command::new(bin.join("kernelsight-agent"))
         .args(["--http-addr", &args.agent_addr, "--comm", "game-server"])
+        // The page's task lane (arrivals, queue depth) reads the pool's metrics from the server.
+        .args(["--pool-metrics-url", &format!("http://{}/metrics", args.game_addr)])
         .spawn()
         .context("starting kernelsight-agent")?;
     let mut agent = Guard(agent, "kernelsight-agent");
