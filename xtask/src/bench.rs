@@ -3,14 +3,14 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 
-use crate::{setup::Env, util::{run as run_cmd, step}};
+use crate::{setup::Env, util::{Proc, run as run_cmd, step, wait_ready}};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -45,15 +45,6 @@ pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
             run_cmd(env.cargo().args(["build", "--release", "-p", "game-server"]))?;
             run_cmd(Command::new(env.root.join("target/release/bots")).arg("bench").args(rest))
         }
-    }
-}
-
-/// A child that is killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -180,8 +171,8 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
                     } else {
                         cmd.arg("--watch-all");
                     }
-                    let p = Proc(cmd.spawn()?);
-                    wait_ready(port)?;
+                    let mut p = Proc(cmd.spawn()?);
+                    wait_ready(([127, 0, 0, 1], port).into(), "the agent", &mut p)?;
                     // The watch set is reconciled every second.
                     std::thread::sleep(Duration::from_millis(1500));
                     Ok(p)
@@ -234,22 +225,6 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
     let rows = result?;
     print_table(&rows);
     Ok(())
-}
-
-fn wait_ready(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
-            let mut buf = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut buf);
-            if buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200") {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("agent did not become ready")
 }
 
 fn ns_per_run(s: &Stat) -> f64 {

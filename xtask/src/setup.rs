@@ -90,12 +90,11 @@ fn nightly_with_rust_src() -> Result<()> {
 fn bpf_linker(tools: &Path) -> Result<PathBuf> {
     let bin = tools.join("bin");
     let linker = bin.join("bpf-linker");
-    if let Some(v) = output(Command::new(&linker).arg("--version")) {
-        if v.contains(BPF_LINKER_VERSION) {
+    if let Some(v) = output(Command::new(&linker).arg("--version"))
+        && v.contains(BPF_LINKER_VERSION) {
             step(format!("bpf-linker {BPF_LINKER_VERSION}: present in {}", bin.display()));
             return Ok(bin);
         }
-    }
     let sysroot = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
         .context("cannot ask nightly rustc for its sysroot")?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");

@@ -1,13 +1,13 @@
 //! build, run, test.
 use std::{
-    process::{Child, Command},
+    process::Command,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use crate::{setup::Env, util::{run as run_cmd, step}};
+use crate::{setup::Env, util::{Proc, run as run_cmd, step}};
 
 pub fn build(env: &Env) -> Result<()> {
     run_cmd(env.cargo().args(["build", "--release", "-p", "agent", "-p", "game-server"]))
@@ -26,25 +26,6 @@ pub struct RunArgs {
     pub bots: u32,
 }
 
-/// Kills the child when dropped, so ^C or an error never leaves a process behind.
-struct Guard(Child, &'static str);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SIGTERM first so both flush; then make sure.
-        unsafe { libc_kill(self.0.id() as i32, 15) };
-        std::thread::sleep(Duration::from_millis(500));
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        step(format!("stopped {}", self.1));
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     build(env)?;
     let bin = env.root.join("target/release");
@@ -57,7 +38,7 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
         .args(["--pool-metrics-url", &format!("http://{}/metrics", args.game_addr)])
         .spawn()
         .context("starting kernelsight-agent")?;
-    let mut agent = Guard(agent, "kernelsight-agent");
+    let mut agent = Proc(agent);
     std::thread::sleep(Duration::from_secs(2));
     if let Some(status) = agent.0.try_wait()? {
         bail!("kernelsight-agent exited ({status}); it needs root or CAP_BPF + CAP_PERFMON");
@@ -69,7 +50,7 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
         .env("OTEL_BSP_SCHEDULE_DELAY", "1000")
         .spawn()
         .context("starting game-server")?;
-    let _server = Guard(server, "game-server");
+    let _server = Proc(server);
     let _bots = if args.bots > 0 {
         std::thread::sleep(Duration::from_secs(1));
         let bots = Command::new(bin.join("bots"))
@@ -79,7 +60,7 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
             .stdout(std::process::Stdio::null())
             .spawn()
             .context("starting bots")?;
-        Some(Guard(bots, "bots"))
+        Some(Proc(bots))
     } else {
         None
     };

@@ -1,6 +1,9 @@
 use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -38,3 +41,69 @@ pub fn describe(cmd: &Command) -> String {
     }
     s
 }
+
+/// A child killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc(pub Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe { kill(self.0.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad HTTP response")?;
+    Ok((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// True once something listens on `addr` (IPv4), read from /proc/net/tcp: unlike a connect
+/// attempt, looking does not make the kernel answer with an RST, which the agent would
+/// rightly report.
+pub fn listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = addr else { return false };
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<_> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+    })
+}
+
+pub fn wait_ready(addr: SocketAddr, what: &str, child: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if listening(addr)
+            && let Ok((200, _)) = http(addr, "GET", "/readyz", None) {
+                return Ok(());
+            }
+        if let Some(status) = child.0.try_wait()? {
+            bail!("{what} exited before it was ready ({status})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} was not ready within 60 s")
+}
+

@@ -5,9 +5,9 @@ mod dependency;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::{setup::Env, util::{run as run_cmd, step}};
+use crate::{setup::Env, util::{Proc, http, run as run_cmd, step, wait_ready}};
 use dependency::Dependency;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -121,78 +121,12 @@ fn bins(env: &Env, debug: bool, no_build: bool) -> Result<Bins> {
     Ok(bins)
 }
 
-/// A child killed (SIGTERM, then SIGKILL) when dropped.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        unsafe { kill(self.0.id() as i32, 15) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
 fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 fn now_unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad HTTP response")?;
-    Ok((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
-}
-
-/// True once something listens on `addr` (IPv4), read from /proc/net/tcp: unlike a connect
-/// attempt, looking does not make the kernel answer with an RST, which the agent would
-/// rightly report.
-fn listening(addr: SocketAddr) -> bool {
-    let SocketAddr::V4(v4) = addr else { return false };
-    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
-    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
-        t.lines().skip(1).any(|l| {
-            let f: Vec<_> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == want && f[3] == "0A"
-        })
-    })
-}
-
-fn wait_ready(addr: SocketAddr, what: &str, child: &mut Proc) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if listening(addr) {
-            if let Ok((200, _)) = http(addr, "GET", "/readyz", None) {
-                return Ok(());
-            }
-        }
-        if let Some(status) = child.0.try_wait()? {
-            bail!("{what} exited before it was ready ({status})");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{what} was not ready within 60 s")
 }
 
 /// An incident as first seen in the agent's listing.
@@ -209,8 +143,8 @@ struct Seen {
 fn watch_incidents(agent: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec<Seen>>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
-            if let Ok((200, body)) = http(agent, "GET", "/incidents", None) {
-                if let Ok(v) = serde_json::from_str::<Value>(&body) {
+            if let Ok((200, body)) = http(agent, "GET", "/incidents", None)
+                && let Ok(v) = serde_json::from_str::<Value>(&body) {
                     let now = now_unix_ns();
                     let mut seen = seen.lock().expect("not poisoned");
                     for inc in v["incidents"].as_array().into_iter().flatten() {
@@ -226,7 +160,6 @@ fn watch_incidents(agent: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec
                         }
                     }
                 }
-            }
             std::thread::sleep(Duration::from_millis(250));
         }
     })
