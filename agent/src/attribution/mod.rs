@@ -12,6 +12,25 @@ pub fn cgroup_id_of(pid: u32) -> Option<u64> {
     Some(std::fs::metadata(dir).ok()?.ino())
 }
 
+/// The Kubernetes pod a cgroup path belongs to, as the pod's UID: kubelet names pod cgroups
+/// `pod<uid>` (cgroupfs driver, `/kubepods/burstable/pod<uid>/<container>`) or
+/// `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd driver).
+pub fn pod_uid_from_cgroup_path(path: &str) -> Option<String> {
+    path.split('/').find_map(|part| {
+        let part = part.strip_suffix(".slice").unwrap_or(part);
+        let (_, uid) = part.rsplit_once("pod")?;
+        let uid = uid.replace('_', "-");
+        // A UID is 36 characters of hex and dashes; anything else is not a pod directory.
+        (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
+    })
+}
+
+/// The pod UID of `pid`, when it runs in a Kubernetes pod.
+pub fn pod_uid_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    pod_uid_from_cgroup_path(text.lines().find_map(|l| l.strip_prefix("0::"))?)
+}
+
 /// A small cache of pid → cgroup id; cleared when it grows past its bound, since pids are reused.
 #[derive(Default)]
 pub struct CgroupCache {
@@ -37,6 +56,24 @@ impl CgroupCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_uids_from_both_cgroup_drivers() {
+        let uid = "0f8c2a54-6a7e-4d3b-9a1e-2b3c4d5e6f70";
+        assert_eq!(
+            pod_uid_from_cgroup_path(&format!("/kubepods/burstable/pod{uid}/4c1f0e9a7b")).as_deref(),
+            Some(uid)
+        );
+        let systemd = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-4c1f.scope",
+            uid.replace('-', "_")
+        );
+        assert_eq!(pod_uid_from_cgroup_path(&systemd).as_deref(), Some(uid));
+        assert_eq!(pod_uid_from_cgroup_path("/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(pod_uid_from_cgroup_path("/system.slice/podman.service"), None);
+        // This machine runs no pods: our own process has none.
+        assert_eq!(pod_uid_of(std::process::id()), None);
+    }
 
     #[test]
     fn our_cgroup_id_is_the_kernels() {

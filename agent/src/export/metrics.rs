@@ -21,6 +21,8 @@ pub struct Metrics {
     owner_unknown: IntCounter,
     tcp_events_by_owner: IntCounterVec,
     runq_slow_events: IntCounterVec,
+    /// pid → pod UID ("" outside Kubernetes), so the cgroup file is read once per process.
+    pods: Mutex<HashMap<u32, String>>,
     pub runq_watched: IntGauge,
     runq_events: IntCounter,
     ring_records: IntCounterVec,
@@ -56,8 +58,9 @@ impl Metrics {
             tcp_retransmit_failures: counter(&r, "tcp_retransmit_failures_total", "Retransmit attempts the kernel reported as failed (not counted as retransmits)."),
             events_lost: counter_vec(&r, "ebpf_events_lost_total", "Events the kernel could not put in a full ring buffer.", &["ring"]),
             owner_unknown: counter(&r, "tcp_owner_unknown_total", "TCP events whose socket had no known owning process."),
-            tcp_events_by_owner: counter_vec(&r, "tcp_events_by_owner_total", "TCP events by owning process (from the event stream; see ebpf_events_lost_total).", &["event", "comm", "pid"]),
-            runq_slow_events: counter_vec(&r, "runq_slow_events_total", "Run-queue delays at or above the event threshold, by process.", &["comm", "pid"]),
+            tcp_events_by_owner: counter_vec(&r, "tcp_events_by_owner_total", "TCP events by owning process (from the event stream; see ebpf_events_lost_total).", &["event", "comm", "pid", "pod_uid"]),
+            runq_slow_events: counter_vec(&r, "runq_slow_events_total", "Run-queue delays at or above the event threshold, by process.", &["comm", "pid", "pod_uid"]),
+            pods: Mutex::new(HashMap::new()),
             runq_watched: {
                 let g = IntGauge::with_opts(Opts::new("runq_watched_processes", "Processes whose run-queue latency is measured.").namespace(NS)).expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
@@ -96,6 +99,15 @@ impl Metrics {
         *last = *now;
     }
 
+    fn pod_of(&self, pid: u32) -> String {
+        let mut pods = self.pods.lock().expect("not poisoned");
+        // Bounded: pids are reused, so a stale entry is worse than a re-read.
+        if pods.len() > 4096 {
+            pods.clear();
+        }
+        pods.entry(pid).or_insert_with(|| crate::attribution::pod_uid_of(pid).unwrap_or_default()).clone()
+    }
+
     pub fn observe(&self, ev: &KernelEvent) {
         match ev {
             KernelEvent::Tcp(rec) => {
@@ -108,10 +120,12 @@ impl Metrics {
                     Some(o) => (o.comm.as_str(), o.pid.to_string()),
                     None => ("unknown", "0".to_owned()),
                 };
-                self.tcp_events_by_owner.with_label_values(&[event, comm, &pid]).inc_by(u64::from(rec.segs));
+                let pod = rec.owner.as_ref().map(|o| self.pod_of(o.pid)).unwrap_or_default();
+                self.tcp_events_by_owner.with_label_values(&[event, comm, &pid, &pod]).inc_by(u64::from(rec.segs));
             }
             KernelEvent::Runq(rec) => {
-                self.runq_slow_events.with_label_values(&[&rec.comm, &rec.pid.to_string()]).inc();
+                let pod = self.pod_of(rec.pid);
+                self.runq_slow_events.with_label_values(&[&rec.comm, &rec.pid.to_string(), &pod]).inc();
             }
         }
     }
@@ -161,7 +175,11 @@ pub fn runq_histograms(hists: &HashMap<u32, RunqHistogram>, comm_of: impl Fn(u32
             l
         };
         let mut m = Metric::default();
-        m.set_label(vec![label("comm", comm_of(pid)), label("pid", pid.to_string())]);
+        let mut labels = vec![label("comm", comm_of(pid)), label("pid", pid.to_string())];
+        if let Some(uid) = crate::attribution::pod_uid_of(pid) {
+            labels.push(label("pod_uid", uid));
+        }
+        m.set_label(labels);
         m.set_histogram(hist);
         metrics.push(m);
     }
