@@ -19,6 +19,13 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_MA
 #[map]
 pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
+/// Reads a global the loader patched before load. A volatile read keeps the compiler from
+/// folding in the compile-time default.
+#[inline(always)]
+pub fn global<T: Copy>(g: &T) -> T {
+    unsafe { core::ptr::read_volatile(g) }
+}
+
 #[inline(always)]
 pub fn count(counter: Counter, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::SOCK_OWNERS;
+use crate::maps::{SOCK_OWNERS, global as layout};
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_SYN_SENT: i32 = 2;
@@ -19,13 +19,6 @@ static SOCK_LENGTH_LAYOUT: SockTpLayout = SockTpLayout::EMPTY;
 static SET_STATE_LAYOUT: SockTpLayout = SockTpLayout::EMPTY;
 #[unsafe(no_mangle)]
 static DESTROY_LAYOUT: TcpTpLayout = TcpTpLayout::EMPTY;
-
-#[inline(always)]
-fn layout<T: Copy>(global: &T) -> T {
-    // Globals are patched by the loader; a volatile read keeps the compiler from folding the
-    // compile-time default.
-    unsafe { core::ptr::read_volatile(global) }
-}
 
 /// The calling task, as an owner.
 #[inline(always)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use crate::maps::count;
+use crate::maps::{count, global};
 
 #[unsafe(no_mangle)]
 static TASK_LAYOUT: TaskLayout = TaskLayout::EMPTY;
@@ -49,7 +49,7 @@ const TASK_RUNNING: u64 = 0;
 
 #[inline(always)]
 fn layout() -> TaskLayout {
-    unsafe { core::ptr::read_volatile(&TASK_LAYOUT) }
+    global(&TASK_LAYOUT)
 }
 
 /// Reads a `task_struct` field. tp_btf arguments are trusted BTF pointers and `off` comes from

@@ -5,7 +5,7 @@ use agent_common::{AF_INET, Counter, SockOwner, TcpEvent, TcpEventKind, TcpTpLay
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    maps::{SOCK_OWNERS, TCP_EVENTS, count},
+    maps::{SOCK_OWNERS, TCP_EVENTS, count, global},
     owner::current_owner,
 };
 
@@ -24,7 +24,7 @@ const COMMON_FLAGS_OFFSET: usize = 2;
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let l = unsafe { core::ptr::read_volatile(&SEND_RESET_LAYOUT) };
+    let l = global(&SEND_RESET_LAYOUT);
     count(Counter::RstSent, 1);
     emit(&ctx, &l, TcpEventKind::RstSent, 1);
     0
@@ -32,7 +32,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let l = unsafe { core::ptr::read_volatile(&RECEIVE_RESET_LAYOUT) };
+    let l = global(&RECEIVE_RESET_LAYOUT);
     count(Counter::RstReceived, 1);
     emit(&ctx, &l, TcpEventKind::RstReceived, 1);
     0
@@ -40,7 +40,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let l = unsafe { core::ptr::read_volatile(&RETRANSMIT_LAYOUT) };
+    let l = global(&RETRANSMIT_LAYOUT);
     // Since 6.13 the tracepoint also fires for failed attempts, which the kernel does not count
     // in RetransSegs; neither do we.
     if l.err != NONE {

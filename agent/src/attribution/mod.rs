@@ -31,26 +31,45 @@ pub fn pod_uid_of(pid: u32) -> Option<String> {
     pod_uid_from_cgroup_path(text.lines().find_map(|l| l.strip_prefix("0::"))?)
 }
 
-/// A small cache of pid → cgroup id; cleared when it grows past its bound, since pids are reused.
-#[derive(Default)]
-pub struct CgroupCache {
-    map: HashMap<u32, u64>,
+/// A small cache of something read from /proc per pid; cleared when it grows past its bound,
+/// since pids are reused and a stale entry is worse than a re-read.
+pub struct PidCache<V> {
+    map: HashMap<u32, V>,
+    read: fn(u32) -> V,
 }
 
-impl CgroupCache {
+impl<V: Clone> PidCache<V> {
     const MAX: usize = 4096;
 
-    pub fn get(&mut self, pid: u32) -> u64 {
-        if let Some(&id) = self.map.get(&pid) {
-            return id;
+    pub fn new(read: fn(u32) -> V) -> Self {
+        Self { map: HashMap::new(), read }
+    }
+
+    pub fn get(&mut self, pid: u32) -> V {
+        if let Some(v) = self.map.get(&pid) {
+            return v.clone();
         }
         if self.map.len() >= Self::MAX {
             self.map.clear();
         }
-        let id = cgroup_id_of(pid).unwrap_or(0);
-        self.map.insert(pid, id);
-        id
+        let v = (self.read)(pid);
+        self.map.insert(pid, v.clone());
+        v
     }
+}
+
+/// pid → cgroup id (0 when unknown).
+pub type CgroupCache = PidCache<u64>;
+
+impl Default for CgroupCache {
+    fn default() -> Self {
+        Self::new(|pid| cgroup_id_of(pid).unwrap_or(0))
+    }
+}
+
+/// pid → pod UID ("" outside Kubernetes).
+pub fn pod_cache() -> PidCache<String> {
+    PidCache::new(|pid| pod_uid_of(pid).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -8,7 +8,10 @@ use prometheus::{
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use crate::probes::{RunqHistogram, events::KernelEvent, ring::RingStats};
+use crate::{
+    attribution::PidCache,
+    probes::{RunqHistogram, events::KernelEvent, ring::RingStats},
+};
 
 const NS: &str = "kernelsight";
 
@@ -21,8 +24,8 @@ pub struct Metrics {
     owner_unknown: IntCounter,
     tcp_events_by_owner: IntCounterVec,
     runq_slow_events: IntCounterVec,
-    /// pid → pod UID ("" outside Kubernetes), so the cgroup file is read once per process.
-    pods: Mutex<HashMap<u32, String>>,
+    /// pid → pod UID, so the cgroup file is read once per process.
+    pods: Mutex<PidCache<String>>,
     pub runq_watched: IntGauge,
     runq_events: IntCounter,
     ring_records: IntCounterVec,
@@ -60,7 +63,7 @@ impl Metrics {
             owner_unknown: counter(&r, "tcp_owner_unknown_total", "TCP events whose socket had no known owning process."),
             tcp_events_by_owner: counter_vec(&r, "tcp_events_by_owner_total", "TCP events by owning process (from the event stream; see ebpf_events_lost_total).", &["event", "comm", "pid", "pod_uid"]),
             runq_slow_events: counter_vec(&r, "runq_slow_events_total", "Run-queue delays at or above the event threshold, by process.", &["comm", "pid", "pod_uid"]),
-            pods: Mutex::new(HashMap::new()),
+            pods: Mutex::new(crate::attribution::pod_cache()),
             runq_watched: {
                 let g = IntGauge::with_opts(Opts::new("runq_watched_processes", "Processes whose run-queue latency is measured.").namespace(NS)).expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
@@ -100,12 +103,7 @@ impl Metrics {
     }
 
     fn pod_of(&self, pid: u32) -> String {
-        let mut pods = self.pods.lock().expect("not poisoned");
-        // Bounded: pids are reused, so a stale entry is worse than a re-read.
-        if pods.len() > 4096 {
-            pods.clear();
-        }
-        pods.entry(pid).or_insert_with(|| crate::attribution::pod_uid_of(pid).unwrap_or_default()).clone()
+        self.pods.lock().expect("not poisoned").get(pid)
     }
 
     pub fn observe(&self, ev: &KernelEvent) {
