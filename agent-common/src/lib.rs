@@ -175,7 +175,14 @@ pub struct TaskLayout {
 }
 
 impl TaskLayout {
-    pub const EMPTY: Self = Self { pid: 0, tgid: 0, state: 0, state_size: 0, comm: 0, _pad: 0 };
+    pub const EMPTY: Self = Self {
+        pid: 0,
+        tgid: 0,
+        state: 0,
+        state_size: 0,
+        comm: 0,
+        _pad: 0,
+    };
 }
 
 /// Run-queue settings the agent may change while running (one entry in `RUNQ_CONFIG`).
@@ -204,7 +211,10 @@ pub struct RunqHist {
 }
 
 impl RunqHist {
-    pub const ZERO: Self = Self { slots: [0; RUNQ_SLOTS as usize], sum_ns: 0 };
+    pub const ZERO: Self = Self {
+        slots: [0; RUNQ_SLOTS as usize],
+        sum_ns: 0,
+    };
 }
 
 /// Cumulative run-queue delay of one thread (`RUNQ_TID`, per-CPU).

@@ -82,9 +82,11 @@ fn claim_from_length(ctx: &TracePointContext) {
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let l = layout(&SET_STATE_LAYOUT);
-    let (Ok(protocol), Ok(newstate)) = (unsafe { ctx.read_at::<u16>(l.protocol as usize) }, unsafe {
-        ctx.read_at::<i32>(l.newstate as usize)
-    }) else {
+    let (Ok(protocol), Ok(newstate)) =
+        (unsafe { ctx.read_at::<u16>(l.protocol as usize) }, unsafe {
+            ctx.read_at::<i32>(l.newstate as usize)
+        })
+    else {
         return 0;
     };
     if protocol == IPPROTO_TCP && newstate == TCP_SYN_SENT {

@@ -41,7 +41,8 @@ pub static RUNQ_HIST: PerCpuHashMap<u32, RunqHist> = PerCpuHashMap::with_max_ent
 #[map]
 static ZERO_HIST: Array<RunqHist> = Array::with_max_entries(1, 0);
 #[map]
-pub static RUNQ_TID: LruPerCpuHashMap<u32, RunqTotals> = LruPerCpuHashMap::with_max_entries(16384, 0);
+pub static RUNQ_TID: LruPerCpuHashMap<u32, RunqTotals> =
+    LruPerCpuHashMap::with_max_entries(16384, 0);
 #[map]
 pub static RUNQ_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -75,16 +76,28 @@ fn config() -> Option<&'static RunqConfig> {
 /// Starts the clock on `task` if its process is watched.
 #[inline(always)]
 fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig) {
-    let Some(tgid) = field::<u32>(task, l.tgid) else { return };
+    let Some(tgid) = field::<u32>(task, l.tgid) else {
+        return;
+    };
     if cfg.watch_all == 0 && unsafe { RUNQ_WATCH.get(&tgid) }.is_none() {
         return;
     }
-    let Some(tid) = field::<u32>(task, l.pid) else { return };
+    let Some(tid) = field::<u32>(task, l.pid) else {
+        return;
+    };
     if tid == 0 {
         return; // the idle task never waits
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = RUNQ_START.insert(&tid, &Start { ts_ns: now, tgid, _pad: 0 }, 0);
+    let _ = RUNQ_START.insert(
+        &tid,
+        &Start {
+            ts_ns: now,
+            tgid,
+            _pad: 0,
+        },
+        0,
+    );
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)`: a thread that exits never waits again.
@@ -131,8 +144,12 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         enqueue(prev, &l, cfg);
     }
 
-    let Some(tid) = field::<u32>(next, l.pid) else { return 0 };
-    let Some(&start) = (unsafe { RUNQ_START.get(&tid) }) else { return 0 };
+    let Some(tid) = field::<u32>(next, l.pid) else {
+        return 0;
+    };
+    let Some(&start) = (unsafe { RUNQ_START.get(&tid) }) else {
+        return 0;
+    };
     let _ = RUNQ_START.remove(&tid);
     let tgid = field::<u32>(next, l.tgid).unwrap_or(0);
     if start.tgid != tgid {
@@ -153,7 +170,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 fn log2_slot(delay_ns: u64) -> u32 {
     let us = delay_ns / 1000;
     let slot = if us == 0 { 0 } else { 63 - us.leading_zeros() };
-    if slot >= RUNQ_SLOTS { RUNQ_SLOTS - 1 } else { slot }
+    if slot >= RUNQ_SLOTS {
+        RUNQ_SLOTS - 1
+    } else {
+        slot
+    }
 }
 
 #[inline(always)]
@@ -164,7 +185,9 @@ fn record_hist(tgid: u32, delay: u64) {
         None => {
             let Some(zero) = ZERO_HIST.get(0) else { return };
             let _ = RUNQ_HIST.insert(&tgid, zero, 0);
-            let Some(h) = RUNQ_HIST.get_ptr_mut(&tgid) else { return };
+            let Some(h) = RUNQ_HIST.get_ptr_mut(&tgid) else {
+                return;
+            };
             h
         }
     };
@@ -188,7 +211,15 @@ fn record_totals(tid: u32, delay: u64) {
             }
         },
         None => {
-            let _ = RUNQ_TID.insert(&tid, &RunqTotals { total_ns: delay, count: 1, max_ns: delay }, 0);
+            let _ = RUNQ_TID.insert(
+                &tid,
+                &RunqTotals {
+                    total_ns: delay,
+                    count: 1,
+                    max_ns: delay,
+                },
+                0,
+            );
         }
     }
 }

@@ -2,7 +2,10 @@
 //! carry the 4-tuple (also for an RST answering a segment to a closed port, where there is no
 //! socket), so no kernel struct layouts are needed; the record layouts come from tracefs.
 use agent_common::{AF_INET, Counter, SockOwner, TcpEvent, TcpEventKind, TcpTpLayout};
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, helpers::bpf_ktime_get_ns, macros::tracepoint,
+    programs::TracePointContext,
+};
 
 use crate::{
     maps::{SOCK_OWNERS, TCP_EVENTS, count, global},
@@ -74,7 +77,12 @@ fn emit(ctx: &TracePointContext, l: &TcpTpLayout, kind: TcpEventKind, segs: u32)
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skaddr: read::<u64>(ctx, l.skaddr).unwrap_or(0),
         cookie: read::<u64>(ctx, l.cookie).unwrap_or(0),
-        owner: SockOwner { cgroup_id: 0, tgid: 0, tid: 0, comm: [0; 16] },
+        owner: SockOwner {
+            cgroup_id: 0,
+            tgid: 0,
+            tid: 0,
+            comm: [0; 16],
+        },
         current_tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         segs,
         saddr: [0; 16],
@@ -132,5 +140,10 @@ fn owner_of(ctx: &TracePointContext, sk: u64) -> SockOwner {
         return current_owner();
     }
     count(Counter::OwnerUnknown, 1);
-    SockOwner { cgroup_id: 0, tgid: 0, tid: 0, comm: [0; 16] }
+    SockOwner {
+        cgroup_id: 0,
+        tgid: 0,
+        tid: 0,
+        comm: [0; 16],
+    }
 }

@@ -6,7 +6,11 @@ use clap::Parser;
 use crate::probes::{ProbeConfig, watch::Selectors};
 
 #[derive(Debug, Parser)]
-#[command(name = "kernelsight-agent", version, about = "Watches a game server from the kernel with eBPF and joins what it sees to the server's spans.")]
+#[command(
+    name = "kernelsight-agent",
+    version,
+    about = "Watches a game server from the kernel with eBPF and joins what it sees to the server's spans."
+)]
 pub struct Config {
     /// Address of the HTTP listener (/metrics, /healthz, /readyz).
     #[arg(long, env = "KERNELSIGHT_HTTP_ADDR", default_value = "127.0.0.1:9464")]
@@ -38,7 +42,11 @@ pub struct Config {
 
     /// Report each run-queue delay at or above this many microseconds as an event (below it,
     /// delays still count in the histograms and per-thread totals).
-    #[arg(long, env = "KERNELSIGHT_RUNQ_EVENT_THRESHOLD_US", default_value_t = 50)]
+    #[arg(
+        long,
+        env = "KERNELSIGHT_RUNQ_EVENT_THRESHOLD_US",
+        default_value_t = 50
+    )]
     pub runq_event_threshold_us: u64,
 
     /// Capacity of the socket → owner table.
@@ -60,7 +68,11 @@ pub struct Config {
 
 impl Config {
     pub fn selectors(&self) -> Selectors {
-        Selectors { pids: self.pids.clone(), comms: self.comms.clone(), cgroups: self.cgroups.clone() }
+        Selectors {
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
+            cgroups: self.cgroups.clone(),
+        }
     }
 
     pub fn probe_config(&self) -> ProbeConfig {

@@ -1,12 +1,12 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use agent::{
+    attribution::CgroupCache,
     config::Config,
     export::{
         http::{self, AppState},
         metrics::Metrics,
     },
-    attribution::CgroupCache,
     probes::{Probes, events::KernelEvent, ring, watch},
 };
 use clap::Parser as _;
@@ -39,8 +39,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut probes = Probes::load(&cfg.probe_config())?;
     let (tx, mut rx) = mpsc::channel(65536);
-    spawn_ring("tcp", probes.take_tcp_ring()?, KernelEvent::decode_tcp, tx.clone(), metrics.ring("tcp"));
-    spawn_ring("runq", probes.take_runq_ring()?, KernelEvent::decode_runq, tx, metrics.ring("runq"));
+    spawn_ring(
+        "tcp",
+        probes.take_tcp_ring()?,
+        KernelEvent::decode_tcp,
+        tx.clone(),
+        metrics.ring("tcp"),
+    );
+    spawn_ring(
+        "runq",
+        probes.take_runq_ring()?,
+        KernelEvent::decode_runq,
+        tx,
+        metrics.ring("runq"),
+    );
     let probes = Arc::new(Mutex::new(probes));
     tokio::spawn(watch::keep_current(
         probes.clone(),
@@ -51,7 +63,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let correlation = agent::correlator::start(&cfg.correlation, &metrics.registry).await?;
     let feed = correlation.feed.clone();
     let forwarding = cfg.correlation.otlp_forward.is_some();
-    let ui = agent::export::ui::start(&cfg.ui, Some(probes.clone()), Some(&correlation), forwarding, metrics.clone())?;
+    let ui = agent::export::ui::start(
+        &cfg.ui,
+        Some(probes.clone()),
+        Some(&correlation),
+        forwarding,
+        metrics.clone(),
+    )?;
     let timeline = ui.timeline.clone();
     let pipeline_metrics = metrics.clone();
     tokio::spawn(async move {
@@ -65,7 +83,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             timeline.observe(&ev);
         }
     });
-    let state = Arc::new(AppState { metrics, probes: Some(probes), incidents: Some(correlation.board.clone()), ui: Some(ui) });
+    let state = Arc::new(AppState {
+        metrics,
+        probes: Some(probes),
+        incidents: Some(correlation.board.clone()),
+        ui: Some(ui),
+    });
     let served = http::serve(cfg.http_addr, state, shutdown_signal()).await;
     correlation.shutdown(Duration::from_secs(3)).await;
     served

@@ -4,11 +4,17 @@
 mod common;
 mod correlation_support;
 
-use std::{net::TcpListener, time::{Duration, Instant}};
+use std::{
+    net::TcpListener,
+    time::{Duration, Instant},
+};
 
 use agent::{
     correlator::clock::Clock,
-    probes::{ProbeConfig, Probes, events::{KernelEvent, TcpRecord}},
+    probes::{
+        ProbeConfig, Probes,
+        events::{KernelEvent, TcpRecord},
+    },
 };
 use agent_common::TcpEventKind;
 use common::{drain, require_root};
@@ -28,14 +34,23 @@ fn a_real_rst_converts_to_a_unix_time_between_readings_taken_around_it() {
         let (srv, cli, before, after) = aborted_connection(&listener);
         let deadline = Instant::now() + Duration::from_secs(5);
         let rec: TcpRecord = loop {
-            let found = drain(&mut ring, KernelEvent::decode_tcp).into_iter().find_map(|e| match e {
-                KernelEvent::Tcp(t) if t.kind == TcpEventKind::RstSent && t.local == srv && t.remote == cli => Some(t),
-                _ => None,
-            });
+            let found = drain(&mut ring, KernelEvent::decode_tcp)
+                .into_iter()
+                .find_map(|e| match e {
+                    KernelEvent::Tcp(t)
+                        if t.kind == TcpEventKind::RstSent && t.local == srv && t.remote == cli =>
+                    {
+                        Some(t)
+                    }
+                    _ => None,
+                });
             if let Some(t) = found {
                 break t;
             }
-            assert!(Instant::now() < deadline, "the RST sent on {srv} → {cli} never reached the ring");
+            assert!(
+                Instant::now() < deadline,
+                "the RST sent on {srv} → {cli} never reached the ring"
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
         let unix = clock.to_unix_ns(rec.ts_ns);
@@ -50,6 +65,7 @@ fn a_real_rst_converts_to_a_unix_time_between_readings_taken_around_it() {
     }
     eprintln!(
         "clock: {checked} RSTs inside their close() windows; offset uncertainty ±{} ns; tightest margin {} ns",
-        clock.offset().uncertainty_ns, worst_margin
+        clock.offset().uncertainty_ns,
+        worst_margin
     );
 }

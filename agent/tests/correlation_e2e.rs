@@ -25,9 +25,12 @@ fn otlp_agent(sink: &Sink, extra: &[&str]) -> (Agent, SocketAddr, SocketAddr) {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let forward = format!("http://{}", sink.addr);
     let mut args = vec![
-        "--otlp-grpc-addr".to_owned(), grpc.to_string(),
-        "--otlp-http-addr".to_owned(), http.to_string(),
-        "--otlp-forward".to_owned(), forward,
+        "--otlp-grpc-addr".to_owned(),
+        grpc.to_string(),
+        "--otlp-http-addr".to_owned(),
+        http.to_string(),
+        "--otlp-forward".to_owned(),
+        forward,
     ];
     if !extra.contains(&"--span-wait-ms") {
         args.extend(["--span-wait-ms".to_owned(), "300".to_owned()]);
@@ -39,12 +42,25 @@ fn otlp_agent(sink: &Sink, extra: &[&str]) -> (Agent, SocketAddr, SocketAddr) {
 
 fn wait_for(sink: &Sink, id: &[u8]) -> Span {
     let id: [u8; 8] = id.try_into().unwrap();
-    assert!(eventually(Duration::from_secs(15), || sink.span(&id).is_some()), "span {} never forwarded", hex(&id));
+    assert!(
+        eventually(Duration::from_secs(15), || sink.span(&id).is_some()),
+        "span {} never forwarded",
+        hex(&id)
+    );
     sink.span(&id).unwrap()
 }
 
-fn event_attr<'a>(e: &'a opentelemetry_proto::tonic::trace::v1::span::Event, key: &str) -> Option<&'a Value> {
-    e.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()
+fn event_attr<'a>(
+    e: &'a opentelemetry_proto::tonic::trace::v1::span::Event,
+    key: &str,
+) -> Option<&'a Value> {
+    e.attributes
+        .iter()
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()
 }
 
 fn dump_path(name: &str) -> std::path::PathBuf {
@@ -71,18 +87,48 @@ fn resets_reach_connection_spans_and_a_burst_is_an_incident_linked_to_them() {
     send_grpc(grpc, request(vec![client_view.clone()]));
 
     let s = wait_for(&sink, &server_view.span_id);
-    assert_eq!(attr_i(&s, "kernelsight.tcp.resets_sent"), Some(1), "{:?}", s.attributes);
+    assert_eq!(
+        attr_i(&s, "kernelsight.tcp.resets_sent"),
+        Some(1),
+        "{:?}",
+        s.attributes
+    );
     assert_eq!(attr_i(&s, "kernelsight.tcp.resets_received"), Some(0));
     assert_eq!(attr_i(&s, "kernelsight.tcp.retransmits"), Some(0));
-    let rst: Vec<_> = s.events.iter().filter(|e| e.name == "kernelsight.tcp.reset").collect();
-    assert_eq!(rst.len(), 1, "one RST, though both sockets saw it: {:?}", s.events);
-    assert_eq!(event_attr(rst[0], "kernelsight.tcp.direction"), Some(&Value::StringValue("sent".into())));
+    let rst: Vec<_> = s
+        .events
+        .iter()
+        .filter(|e| e.name == "kernelsight.tcp.reset")
+        .collect();
+    assert_eq!(
+        rst.len(),
+        1,
+        "one RST, though both sockets saw it: {:?}",
+        s.events
+    );
+    assert_eq!(
+        event_attr(rst[0], "kernelsight.tcp.direction"),
+        Some(&Value::StringValue("sent".into()))
+    );
     // The event's time is the kernel's, converted: inside the close() that sent it.
-    let unc = (agent.metrics().get("kernelsight_clock_offset_uncertainty_seconds") * 1e9).ceil() as u64;
+    let unc = (agent
+        .metrics()
+        .get("kernelsight_clock_offset_uncertainty_seconds")
+        * 1e9)
+        .ceil() as u64;
     let t = rst[0].time_unix_nano;
-    assert!(before <= t + unc && t <= after + unc, "RST event at {t}, close() ran in [{before}, {after}] ±{unc}");
+    assert!(
+        before <= t + unc && t <= after + unc,
+        "RST event at {t}, close() ran in [{before}, {after}] ±{unc}"
+    );
     let c = wait_for(&sink, &client_view.span_id);
-    assert_eq!((attr_i(&c, "kernelsight.tcp.resets_sent"), attr_i(&c, "kernelsight.tcp.resets_received")), (Some(0), Some(1)));
+    assert_eq!(
+        (
+            attr_i(&c, "kernelsight.tcp.resets_sent"),
+            attr_i(&c, "kernelsight.tcp.resets_received")
+        ),
+        (Some(0), Some(1))
+    );
 
     // A burst: twelve connections aborted by the service within a second, each with a session
     // span (half of them failed).
@@ -91,7 +137,15 @@ fn resets_reach_connection_spans_and_a_burst_is_an_incident_linked_to_them() {
     for i in 0..12 {
         let start = now_ns();
         let (s, c, _, _) = aborted_connection(&listener);
-        burst.push(conn_span("ws.session", 100 + i, start, now_ns(), s, c, i % 2 == 0));
+        burst.push(conn_span(
+            "ws.session",
+            100 + i,
+            start,
+            now_ns(),
+            s,
+            c,
+            i % 2 == 0,
+        ));
     }
     let burst_ids: HashSet<Vec<u8>> = burst.iter().map(|s| s.span_id.clone()).collect();
     send_grpc(grpc, request(burst));
@@ -102,7 +156,10 @@ fn resets_reach_connection_spans_and_a_burst_is_an_incident_linked_to_them() {
         eventually(Duration::from_secs(15), || {
             let (_, body) = http_get(agent.addr, "/incidents?class=connection_fault").unwrap();
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            match v["incidents"].as_array().and_then(|a| a.iter().find(|i| i["subject"] == subject.as_str())) {
+            match v["incidents"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["subject"] == subject.as_str()))
+            {
                 Some(i) => {
                     listed = i.clone();
                     true
@@ -115,8 +172,16 @@ fn resets_reach_connection_spans_and_a_burst_is_an_incident_linked_to_them() {
     eprintln!("listed: {}", listed["summary"]);
     assert_eq!(listed["evidence"]["reset_by"], "service");
     assert!(listed["evidence"]["connections_reset"].as_u64().unwrap() >= 5);
-    assert!(listed["baseline"]["observed"].as_f64().unwrap() >= listed["baseline"]["threshold"].as_f64().unwrap());
-    assert!(agent.metrics().get("kernelsight_incidents_total{class=\"connection_fault\"}") >= 1.0);
+    assert!(
+        listed["baseline"]["observed"].as_f64().unwrap()
+            >= listed["baseline"]["threshold"].as_f64().unwrap()
+    );
+    assert!(
+        agent
+            .metrics()
+            .get("kernelsight_incidents_total{class=\"connection_fault\"}")
+            >= 1.0
+    );
 
     // Closed after a quiet spell, and forwarded as a span of its own trace linked to the hurt
     // spans.
@@ -126,26 +191,52 @@ fn resets_reach_connection_spans_and_a_burst_is_an_incident_linked_to_them() {
                 && matches!(attr(s, "kernelsight.incident.subject"), Some(Value::StringValue(v)) if *v == subject)
         })
     };
-    assert!(eventually(Duration::from_secs(20), || find_incident().is_some()), "incident span never forwarded");
+    assert!(
+        eventually(Duration::from_secs(20), || find_incident().is_some()),
+        "incident span never forwarded"
+    );
     let inc = find_incident().unwrap();
     let forwarded: HashSet<Vec<u8>> = sink.spans().into_iter().map(|s| s.span_id).collect();
     assert!(!inc.links.is_empty());
     for l in &inc.links {
-        assert!(forwarded.contains(&l.span_id), "link to {} which was never forwarded", hex(&l.span_id));
+        assert!(
+            forwarded.contains(&l.span_id),
+            "link to {} which was never forwarded",
+            hex(&l.span_id)
+        );
         assert_ne!(l.trace_id, inc.trace_id);
     }
-    let linked_burst = inc.links.iter().filter(|l| burst_ids.contains(&l.span_id)).count();
-    assert!(linked_burst >= 5, "links to the burst's spans: {linked_burst}");
+    let linked_burst = inc
+        .links
+        .iter()
+        .filter(|l| burst_ids.contains(&l.span_id))
+        .count();
+    assert!(
+        linked_burst >= 5,
+        "links to the burst's spans: {linked_burst}"
+    );
     let (_, body) = http_get(agent.addr, "/incidents?state=closed").unwrap();
-    assert!(body.contains(&subject), "the closed incident is still listed");
+    assert!(
+        body.contains(&subject),
+        "the closed incident is still listed"
+    );
 
     // The same stream, decoded by code that is not ours.
     let out = python_decode(
         &sink.dump,
         &[
-            format!("--expect={}:kernelsight.tcp.resets_sent=1", hex(&server_view.span_id)),
-            format!("--expect={}:kernelsight.tcp.resets_received=1", hex(&client_view.span_id)),
-            format!("--expect-event={}:kernelsight.tcp.reset", hex(&server_view.span_id)),
+            format!(
+                "--expect={}:kernelsight.tcp.resets_sent=1",
+                hex(&server_view.span_id)
+            ),
+            format!(
+                "--expect={}:kernelsight.tcp.resets_received=1",
+                hex(&client_view.span_id)
+            ),
+            format!(
+                "--expect-event={}:kernelsight.tcp.reset",
+                hex(&server_view.span_id)
+            ),
             "--incident=connection_fault".to_owned(),
             "--links".to_owned(),
         ],
@@ -162,7 +253,10 @@ fn pin_to_cpu0() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 
@@ -173,7 +267,10 @@ fn task_spans_get_the_run_queue_delay_their_thread_suffered() {
     let me = std::process::id().to_string();
     let (agent, grpc, _) = otlp_agent(&sink, &["--pid", &me]);
     assert!(
-        eventually(Duration::from_secs(10), || agent.metrics().get("kernelsight_runq_watched_processes") >= 1.0),
+        eventually(Duration::from_secs(10), || agent
+            .metrics()
+            .get("kernelsight_runq_watched_processes")
+            >= 1.0),
         "the agent never started watching this process"
     );
 
@@ -213,26 +310,53 @@ fn task_spans_get_the_run_queue_delay_their_thread_suffered() {
     let (vtid, vstart, vend, _) = victim.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     hogs.into_iter().for_each(|h| h.join().unwrap());
-    std::thread::sleep(Duration::from_millis(300).saturating_sub(Duration::from_nanos(now_ns() - bstart)));
+    std::thread::sleep(
+        Duration::from_millis(300).saturating_sub(Duration::from_nanos(now_ns() - bstart)),
+    );
 
     let pid = std::process::id();
     let victim_span = task_span(1, vstart, vend, vtid, pid, "compute");
     // The blocked thread's span covers a window in which it never ran nor waited.
-    let idle_span = task_span(2, bstart + 100_000_000, bstart + 300_000_000, btid, pid, "idle");
+    let idle_span = task_span(
+        2,
+        bstart + 100_000_000,
+        bstart + 300_000_000,
+        btid,
+        pid,
+        "idle",
+    );
     send_grpc(grpc, request(vec![victim_span.clone(), idle_span.clone()]));
 
     let v = wait_for(&sink, &victim_span.span_id);
-    let total = attr_f(&v, "kernelsight.runq.delay_total_ms").expect("run-queue attributes on the task span");
+    let total = attr_f(&v, "kernelsight.runq.delay_total_ms")
+        .expect("run-queue attributes on the task span");
     let max = attr_f(&v, "kernelsight.runq.delay_max_ms").unwrap();
     let count = attr_i(&v, "kernelsight.runq.count").unwrap();
-    eprintln!("victim tid {vtid}: {count} waits, {total:.1} ms in all (max {max:.1} ms) over a 400 ms task");
-    assert!(count > 0 && total >= 20.0, "a thread sharing a CPU with two hogs waited: {count} waits, {total} ms");
+    eprintln!(
+        "victim tid {vtid}: {count} waits, {total:.1} ms in all (max {max:.1} ms) over a 400 ms task"
+    );
+    assert!(
+        count > 0 && total >= 20.0,
+        "a thread sharing a CPU with two hogs waited: {count} waits, {total} ms"
+    );
     // Only waiting inside the span's window counts (plus the 1 ms join slack on each side).
     let span_ms = (vend - vstart) as f64 / 1e6;
-    assert!(max <= total && total <= span_ms + 2.0, "{total} ms of waiting inside a {span_ms} ms task (max {max})");
-    assert!(v.events.iter().any(|e| e.name == "kernelsight.runq.slow_wakeup"));
+    assert!(
+        max <= total && total <= span_ms + 2.0,
+        "{total} ms of waiting inside a {span_ms} ms task (max {max})"
+    );
+    assert!(
+        v.events
+            .iter()
+            .any(|e| e.name == "kernelsight.runq.slow_wakeup")
+    );
     let i = wait_for(&sink, &idle_span.span_id);
-    assert_eq!(attr_i(&i, "kernelsight.runq.count"), Some(0), "a watched, blocked thread: zero, measured: {:?}", i.attributes);
+    assert_eq!(
+        attr_i(&i, "kernelsight.runq.count"),
+        Some(0),
+        "a watched, blocked thread: zero, measured: {:?}",
+        i.attributes
+    );
     assert_eq!(attr_f(&i, "kernelsight.runq.delay_total_ms"), Some(0.0));
     drop(tx);
     blocked.join().unwrap();
@@ -242,7 +366,12 @@ fn task_spans_get_the_run_queue_delay_their_thread_suffered() {
     let bogus = task_span(3, vstart, vend, 3, pid, "bogus");
     send_grpc(grpc, request(vec![bogus.clone()]));
     let b = wait_for(&sink, &bogus.span_id);
-    assert_eq!(attr_i(&b, "kernelsight.runq.count"), None, "{:?}", b.attributes);
+    assert_eq!(
+        attr_i(&b, "kernelsight.runq.count"),
+        None,
+        "{:?}",
+        b.attributes
+    );
 }
 
 #[test]
@@ -286,8 +415,14 @@ fn a_clean_shutdown_delivers_held_spans_and_closes_open_incidents() {
     stop.store(true, Ordering::Relaxed);
     storm.join().unwrap();
     assert!(status.unwrap().success(), "{status:?}");
-    let s = sink.span(&held.span_id.clone().try_into().unwrap()).expect("the held span was delivered before exit");
-    assert_eq!(attr_i(&s, "kernelsight.tcp.resets_sent"), Some(1), "and joined with the evidence there was");
+    let s = sink
+        .span(&held.span_id.clone().try_into().unwrap())
+        .expect("the held span was delivered before exit");
+    assert_eq!(
+        attr_i(&s, "kernelsight.tcp.resets_sent"),
+        Some(1),
+        "and joined with the evidence there was"
+    );
     assert!(
         sink.spans().iter().any(|s| s.name == "kernelsight.incident.connection_fault"
             && matches!(attr(s, "kernelsight.incident.subject"), Some(Value::StringValue(v)) if *v == subject)),

@@ -24,11 +24,15 @@ fn span_store_stays_within_its_cap_under_a_flood() {
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let agent = Agent::start(&[
-        "--otlp-grpc-addr", &grpc.to_string(),
-        "--otlp-http-addr", &http.to_string(),
-        "--span-store-cap", &CAP.to_string(),
+        "--otlp-grpc-addr",
+        &grpc.to_string(),
+        "--otlp-http-addr",
+        &http.to_string(),
+        "--span-store-cap",
+        &CAP.to_string(),
         // Every span is held 2 s for kernel evidence: the store fills long before it drains.
-        "--span-wait-ms", "2000",
+        "--span-wait-ms",
+        "2000",
     ]);
     let rss0 = rss_kib(agent.child.id());
     let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
@@ -46,30 +50,54 @@ fn span_store_stays_within_its_cap_under_a_flood() {
     // Four HTTP senders and one gRPC sender at once.
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let http_senders: Vec<_> = (0..4)
-            .map(|t| s.spawn(move || (0..REQUESTS / 4).map(|k| send_http(http, &make(t * 1000 + k))).collect::<Vec<_>>()))
+            .map(|t| {
+                s.spawn(move || {
+                    (0..REQUESTS / 4)
+                        .map(|k| send_http(http, &make(t * 1000 + k)))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         let grpc_sender = s.spawn(move || (0..4).for_each(|k| send_grpc(grpc, make(9000 + k))));
         grpc_sender.join().unwrap();
-        http_senders.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        http_senders
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
-    assert!(statuses.iter().all(|&c| c == 200), "every export answered with success: {statuses:?}");
+    assert!(
+        statuses.iter().all(|&c| c == 200),
+        "every export answered with success: {statuses:?}"
+    );
 
     let m = agent.metrics();
     let sent = (REQUESTS + 4) * PER_REQUEST;
     let received = m.sum("kernelsight_spans_received_total", &[]);
     let unenriched = m.get("kernelsight_spans_unenriched_total{reason=\"store_full\"}");
     let high = m.get("kernelsight_span_store_spans_high_water");
-    eprintln!("flood: {sent} spans sent, {received} received, {unenriched} passed unenriched, store high water {high} (cap {CAP})");
+    eprintln!(
+        "flood: {sent} spans sent, {received} received, {unenriched} passed unenriched, store high water {high} (cap {CAP})"
+    );
     assert_eq!(received as u64, sent);
-    assert!(high as usize <= CAP, "store high water {high} over its cap {CAP}");
+    assert!(
+        high as usize <= CAP,
+        "store high water {high} over its cap {CAP}"
+    );
     assert!(high > 0.0);
     assert!(unenriched > 0.0, "the excess was counted as unenriched");
     assert_eq!(m.get("kernelsight_span_store_capacity"), CAP as f64);
     // Once the wait is over, the store empties.
-    assert!(eventually(Duration::from_secs(10), || agent.metrics().get("kernelsight_span_store_spans") == 0.0));
+    assert!(eventually(Duration::from_secs(10), || agent
+        .metrics()
+        .get("kernelsight_span_store_spans")
+        == 0.0));
     let rss1 = rss_kib(agent.child.id());
     eprintln!("flood: agent RSS {rss0} KiB before, {rss1} KiB after");
     // Not a performance bound: a sanity bound on what ~22k spans of 300 bytes could cost if
     // they were all kept (they must not be).
-    assert!(rss1.saturating_sub(rss0) < 256 * 1024, "RSS grew by {} KiB", rss1 - rss0);
+    assert!(
+        rss1.saturating_sub(rss0) < 256 * 1024,
+        "RSS grew by {} KiB",
+        rss1 - rss0
+    );
 }

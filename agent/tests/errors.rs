@@ -7,7 +7,9 @@ use common::require_root;
 
 fn agent(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kernelsight-agent"));
-    c.args(["--http-addr", "127.0.0.1:0"]).args(args).env("RUST_LOG", "off");
+    c.args(["--http-addr", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "off");
     c
 }
 
@@ -15,8 +17,15 @@ fn one_error_line(out: &Output) -> String {
     assert!(!out.status.success(), "the agent should have failed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<_> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected exactly one line on stderr, got:\n{stderr}");
-    assert!(lines[0].starts_with("kernelsight-agent: error: "), "{stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("kernelsight-agent: error: "),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     lines[0].to_owned()
 }
@@ -27,21 +36,40 @@ fn without_capabilities_it_names_them() {
     // Drop to nobody with no capabilities at all (util-linux setpriv).
     let exe = env!("CARGO_BIN_EXE_kernelsight-agent");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
         .arg(exe)
         .args(["--http-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "off")
         .output()
         .expect("setpriv (util-linux) must be installed; `cargo xtask setup` installs it");
     let line = one_error_line(&out);
-    assert!(line.contains("missing privileges") && line.contains("CAP_BPF") && line.contains("CAP_PERFMON"), "{line}");
+    assert!(
+        line.contains("missing privileges")
+            && line.contains("CAP_BPF")
+            && line.contains("CAP_PERFMON"),
+        "{line}"
+    );
 }
 
 #[test]
 fn without_tracefs_it_says_where_it_looked() {
     require_root();
-    let line = one_error_line(&agent(&["--tracefs", "/nonexistent-tracefs"]).output().unwrap());
-    assert!(line.contains("tracefs not found at /nonexistent-tracefs"), "{line}");
+    let line = one_error_line(
+        &agent(&["--tracefs", "/nonexistent-tracefs"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        line.contains("tracefs not found at /nonexistent-tracefs"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -50,9 +78,16 @@ fn a_missing_tracepoint_is_named() {
     // A tracefs whose kernel has no tcp tracepoints.
     let dir = std::env::temp_dir().join(format!("ks-fake-tracefs-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("events/sock")).unwrap();
-    let line = one_error_line(&agent(&["--tracefs", dir.to_str().unwrap()]).output().unwrap());
+    let line = one_error_line(
+        &agent(&["--tracefs", dir.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(line.contains("kernel lacks tracepoint tcp:tcp_send_reset"), "{line}");
+    assert!(
+        line.contains("kernel lacks tracepoint tcp:tcp_send_reset"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -13,7 +13,10 @@ use socket2::SockRef;
 
 /// A port nobody listens on: bind, learn the port, close.
 fn closed_port(ip: IpAddr) -> SocketAddr {
-    TcpListener::bind(SocketAddr::new(ip, 0)).unwrap().local_addr().unwrap()
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// connect() to a closed port: the kernel answers the SYN with an RST (sent, with no socket),
@@ -32,9 +35,13 @@ fn linger_abort(ip: IpAddr) {
     client.write_all(b"hello").unwrap();
     let mut buf = [0u8; 5];
     server.read_exact(&mut buf).unwrap();
-    SockRef::from(&server).set_linger(Some(Duration::ZERO)).unwrap();
+    SockRef::from(&server)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(server);
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let err = client.read(&mut buf).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
 }
@@ -62,7 +69,8 @@ fn resets_match_kernel_counters_both_directions_v4_and_v6() {
     // The kernel counts synchronously; the agent's counters are per-CPU map reads at scrape
     // time, so they are exact as soon as the tracepoints have run. Poll only as a hang guard.
     let sent = |m: &common::Metrics| m.get("kernelsight_tcp_resets_total{direction=\"sent\"}");
-    let received = |m: &common::Metrics| m.get("kernelsight_tcp_resets_total{direction=\"received\"}");
+    let received =
+        |m: &common::Metrics| m.get("kernelsight_tcp_resets_total{direction=\"received\"}");
     let mib1 = tcp_mib();
     let out_rsts = mib1["OutRsts"] - mib0["OutRsts"];
     let attempt_fails = mib1["AttemptFails"] - mib0["AttemptFails"];
@@ -73,21 +81,44 @@ fn resets_match_kernel_counters_both_directions_v4_and_v6() {
     let after = agent.metrics();
 
     // Sent: exactly the kernel's TcpOutRsts over the window.
-    assert_eq!((sent(&after) - sent(&before)) as u64, out_rsts, "sent RSTs vs kernel OutRsts");
-    assert_eq!(out_rsts, provoked, "the kernel itself saw only our RSTs (quiet loopback)");
+    assert_eq!(
+        (sent(&after) - sent(&before)) as u64,
+        out_rsts,
+        "sent RSTs vs kernel OutRsts"
+    );
+    assert_eq!(
+        out_rsts, provoked,
+        "the kernel itself saw only our RSTs (quiet loopback)"
+    );
     // Received: the kernel has no InRsts counter. Every refused connect fails in SYN_SENT
     // (AttemptFails) and every abort resets one established client.
     assert_eq!(attempt_fails, 2 * REFUSED, "kernel AttemptFails");
-    assert_eq!((received(&after) - received(&before)) as u64, attempt_fails + 2 * ABORTS, "received RSTs");
+    assert_eq!(
+        (received(&after) - received(&before)) as u64,
+        attempt_fails + 2 * ABORTS,
+        "received RSTs"
+    );
 
     // The event stream agrees with the lossless counters, and the received RSTs (softirq
     // context) are attributed to this test process, the sockets' owner.
     let me = std::process::id().to_string();
     let by_owner = |m: &common::Metrics, ev: &str| {
-        m.sum("kernelsight_tcp_events_by_owner_total", &[("event", ev), ("pid", &me)])
+        m.sum(
+            "kernelsight_tcp_events_by_owner_total",
+            &[("event", ev), ("pid", &me)],
+        )
     };
-    assert_eq!((by_owner(&after, "rst_received") - by_owner(&before, "rst_received")) as u64, provoked);
+    assert_eq!(
+        (by_owner(&after, "rst_received") - by_owner(&before, "rst_received")) as u64,
+        provoked
+    );
     // Sent RSTs: the aborts' RSTs come from our sockets; refusals have no socket (no owner).
-    assert_eq!((by_owner(&after, "rst_sent") - by_owner(&before, "rst_sent")) as u64, 2 * ABORTS);
-    assert_eq!(after.get("kernelsight_ebpf_events_lost_total{ring=\"tcp\"}"), 0.0);
+    assert_eq!(
+        (by_owner(&after, "rst_sent") - by_owner(&before, "rst_sent")) as u64,
+        2 * ABORTS
+    );
+    assert_eq!(
+        after.get("kernelsight_ebpf_events_lost_total{ring=\"tcp\"}"),
+        0.0
+    );
 }

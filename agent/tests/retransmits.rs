@@ -47,12 +47,18 @@ fn retransmits_equal_the_kernels_count_and_name_the_owner() {
         netns.nft("delete table inet ks_rtx\n");
 
         // Recovery: the next retransmission gets through and everything arrives.
-        server.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let mut got = vec![0u8; MESSAGES * 100];
         server.read_exact(&mut got).unwrap();
         let after = tcp_mib();
         std::mem::forget(netns); // the outer handle deletes it
-        (client_addr, server_addr, after["RetransSegs"] - before["RetransSegs"])
+        (
+            client_addr,
+            server_addr,
+            after["RetransSegs"] - before["RetransSegs"],
+        )
     });
     let (client_addr, server_addr, kernel_retrans) = worker.join().unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -61,13 +67,22 @@ fn retransmits_equal_the_kernels_count_and_name_the_owner() {
     let ours: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            KernelEvent::Tcp(r) if r.kind == TcpEventKind::Retransmit && r.local == client_addr && r.remote == server_addr => Some(r),
+            KernelEvent::Tcp(r)
+                if r.kind == TcpEventKind::Retransmit
+                    && r.local == client_addr
+                    && r.remote == server_addr =>
+            {
+                Some(r)
+            }
             _ => None,
         })
         .collect();
     assert!(kernel_retrans > 0, "the drop window must cause retransmits");
     let segs: u64 = ours.iter().map(|r| u64::from(r.segs)).sum();
-    assert_eq!(segs, kernel_retrans, "retransmitted segments on this 4-tuple vs the kernel's TcpRetransSegs delta");
+    assert_eq!(
+        segs, kernel_retrans,
+        "retransmitted segments on this 4-tuple vs the kernel's TcpRetransSegs delta"
+    );
 
     // Retransmits fire from the RTO timer in softirq context: `current` is whatever ran there,
     // yet every event names this process, the socket's owner.
@@ -75,12 +90,20 @@ fn retransmits_equal_the_kernels_count_and_name_the_owner() {
     for r in &ours {
         let owner = r.owner.as_ref().expect("owner known");
         assert_eq!(owner.pid, me, "{r:?}");
-        assert!(r.state == 1, "retransmits of an established connection: {r:?}");
+        assert!(
+            r.state == 1,
+            "retransmits of an established connection: {r:?}"
+        );
     }
     let foreign_current = ours.iter().filter(|r| r.current_pid != me).count();
     eprintln!(
         "{} retransmit events = kernel {kernel_retrans}; {foreign_current} fired while another task was current",
         ours.len()
     );
-    assert_eq!(probes.counter(agent_common::Counter::TcpEventsLost).unwrap(), 0);
+    assert_eq!(
+        probes
+            .counter(agent_common::Counter::TcpEventsLost)
+            .unwrap(),
+        0
+    );
 }

@@ -41,7 +41,14 @@ fn tiny_runq_ring_counts_what_it_loses() {
     let lost = probes.counter(Counter::RunqEventsLost).unwrap();
     let delivered = drain(&mut ring, KernelEvent::decode_runq).len() as u64;
 
-    assert!(lost > 0, "a 4 KiB ring cannot hold a 500 ms flood ({attempted} attempted)");
+    assert!(
+        lost > 0,
+        "a 4 KiB ring cannot hold a 500 ms flood ({attempted} attempted)"
+    );
     assert!(delivered > 0);
-    assert_eq!(delivered + lost, attempted, "delivered {delivered} + lost {lost} vs attempted {attempted}");
+    assert_eq!(
+        delivered + lost,
+        attempted,
+        "delivered {delivered} + lost {lost} vs attempted {attempted}"
+    );
 }

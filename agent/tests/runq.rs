@@ -21,7 +21,12 @@ impl Drop for Kill {
 }
 
 fn python(code: &str) -> Kill {
-    Kill(Command::new("python3").args(["-c", code]).spawn().expect("python3"))
+    Kill(
+        Command::new("python3")
+            .args(["-c", code])
+            .spawn()
+            .expect("python3"),
+    )
 }
 
 /// Parses runqlat's "low -> high : count" lines into log2 slots (slot k starts at 2^k µs; the
@@ -29,10 +34,16 @@ fn python(code: &str) -> Kill {
 fn parse_runqlat(out: &str) -> Vec<u64> {
     let mut slots = vec![0u64; 27];
     for line in out.lines() {
-        let Some((range, rest)) = line.split_once(':') else { continue };
-        let Some((low, _)) = range.split_once("->") else { continue };
-        let (Ok(low), Some(Ok(count))) = (low.trim().parse::<u64>(), rest.split_whitespace().next().map(str::parse::<u64>))
-        else {
+        let Some((range, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let Some((low, _)) = range.split_once("->") else {
+            continue;
+        };
+        let (Ok(low), Some(Ok(count))) = (
+            low.trim().parse::<u64>(),
+            rest.split_whitespace().next().map(str::parse::<u64>),
+        ) else {
             continue;
         };
         let slot = if low == 0 { 0 } else { low.ilog2() as usize };
@@ -48,7 +59,9 @@ fn delta(a: &RunqHistogram, b: &RunqHistogram) -> Vec<u64> {
 #[test]
 fn histogram_agrees_with_runqlat_and_slow_events_name_the_victims_threads() {
     require_root();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     // Hogs: one more busy process than cores, so runnable threads queue.
     let _hogs: Vec<_> = (0..=cores).map(|_| python("while True: pass")).collect();
     // Victim: threads that sleep briefly and compute briefly, so they wake up often.
@@ -64,7 +77,10 @@ fn histogram_agrees_with_runqlat_and_slow_events_name_the_victims_threads() {
     let pid = victim.0.id();
     std::thread::sleep(Duration::from_millis(300)); // threads started
 
-    let cfg = ProbeConfig { runq_event_threshold_ns: 1_000_000, ..ProbeConfig::default() };
+    let cfg = ProbeConfig {
+        runq_event_threshold_ns: 1_000_000,
+        ..ProbeConfig::default()
+    };
     let mut probes = Probes::load(&cfg).unwrap();
     let mut ring = probes.take_runq_ring().unwrap();
     probes.watch(pid).unwrap();
@@ -85,34 +101,61 @@ fn histogram_agrees_with_runqlat_and_slow_events_name_the_victims_threads() {
             break;
         }
     }
-    let start = probes.runq_histograms().unwrap().remove(&pid).unwrap_or_default();
-    let start = if start.slots.is_empty() { RunqHistogram { slots: vec![0; 27], sum_ns: 0 } } else { start };
+    let start = probes
+        .runq_histograms()
+        .unwrap()
+        .remove(&pid)
+        .unwrap_or_default();
+    let start = if start.slots.is_empty() {
+        RunqHistogram {
+            slots: vec![0; 27],
+            sum_ns: 0,
+        }
+    } else {
+        start
+    };
     let mut theirs_text = String::new();
     for line in lines {
         theirs_text.push_str(&line.unwrap());
         theirs_text.push('\n');
     }
     // runqlat has printed its interval and is exiting: our window ends here.
-    let end = probes.runq_histograms().unwrap().remove(&pid).expect("histogram for the victim");
+    let end = probes
+        .runq_histograms()
+        .unwrap()
+        .remove(&pid)
+        .expect("histogram for the victim");
     let ours = delta(&start, &end);
     let theirs = parse_runqlat(&theirs_text);
 
-    let (n_ours, n_theirs) = (ours.iter().sum::<u64>() as f64, theirs.iter().sum::<u64>() as f64);
+    let (n_ours, n_theirs) = (
+        ours.iter().sum::<u64>() as f64,
+        theirs.iter().sum::<u64>() as f64,
+    );
     eprintln!("ours   {ours:?} (n={n_ours})\ntheirs {theirs:?} (n={n_theirs})\n{theirs_text}");
-    assert!(n_theirs > 100.0, "the workload must produce run-queue waits");
+    assert!(
+        n_theirs > 100.0,
+        "the workload must produce run-queue waits"
+    );
     // Both programs fire on the same tracepoint hits, so per-event delays are identical; the
     // windows differ only at their edges (runqlat's attach/print vs our two map reads, a few ms
     // of a 3 s window). 10% on the count and 0.1 total-variation distance on the shape leave
     // room for those edges on a noisy 2-core VM and still catch a wrong slot mapping or a
     // missed wakeup path, which would move far more mass.
-    assert!((n_ours - n_theirs).abs() / n_theirs < 0.10, "counts differ: ours {n_ours}, runqlat {n_theirs}");
+    assert!(
+        (n_ours - n_theirs).abs() / n_theirs < 0.10,
+        "counts differ: ours {n_ours}, runqlat {n_theirs}"
+    );
     let tv: f64 = ours
         .iter()
         .zip(&theirs)
         .map(|(&a, &b)| (a as f64 / n_ours - b as f64 / n_theirs).abs())
         .sum::<f64>()
         / 2.0;
-    assert!(tv < 0.10, "histogram shapes differ: total variation distance {tv:.3}");
+    assert!(
+        tv < 0.10,
+        "histogram shapes differ: total variation distance {tv:.3}"
+    );
 
     // The slow-event stream (≥ 1 ms) names the victim's own threads.
     let tids: BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -126,13 +169,23 @@ fn histogram_agrees_with_runqlat_and_slow_events_name_the_victims_threads() {
             _ => None,
         })
         .collect();
-    assert!(!slow.is_empty(), "oversubscribed cores must produce ≥ 1 ms waits");
+    assert!(
+        !slow.is_empty(),
+        "oversubscribed cores must produce ≥ 1 ms waits"
+    );
     for r in &slow {
         assert_eq!(r.pid, pid, "{r:?}");
-        assert!(tids.contains(&r.tid), "tid {} is not a thread of the victim {tids:?}", r.tid);
+        assert!(
+            tids.contains(&r.tid),
+            "tid {} is not a thread of the victim {tids:?}",
+            r.tid
+        );
         assert!(r.delay_ns >= 1_000_000);
         assert_eq!(r.comm, "python3");
     }
     let distinct: BTreeSet<u32> = slow.iter().map(|r| r.tid).collect();
-    assert!(distinct.len() > 1, "several victim threads waited: {distinct:?}");
+    assert!(
+        distinct.len() > 1,
+        "several victim threads waited: {distinct:?}"
+    );
 }

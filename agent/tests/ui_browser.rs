@@ -28,15 +28,23 @@ fn ui_dir() -> PathBuf {
 
 /// `target/ui-artifacts` (of whichever target dir this test was built in).
 fn artifacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("ui-artifacts");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("ui-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 fn require_browser() {
-    assert!(Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium missing: `cargo xtask setup` installs Debian's chromium");
     assert!(
-        ui_dir().join("node_modules/playwright-core/package.json").exists(),
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium missing: `cargo xtask setup` installs Debian's chromium"
+    );
+    assert!(
+        ui_dir()
+            .join("node_modules/playwright-core/package.json")
+            .exists(),
         "{}/node_modules missing: `cargo xtask setup` runs `npm ci` there",
         ui_dir().display()
     );
@@ -44,23 +52,38 @@ fn require_browser() {
 
 fn node(args: &[&str]) -> Command {
     let mut c = Command::new("node");
-    c.current_dir(ui_dir()).arg("drive.mjs").args(args).env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
+    c.current_dir(ui_dir())
+        .arg("drive.mjs")
+        .args(args)
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
     c
 }
 
 /// Runs the driver to completion; its last stdout line is a JSON report.
 fn drive(args: &[&str]) -> serde_json::Value {
-    let out = node(args).output().expect("run node (Node.js 20 must be installed)");
+    let out = node(args)
+        .output()
+        .expect("run node (Node.js 20 must be installed)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser driver failed ({}):\n{stdout}\n{stderr}", out.status);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("driver report: {e}\n{stdout}"))
+    assert!(
+        out.status.success(),
+        "browser driver failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("driver report: {e}\n{stdout}"))
 }
 
 fn agent_with_otlp(extra: &[&str]) -> (Agent, SocketAddr) {
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut args = vec!["--otlp-grpc-addr".to_owned(), grpc.to_string(), "--otlp-http-addr".to_owned(), http.to_string()];
+    let mut args = vec![
+        "--otlp-grpc-addr".to_owned(),
+        grpc.to_string(),
+        "--otlp-http-addr".to_owned(),
+        http.to_string(),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (Agent::start(&args), grpc)
@@ -91,7 +114,11 @@ fn pool_metrics_server(stop: Arc<AtomicBool>) -> SocketAddr {
                 n * 2 / 3,
                 n - n * 2 / 3
             );
-            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
         }
     });
     addr
@@ -126,10 +153,14 @@ fn a_connection_fault_on_the_page_click_shows_its_evidence_and_a_screenshot_is_s
     let me = std::process::id().to_string();
     let template = "http://jaeger.example.test:16686/trace/{trace_id}";
     let (agent, grpc) = agent_with_otlp(&[
-        "--span-wait-ms", "300",
-        "--pid", &me,
-        "--pool-metrics-url", &format!("http://{pool}/metrics"),
-        "--trace-url-template", template,
+        "--span-wait-ms",
+        "300",
+        "--pid",
+        &me,
+        "--pool-metrics-url",
+        &format!("http://{pool}/metrics"),
+        "--trace-url-template",
+        template,
     ]);
     let listener = service_listener();
     let service = listener.local_addr().unwrap();
@@ -145,7 +176,9 @@ fn a_connection_fault_on_the_page_click_shows_its_evidence_and_a_screenshot_is_s
                 let start = now_ns();
                 std::thread::sleep(Duration::from_millis(40));
                 let tid = unsafe { libc::gettid() } as u32;
-                let spans = (0..3).map(|i| task_span(n + i, start, now_ns(), tid, std::process::id(), "save")).collect();
+                let spans = (0..3)
+                    .map(|i| task_span(n + i, start, now_ns(), tid, std::process::id(), "save"))
+                    .collect();
                 n += 3;
                 send_grpc(grpc, request(spans));
                 std::thread::sleep(Duration::from_millis(400));
@@ -160,14 +193,23 @@ fn a_connection_fault_on_the_page_click_shows_its_evidence_and_a_screenshot_is_s
     for i in 0..12 {
         let start = now_ns();
         let (s, c, _, _) = aborted_connection(&listener);
-        burst.push(conn_span("ws.session", 100 + i, start, now_ns(), s, c, i % 2 == 0));
+        burst.push(conn_span(
+            "ws.session",
+            100 + i,
+            start,
+            now_ns(),
+            s,
+            c,
+            i % 2 == 0,
+        ));
     }
     send_grpc(grpc, request(burst));
 
     // Wait until it is listed and closed (its span links are final then).
     assert!(
         eventually(Duration::from_secs(30), || {
-            let (_, body) = http_get(agent.addr, "/incidents?class=connection_fault&state=closed").unwrap();
+            let (_, body) =
+                http_get(agent.addr, "/incidents?class=connection_fault&state=closed").unwrap();
             body.contains(&subject)
         }),
         "no closed connection_fault for {subject} at /incidents"
@@ -178,22 +220,59 @@ fn a_connection_fault_on_the_page_click_shows_its_evidence_and_a_screenshot_is_s
     // (The agent watches the whole node: another test's resets toward this port before we bound
     // it could add to the count, never take from it.)
     let (sent, received) = resets_for(&tl, &service.to_string());
-    assert!(sent >= 12 && received >= 12, "resets per endpoint on the timeline: {sent} sent, {received} received");
+    assert!(
+        sent >= 12 && received >= 12,
+        "resets per endpoint on the timeline: {sent} sent, {received} received"
+    );
     let samples = tl["samples"].as_array().unwrap();
-    assert!(samples.len() >= 12, "one sample a second: {}", samples.len());
-    assert!(samples.iter().any(|s| s["pools"][0]["arrivals"].as_f64().unwrap_or(0.0) >= 20.0), "task arrivals from the pool metrics");
-    assert!(samples.iter().any(|s| s["spans"].as_u64().unwrap_or(0) > 0), "spans per second");
-    assert!(samples.iter().any(|s| s["runq"]["count"].as_u64().unwrap_or(0) > 0), "run-queue waits of this process");
-    assert!(tl["incidents"].as_array().unwrap().iter().any(|i| i["subject"] == subject.as_str()), "the incident marker");
+    assert!(
+        samples.len() >= 12,
+        "one sample a second: {}",
+        samples.len()
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["pools"][0]["arrivals"].as_f64().unwrap_or(0.0) >= 20.0),
+        "task arrivals from the pool metrics"
+    );
+    assert!(
+        samples.iter().any(|s| s["spans"].as_u64().unwrap_or(0) > 0),
+        "spans per second"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["runq"]["count"].as_u64().unwrap_or(0) > 0),
+        "run-queue waits of this process"
+    );
+    assert!(
+        tl["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["subject"] == subject.as_str()),
+        "the incident marker"
+    );
 
     let dir = artifacts();
-    let report = drive(&["incident", &format!("http://{}", agent.addr), dir.to_str().unwrap(), &subject, "http://jaeger.example.test:16686/trace/"]);
+    let report = drive(&[
+        "incident",
+        &format!("http://{}", agent.addr),
+        dir.to_str().unwrap(),
+        &subject,
+        "http://jaeger.example.test:16686/trace/",
+    ]);
     eprintln!("browser: {report}");
     stop.store(true, Ordering::Relaxed);
     trickle.join().unwrap();
     let png = dir.join("incident.png");
     let bytes = std::fs::read(&png).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000, "{} is a real screenshot", png.display());
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+        "{} is a real screenshot",
+        png.display()
+    );
     eprintln!("screenshot: {}", png.display());
 }
 
@@ -202,10 +281,17 @@ fn without_spans_pool_metrics_or_watched_processes_the_page_says_what_is_missing
     require_root();
     require_browser();
     let (agent, _) = agent_with_otlp(&[]);
-    let report = drive(&["degraded", &format!("http://{}", agent.addr), artifacts().to_str().unwrap()]);
+    let report = drive(&[
+        "degraded",
+        &format!("http://{}", agent.addr),
+        artifacts().to_str().unwrap(),
+    ]);
     eprintln!("browser: {report}");
     let banner = report["banner"].as_str().unwrap();
-    assert!(banner.contains("gRPC 127.0.0.1:"), "the banner says where to send spans: {banner}");
+    assert!(
+        banner.contains("gRPC 127.0.0.1:"),
+        "the banner says where to send spans: {banner}"
+    );
 }
 
 #[test]
@@ -213,11 +299,15 @@ fn when_the_agent_goes_away_the_page_says_so_and_keeps_what_it_had() {
     require_root();
     require_browser();
     let (mut agent, _) = agent_with_otlp(&[]);
-    let mut child = node(&["unreachable", &format!("http://{}", agent.addr), artifacts().to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run node");
+    let mut child = node(&[
+        "unreachable",
+        &format!("http://{}", agent.addr),
+        artifacts().to_str().unwrap(),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("run node");
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while out.read_line(&mut line).unwrap() > 0 && line.trim() != "READY" {

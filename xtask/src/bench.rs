@@ -10,7 +10,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 
-use crate::{setup::Env, util::{Proc, run as run_cmd, step, wait_ready}};
+use crate::{
+    setup::Env,
+    util::{Proc, run as run_cmd, step, wait_ready},
+};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -42,8 +45,15 @@ pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
         What::Pool => run_cmd(env.cargo().args(["bench", "-p", "game-pool"])),
         What::Server { rest } => {
             // bots bench spawns the release server binary next to it: build both.
-            run_cmd(env.cargo().args(["build", "--release", "-p", "game-server"]))?;
-            run_cmd(Command::new(env.root.join("target/release/bots")).arg("bench").args(rest))
+            run_cmd(
+                env.cargo()
+                    .args(["build", "--release", "-p", "game-server"]),
+            )?;
+            run_cmd(
+                Command::new(env.root.join("target/release/bots"))
+                    .arg("bench")
+                    .args(rest),
+            )
         }
     }
 }
@@ -91,13 +101,19 @@ struct Stat {
 }
 
 fn loaded_progs() -> Result<Vec<serde_json::Value>> {
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().context("bpftool")?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("bpftool")?;
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
     Ok(progs.as_array().cloned().unwrap_or_default())
 }
 
 fn prog_ids() -> Result<std::collections::BTreeSet<u64>> {
-    Ok(loaded_progs()?.iter().filter_map(|p| p["id"].as_u64()).collect())
+    Ok(loaded_progs()?
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
 }
 
 /// run_cnt / run_time_ns of every loaded program, by id (with its name). Debian's bpftool
@@ -107,7 +123,10 @@ fn prog_stats() -> Result<BTreeMap<u64, (String, Stat)>> {
     for p in loaded_progs()? {
         let Some(id) = p["id"].as_u64() else { continue };
         let name = p["name"].as_str().unwrap_or("?").to_owned();
-        let stat = Stat { cnt: p["run_cnt"].as_u64().unwrap_or(0), ns: p["run_time_ns"].as_u64().unwrap_or(0) };
+        let stat = Stat {
+            cnt: p["run_cnt"].as_u64().unwrap_or(0),
+            ns: p["run_time_ns"].as_u64().unwrap_or(0),
+        };
         stats.insert(id, (name, stat));
     }
     Ok(stats)
@@ -122,12 +141,21 @@ struct Row {
     ours_first: bool,
 }
 
-fn delta(before: &BTreeMap<String, Stat>, after: &BTreeMap<String, Stat>) -> BTreeMap<String, Stat> {
+fn delta(
+    before: &BTreeMap<String, Stat>,
+    after: &BTreeMap<String, Stat>,
+) -> BTreeMap<String, Stat> {
     after
         .iter()
         .map(|(n, a)| {
             let b = before.get(n).copied().unwrap_or_default();
-            (n.clone(), Stat { cnt: a.cnt - b.cnt, ns: a.ns - b.ns })
+            (
+                n.clone(),
+                Stat {
+                    cnt: a.cnt - b.cnt,
+                    ns: a.ns - b.ns,
+                },
+            )
         })
         .collect()
 }
@@ -145,7 +173,10 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
     let result = (|| -> Result<Vec<Row>> {
         let mut rows = Vec::new();
         for round in 1..=4 {
-            for mode in ["one process (--pid / -p)", "every task (--watch-all / no filter)"] {
+            for mode in [
+                "one process (--pid / -p)",
+                "every task (--watch-all / no filter)",
+            ] {
                 let filtered = mode.starts_with("one");
                 step(format!("bench probes: round {round}, {mode}"));
                 let mut workload = Proc(
@@ -164,7 +195,12 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
                     let port = 19464;
                     let mut cmd = Command::new(&agent);
                     cmd.args(["--http-addr", &format!("127.0.0.1:{port}")])
-                        .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
+                        .args([
+                            "--otlp-grpc-addr",
+                            "127.0.0.1:0",
+                            "--otlp-http-addr",
+                            "127.0.0.1:0",
+                        ])
                         .env("RUST_LOG", "warn");
                     if filtered {
                         cmd.args(["--pid", &pid]);
@@ -183,7 +219,12 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
                     if filtered {
                         cmd.args(["-p", &pid]);
                     }
-                    let mut p = Proc(cmd.arg("99").stdout(Stdio::piped()).spawn().context("runqlat (libbpf-tools)")?);
+                    let mut p = Proc(
+                        cmd.arg("99")
+                            .stdout(Stdio::piped())
+                            .spawn()
+                            .context("runqlat (libbpf-tools)")?,
+                    );
                     let mut lines = BufReader::new(p.0.stdout.take().unwrap()).lines();
                     while let Some(Ok(l)) = lines.next() {
                         if l.starts_with("Tracing") {
@@ -193,15 +234,34 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
                     Ok(p)
                 };
                 let ids0 = prog_ids()?;
-                let first = if ours_first { start_ours()? } else { start_theirs()? };
+                let first = if ours_first {
+                    start_ours()?
+                } else {
+                    start_theirs()?
+                };
                 let ids1 = prog_ids()?;
-                let second = if ours_first { start_theirs()? } else { start_ours()? };
+                let second = if ours_first {
+                    start_theirs()?
+                } else {
+                    start_ours()?
+                };
                 let ids2 = prog_ids()?;
-                let first_ids: std::collections::BTreeSet<u64> = ids1.difference(&ids0).copied().collect();
-                let second_ids: std::collections::BTreeSet<u64> = ids2.difference(&ids1).copied().collect();
-                let (ours_ids, theirs_ids) = if ours_first { (first_ids, second_ids) } else { (second_ids, first_ids) };
-                let pick = |all: &BTreeMap<u64, (String, Stat)>, ids: &std::collections::BTreeSet<u64>| -> BTreeMap<String, Stat> {
-                    all.iter().filter(|(id, _)| ids.contains(id)).map(|(_, v)| v.clone()).collect()
+                let first_ids: std::collections::BTreeSet<u64> =
+                    ids1.difference(&ids0).copied().collect();
+                let second_ids: std::collections::BTreeSet<u64> =
+                    ids2.difference(&ids1).copied().collect();
+                let (ours_ids, theirs_ids) = if ours_first {
+                    (first_ids, second_ids)
+                } else {
+                    (second_ids, first_ids)
+                };
+                let pick = |all: &BTreeMap<u64, (String, Stat)>,
+                            ids: &std::collections::BTreeSet<u64>|
+                 -> BTreeMap<String, Stat> {
+                    all.iter()
+                        .filter(|(id, _)| ids.contains(id))
+                        .map(|(_, v)| v.clone())
+                        .collect()
                 };
                 let b = prog_stats()?;
                 writeln!(workload.0.stdin.take().unwrap(), "go")?;
@@ -228,30 +288,56 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
 }
 
 fn ns_per_run(s: &Stat) -> f64 {
-    if s.cnt == 0 { 0.0 } else { s.ns as f64 / s.cnt as f64 }
+    if s.cnt == 0 {
+        0.0
+    } else {
+        s.ns as f64 / s.cnt as f64
+    }
 }
 
 fn print_table(rows: &[Row]) {
-    println!("\nScheduler probe cost: ours and runqlat attached together to the same ping-pong workload");
+    println!(
+        "\nScheduler probe cost: ours and runqlat attached together to the same ping-pong workload"
+    );
     println!("(kernel.bpf_stats_enabled; ns/run = run_time_ns / run_cnt)\n");
-    println!("| watching | round | first on the tracepoint | round trips | sched_switch runs | ours ns/run | runqlat ns/run | ratio | sched_wakeup ours | runqlat | ratio |");
+    println!(
+        "| watching | round | first on the tracepoint | round trips | sched_switch runs | ours ns/run | runqlat ns/run | ratio | sched_wakeup ours | runqlat | ratio |"
+    );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ratios: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for r in rows {
         let get = |m: &BTreeMap<String, Stat>, n: &str| m.get(n).copied().unwrap_or_default();
         let (os, ts) = (get(&r.ours, "sched_switch"), get(&r.theirs, "sched_switch"));
         let (ow, tw) = (get(&r.ours, "sched_wakeup"), get(&r.theirs, "sched_wakeup"));
-        let ratio = |a: &Stat, b: &Stat| if ns_per_run(b) > 0.0 { ns_per_run(a) / ns_per_run(b) } else { f64::NAN };
+        let ratio = |a: &Stat, b: &Stat| {
+            if ns_per_run(b) > 0.0 {
+                ns_per_run(a) / ns_per_run(b)
+            } else {
+                f64::NAN
+            }
+        };
         ratios.entry(r.mode).or_default().push(ratio(&os, &ts));
         println!(
             "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2}× | {:.0} | {:.0} | {:.2}× |",
-            r.mode, r.round, if r.ours_first { "ours" } else { "runqlat" }, r.round_trips, os.cnt, ns_per_run(&os), ns_per_run(&ts), ratio(&os, &ts),
-            ns_per_run(&ow), ns_per_run(&tw), ratio(&ow, &tw)
+            r.mode,
+            r.round,
+            if r.ours_first { "ours" } else { "runqlat" },
+            r.round_trips,
+            os.cnt,
+            ns_per_run(&os),
+            ns_per_run(&ts),
+            ratio(&os, &ts),
+            ns_per_run(&ow),
+            ns_per_run(&tw),
+            ratio(&ow, &tw)
         );
     }
     println!();
     for (mode, mut v) in ratios {
         v.sort_by(f64::total_cmp);
-        println!("median sched_switch cost ratio ours/runqlat, {mode}: {:.2}×", v[v.len() / 2]);
+        println!(
+            "median sched_switch cost ratio ours/runqlat, {mode}: {:.2}×",
+            v[v.len() / 2]
+        );
     }
 }

@@ -20,10 +20,19 @@ const LLVM_FEATURE: &str = "llvm-22";
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "packet-loss tests drop segments on loopback"),
     ("iproute2", "network namespaces, ss"),
-    ("libbpf-tools", "runqlat/tcplife: real peers to check our numbers against"),
+    (
+        "libbpf-tools",
+        "runqlat/tcplife: real peers to check our numbers against",
+    ),
     ("bpftool", "inspecting loaded programs, bpf_stats"),
-    ("util-linux", "setpriv: running the agent without privileges in tests"),
-    ("prometheus", "promtool: checking the Prometheus config and both binaries' /metrics"),
+    (
+        "util-linux",
+        "setpriv: running the agent without privileges in tests",
+    ),
+    (
+        "prometheus",
+        "promtool: checking the Prometheus config and both binaries' /metrics",
+    ),
     ("chromium", "headless browser for the incident page test"),
 ];
 
@@ -38,7 +47,11 @@ impl Env {
     /// The environment as set up earlier, without checking anything.
     pub fn here() -> Self {
         let root = workspace_root();
-        Self { tools_bin: root.join(".tools/bin"), python: root.join(".tools/venv/bin/python3"), root }
+        Self {
+            tools_bin: root.join(".tools/bin"),
+            python: root.join(".tools/venv/bin/python3"),
+            root,
+        }
     }
 
     /// PATH with the project's tools first.
@@ -49,7 +62,9 @@ impl Env {
 
     pub fn cargo(&self) -> Command {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&self.root).env("PATH", self.path()).env("KS_PYTHON", &self.python);
+        cmd.current_dir(&self.root)
+            .env("PATH", self.path())
+            .env("KS_PYTHON", &self.python);
         cmd
     }
 }
@@ -64,19 +79,30 @@ pub fn run() -> Result<Env> {
     let python = python_venv(&root, &tools)?;
     ui_test_node_modules(&root)?;
     tracefs()?;
-    Ok(Env { root, tools_bin, python })
+    Ok(Env {
+        root,
+        tools_bin,
+        python,
+    })
 }
 
 fn nightly_with_rust_src() -> Result<()> {
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
-        .context("rustup is required (it manages the nightly toolchain that builds the eBPF programs)")?;
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context(
+        "rustup is required (it manages the nightly toolchain that builds the eBPF programs)",
+    )?;
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
         bail!(
             "the `{NIGHTLY}` toolchain is missing; the eBPF programs need nightly for -Z build-std (install it with `rustup toolchain install nightly`)"
         );
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))
-        .unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         step("nightly + rust-src: present");
         return Ok(());
@@ -91,31 +117,57 @@ fn bpf_linker(tools: &Path) -> Result<PathBuf> {
     let bin = tools.join("bin");
     let linker = bin.join("bpf-linker");
     if let Some(v) = output(Command::new(&linker).arg("--version"))
-        && v.contains(BPF_LINKER_VERSION) {
-            step(format!("bpf-linker {BPF_LINKER_VERSION}: present in {}", bin.display()));
-            return Ok(bin);
-        }
-    let sysroot = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
-        .context("cannot ask nightly rustc for its sysroot")?;
+        && v.contains(BPF_LINKER_VERSION)
+    {
+        step(format!(
+            "bpf-linker {BPF_LINKER_VERSION}: present in {}",
+            bin.display()
+        ));
+        return Ok(bin);
+    }
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+            .context("cannot ask nightly rustc for its sysroot")?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
     // libLLVM-22-rust-*.so is a linker script; the real library is libLLVM.so.22.1-rust-*.
     let real = std::fs::read_dir(&sysroot_lib)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
         .with_context(|| format!("nightly ships no libLLVM.so.* in {}", sysroot_lib.display()))?;
     let prefix = tools.join("llvm");
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&real, &link)?;
-    step(format!("building bpf-linker {BPF_LINKER_VERSION} against {} (a few minutes, once)", real.display()));
-    run_cmd(Command::new("cargo")
-        .args([&format!("+{NIGHTLY}"), "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", LLVM_FEATURE, "--root"])
-        .arg(tools)
-        .env("LLVM_PREFIX", &prefix)
-        .env("LD_LIBRARY_PATH", prefix.join("lib")))
+    step(format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against {} (a few minutes, once)",
+        real.display()
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                &format!("+{NIGHTLY}"),
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                LLVM_FEATURE,
+                "--root",
+            ])
+            .arg(tools)
+            .env("LLVM_PREFIX", &prefix)
+            .env("LD_LIBRARY_PATH", prefix.join("lib")),
+    )
     .context("building bpf-linker failed")?;
     Ok(bin)
 }
@@ -137,13 +189,23 @@ fn debian_packages() -> Result<()> {
         step(format!("installing {p}: {why}"));
     }
     if unsafe { libc_geteuid() } != 0 {
-        bail!("Debian packages missing ({}); install them as root: apt-get install {}", missing.join(", "), missing.join(" "));
+        bail!(
+            "Debian packages missing ({}); install them as root: apt-get install {}",
+            missing.join(", "),
+            missing.join(" ")
+        );
     }
-    run_cmd(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run_cmd(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_cmd(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 unsafe extern "C" {
@@ -157,16 +219,29 @@ fn python_venv(root: &Path, tools: &Path) -> Result<PathBuf> {
     let venv = tools.join("venv");
     let python = venv.join("bin/python3");
     let req = root.join("xtask/python-requirements.txt");
-    let wanted = std::fs::read_to_string(&req).with_context(|| format!("reading {}", req.display()))?;
+    let wanted =
+        std::fs::read_to_string(&req).with_context(|| format!("reading {}", req.display()))?;
     let stamp = venv.join(".requirements");
     if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         step("python venv: present");
         return Ok(python);
     }
     if !python.exists() {
-        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context("python3 -m venv failed")?;
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv failed")?;
     }
-    run_cmd(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"]).arg(&req))?;
+    run_cmd(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&req),
+    )?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
 }
@@ -176,7 +251,8 @@ fn python_venv(root: &Path, tools: &Path) -> Result<PathBuf> {
 /// browser is ever downloaded.
 fn ui_test_node_modules(root: &Path) -> Result<()> {
     let dir = root.join("agent/tests/ui");
-    let lock = std::fs::read_to_string(dir.join("package-lock.json")).context("reading agent/tests/ui/package-lock.json")?;
+    let lock = std::fs::read_to_string(dir.join("package-lock.json"))
+        .context("reading agent/tests/ui/package-lock.json")?;
     let stamp = dir.join("node_modules/.kernelsight-lock");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
         step("ui test node_modules: present");
@@ -194,7 +270,9 @@ fn ui_test_node_modules(root: &Path) -> Result<()> {
 }
 
 fn tracefs() -> Result<()> {
-    if Path::new("/sys/kernel/tracing/events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
         step("tracefs: mounted");
         return Ok(());
     }

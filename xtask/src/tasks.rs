@@ -1,16 +1,19 @@
 //! build, run, test.
-use std::{
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use crate::{setup::Env, util::{Proc, run as run_cmd, step}};
+use crate::{
+    setup::Env,
+    util::{Proc, run as run_cmd, step},
+};
 
 pub fn build(env: &Env) -> Result<()> {
-    run_cmd(env.cargo().args(["build", "--release", "-p", "agent", "-p", "game-server"]))
+    run_cmd(
+        env.cargo()
+            .args(["build", "--release", "-p", "agent", "-p", "game-server"]),
+    )
 }
 
 #[derive(Args)]
@@ -55,7 +58,14 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
         std::thread::sleep(Duration::from_secs(1));
         let bots = Command::new(bin.join("bots"))
             .args(["--url", &format!("ws://{}/ws", args.game_addr)])
-            .args(["--sessions", &args.bots.to_string(), "--rooms", "4", "--rate", "10"])
+            .args([
+                "--sessions",
+                &args.bots.to_string(),
+                "--rooms",
+                "4",
+                "--rate",
+                "10",
+            ])
             .args(["--duration", "86400"])
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -64,9 +74,18 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     } else {
         None
     };
-    step(format!("game server: ws://{}/ws   metrics http://{}/metrics", args.game_addr, args.game_addr));
-    step(format!("agent:       http://{}/   (incidents, timeline)  metrics http://{}/metrics", args.agent_addr, args.agent_addr));
-    step(format!("bots:        {} sessions; try `curl -XPOST -d '{{\"kind\":\"full_sync\",\"tasks\":3000}}' -H 'content-type: application/json' http://{}/admin/batch` for a task surge", args.bots, args.game_addr));
+    step(format!(
+        "game server: ws://{}/ws   metrics http://{}/metrics",
+        args.game_addr, args.game_addr
+    ));
+    step(format!(
+        "agent:       http://{}/   (incidents, timeline)  metrics http://{}/metrics",
+        args.agent_addr, args.agent_addr
+    ));
+    step(format!(
+        "bots:        {} sessions; try `curl -XPOST -d '{{\"kind\":\"full_sync\",\"tasks\":3000}}' -H 'content-type: application/json' http://{}/admin/batch` for a task surge",
+        args.bots, args.game_addr
+    ));
     step("press Ctrl-C to stop");
     // The agent is the part that needs privileges; if it exits, say so and stop.
     let status = agent.0.wait()?;
@@ -86,5 +105,15 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
     build(env)?;
     step("running the test suite");
     // --no-fail-fast: one failing test binary must not hide the results of the others.
-    run_cmd(env.cargo().args(["test", "--workspace", "--exclude", "agent-ebpf", "--no-fail-fast"]).args(&args.rest))
+    run_cmd(
+        env.cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "agent-ebpf",
+                "--no-fail-fast",
+            ])
+            .args(&args.rest),
+    )
 }

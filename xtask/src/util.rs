@@ -10,7 +10,10 @@ use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_owned()
 }
 
 pub fn step(msg: impl AsRef<str>) {
@@ -20,7 +23,9 @@ pub fn step(msg: impl AsRef<str>) {
 /// Runs a command, echoing it, and fails with its status if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     step(format!("$ {}", describe(cmd)));
-    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
     }
@@ -30,7 +35,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a command quietly and returns its stdout, or None if it could not run or failed.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn describe(cmd: &Command) -> String {
@@ -63,7 +70,12 @@ unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
@@ -74,16 +86,31 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> R
     )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let status = buf.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad HTTP response")?;
-    Ok((status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("bad HTTP response")?;
+    Ok((
+        status,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    ))
 }
 
 /// True once something listens on `addr` (IPv4), read from /proc/net/tcp: unlike a connect
 /// attempt, looking does not make the kernel answer with an RST, which the agent would
 /// rightly report.
 pub fn listening(addr: SocketAddr) -> bool {
-    let SocketAddr::V4(v4) = addr else { return false };
-    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    let SocketAddr::V4(v4) = addr else {
+        return false;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
     std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
         t.lines().skip(1).any(|l| {
             let f: Vec<_> = l.split_whitespace().collect();
@@ -96,9 +123,10 @@ pub fn wait_ready(addr: SocketAddr, what: &str, child: &mut Proc) -> Result<()> 
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if listening(addr)
-            && let Ok((200, _)) = http(addr, "GET", "/readyz", None) {
-                return Ok(());
-            }
+            && let Ok((200, _)) = http(addr, "GET", "/readyz", None)
+        {
+            return Ok(());
+        }
         if let Some(status) = child.0.try_wait()? {
             bail!("{what} exited before it was ready ({status})");
         }
@@ -106,4 +134,3 @@ pub fn wait_ready(addr: SocketAddr, what: &str, child: &mut Proc) -> Result<()> 
     }
     bail!("{what} was not ready within 60 s")
 }
-

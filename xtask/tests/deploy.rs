@@ -45,7 +45,10 @@ const ABSENT_UNTIL_EVENT: [(&str, &str); 0] = [];
 // Paths, tools, processes
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_owned()
 }
 
 fn k8s() -> PathBuf {
@@ -102,11 +105,17 @@ fn describe(cmd: &Command) -> String {
 fn run_with(cmd: &mut Command, input: Option<&str>) -> String {
     let what = describe(cmd);
     let mut child = cmd
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{what}`: {e} (is it installed? see deploy/README.md, \"Checks\")"));
+        .unwrap_or_else(|e| {
+            panic!("cannot start `{what}`: {e} (is it installed? see deploy/README.md, \"Checks\")")
+        });
     let writer = input.map(|text| {
         let mut stdin = child.stdin.take().unwrap();
         let text = text.to_owned();
@@ -134,8 +143,7 @@ fn run(cmd: &mut Command) -> String {
 
 /// YAML (one or more documents) → JSON values, through the venv's PyYAML.
 fn yaml(text: &str) -> Vec<Json> {
-    const SCRIPT: &str =
-        "import json, sys, yaml\njson.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)";
+    const SCRIPT: &str = "import json, sys, yaml\njson.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)";
     let out = run_with(Command::new(python()).args(["-c", SCRIPT]), Some(text));
     match Json::parse(&out).expect("PyYAML wrote JSON") {
         Json::Arr(docs) => docs,
@@ -150,7 +158,11 @@ fn yaml_one(text: &str) -> Json {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Minimal HTTP/1.0 request: our own endpoints only, no client library in the way.
@@ -167,7 +179,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Optio
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -193,9 +208,16 @@ impl Running {
                 if let Some(e) = self.0.stderr.as_mut() {
                     let _ = e.read_to_string(&mut err);
                 }
-                panic!("{} exited ({status}) before /readyz answered 200:\n{err}", self.1);
+                panic!(
+                    "{} exited ({status}) before /readyz answered 200:\n{err}",
+                    self.1
+                );
             }
-            assert!(Instant::now() < deadline, "{} not ready on {addr} within 60 s", self.1);
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready on {addr} within 60 s",
+                self.1
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -210,8 +232,14 @@ fn profile_dir() -> PathBuf {
             return dir.to_owned();
         }
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    let target = if target.is_absolute() { target } else { root().join(target) };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root().join(target)
+    };
     target.join("debug")
 }
 
@@ -223,7 +251,11 @@ fn binary(pkg: &str, bin: &str) -> PathBuf {
     let path = dir.join(bin);
     if !path.exists() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let path_env = format!("{}:{}", root().join(".tools/bin").display(), std::env::var("PATH").unwrap_or_default());
+        let path_env = format!(
+            "{}:{}",
+            root().join(".tools/bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new(cargo)
             .current_dir(root())
             .args(["build", "-p", pkg, "--bin", bin, "--target-dir"])
@@ -259,14 +291,21 @@ fn renders() -> &'static [Render] {
             .collect();
         overlays.sort();
         for o in overlays {
-            dirs.push((format!("overlays/{}", o.file_name().unwrap().to_string_lossy()), o));
+            dirs.push((
+                format!("overlays/{}", o.file_name().unwrap().to_string_lossy()),
+                o,
+            ));
         }
         dirs.into_iter()
             .map(|(name, dir)| {
                 let yaml_text = run(Command::new("kubectl").arg("kustomize").arg(&dir));
                 let docs = yaml(&yaml_text);
                 assert!(!docs.is_empty(), "{name} renders nothing");
-                Render { name, yaml: yaml_text, docs }
+                Render {
+                    name,
+                    yaml: yaml_text,
+                    docs,
+                }
             })
             .collect()
     })
@@ -274,16 +313,22 @@ fn renders() -> &'static [Render] {
 
 fn overlay(name: &str) -> &'static Render {
     let full = format!("overlays/{name}");
-    renders().iter().find(|r| r.name == full).unwrap_or_else(|| panic!("no overlay {name}"))
+    renders()
+        .iter()
+        .find(|r| r.name == full)
+        .unwrap_or_else(|| panic!("no overlay {name}"))
 }
 
 impl Render {
     fn find(&self, kind: &str, name: &str) -> Option<&Json> {
-        self.docs.iter().find(|d| d["kind"].str() == Some(kind) && d["metadata"]["name"].str() == Some(name))
+        self.docs
+            .iter()
+            .find(|d| d["kind"].str() == Some(kind) && d["metadata"]["name"].str() == Some(name))
     }
 
     fn get(&self, kind: &str, name: &str) -> &Json {
-        self.find(kind, name).unwrap_or_else(|| panic!("{}: no {kind}/{name}", self.name))
+        self.find(kind, name)
+            .unwrap_or_else(|| panic!("{}: no {kind}/{name}", self.name))
     }
 
     /// A generated ConfigMap (name-hash suffix) by its generator name.
@@ -292,15 +337,20 @@ impl Render {
             .iter()
             .find(|d| {
                 d["kind"].str() == Some("ConfigMap")
-                    && d["metadata"]["name"].str().is_some_and(|n| n == prefix || n.starts_with(&format!("{prefix}-")))
+                    && d["metadata"]["name"]
+                        .str()
+                        .is_some_and(|n| n == prefix || n.starts_with(&format!("{prefix}-")))
             })
             .unwrap_or_else(|| panic!("{}: no ConfigMap {prefix}", self.name))
     }
 
     fn workloads(&self) -> impl Iterator<Item = &Json> {
-        self.docs
-            .iter()
-            .filter(|d| matches!(d["kind"].str(), Some("Deployment" | "DaemonSet" | "StatefulSet" | "Job")))
+        self.docs.iter().filter(|d| {
+            matches!(
+                d["kind"].str(),
+                Some("Deployment" | "DaemonSet" | "StatefulSet" | "Job")
+            )
+        })
     }
 }
 
@@ -309,11 +359,17 @@ fn pod_spec(workload: &Json) -> &Json {
 }
 
 fn env_value<'a>(container: &'a Json, name: &str) -> Option<&'a Json> {
-    container["env"].arr().iter().find(|e| e["name"].str() == Some(name))
+    container["env"]
+        .arr()
+        .iter()
+        .find(|e| e["name"].str() == Some(name))
 }
 
 fn env_index(container: &Json, name: &str) -> Option<usize> {
-    container["env"].arr().iter().position(|e| e["name"].str() == Some(name))
+    container["env"]
+        .arr()
+        .iter()
+        .position(|e| e["name"].str() == Some(name))
 }
 
 fn port_number(container: &Json, port: &Json) -> f64 {
@@ -335,19 +391,36 @@ fn port_number(container: &Json, port: &Json) -> f64 {
 #[test]
 fn every_overlay_renders_and_validates_against_the_pinned_kubernetes_schema() {
     let names: Vec<_> = renders().iter().map(|r| r.name.as_str()).collect();
-    assert!(names.contains(&"overlays/dev") && names.contains(&"overlays/prod"), "overlays: {names:?}");
+    assert!(
+        names.contains(&"overlays/dev") && names.contains(&"overlays/prod"),
+        "overlays: {names:?}"
+    );
     let dir = temp_dir("validate");
     let validate = |file: &Path| {
         Command::new(python())
-            .args(["-m", "kubernetes_validate", "--strict", "--quiet", "-k", KUBERNETES_VERSION])
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "--quiet",
+                "-k",
+                KUBERNETES_VERSION,
+            ])
             .arg(file)
             .output()
             .expect("run kubernetes_validate")
     };
     // The validator is not vacuous: an unknown field fails it.
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  bogusField: 1\n").unwrap();
-    assert!(!validate(&bad).status.success(), "kubernetes-validate --strict accepted an unknown field");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  bogusField: 1\n",
+    )
+    .unwrap();
+    assert!(
+        !validate(&bad).status.success(),
+        "kubernetes-validate --strict accepted an unknown field"
+    );
     for r in renders() {
         let file = dir.join(format!("{}.yaml", r.name.replace('/', "-")));
         std::fs::write(&file, &r.yaml).unwrap();
@@ -362,8 +435,14 @@ fn every_overlay_renders_and_validates_against_the_pinned_kubernetes_schema() {
     }
     // dev is all-in-one; prod brings no demo backends.
     for d in ["jaeger", "prometheus", "grafana", "prometheus-adapter"] {
-        assert!(overlay("dev").find("Deployment", d).is_some(), "dev lacks {d}");
-        assert!(overlay("prod").find("Deployment", d).is_none(), "prod deploys the demo backend {d}");
+        assert!(
+            overlay("dev").find("Deployment", d).is_some(),
+            "dev lacks {d}"
+        );
+        assert!(
+            overlay("prod").find("Deployment", d).is_none(),
+            "prod deploys the demo backend {d}"
+        );
     }
     for r in renders() {
         r.get("DaemonSet", "kernelsight-agent");
@@ -380,11 +459,32 @@ fn nothing_is_privileged() {
             d.walk(&mut |path, v| {
                 let key = path.last().map(String::as_str);
                 if key == Some("privileged") || key == Some("allowPrivilegeEscalation") {
-                    assert_ne!(v, &Json::Bool(true), "{}: {} sets {}", r.name, ident(d), path.join("."));
+                    assert_ne!(
+                        v,
+                        &Json::Bool(true),
+                        "{}: {} sets {}",
+                        r.name,
+                        ident(d),
+                        path.join(".")
+                    );
                 }
-                if path.iter().any(|p| p == "capabilities") && path.last().is_some_and(|p| p.parse::<usize>().is_ok()) {
-                    assert_ne!(v.str(), Some("SYS_ADMIN"), "{}: {} adds SYS_ADMIN", r.name, ident(d));
-                    assert_ne!(v.str(), Some("CAP_SYS_ADMIN"), "{}: {} adds SYS_ADMIN", r.name, ident(d));
+                if path.iter().any(|p| p == "capabilities")
+                    && path.last().is_some_and(|p| p.parse::<usize>().is_ok())
+                {
+                    assert_ne!(
+                        v.str(),
+                        Some("SYS_ADMIN"),
+                        "{}: {} adds SYS_ADMIN",
+                        r.name,
+                        ident(d)
+                    );
+                    assert_ne!(
+                        v.str(),
+                        Some("CAP_SYS_ADMIN"),
+                        "{}: {} adds SYS_ADMIN",
+                        r.name,
+                        ident(d)
+                    );
                 }
             });
         }
@@ -393,13 +493,22 @@ fn nothing_is_privileged() {
     for f in files_under(&root().join("deploy"), &["yaml", "yml"]) {
         for (n, line) in read(&f).lines().enumerate() {
             let l = line.split('#').next().unwrap().replace(' ', "");
-            assert!(!l.contains("privileged:true"), "{}:{}: privileged: true", f.display(), n + 1);
+            assert!(
+                !l.contains("privileged:true"),
+                "{}:{}: privileged: true",
+                f.display(),
+                n + 1
+            );
         }
     }
 }
 
 fn ident(d: &Json) -> String {
-    format!("{}/{}", d["kind"].str().unwrap_or("?"), d["metadata"]["name"].str().unwrap_or("?"))
+    format!(
+        "{}/{}",
+        d["kind"].str().unwrap_or("?"),
+        d["metadata"]["name"].str().unwrap_or("?")
+    )
 }
 
 fn files_under(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
@@ -421,16 +530,30 @@ fn agent_daemonset_runs_everywhere_with_only_the_capabilities_it_needs() {
     let source = read(k8s().join("base/agent-daemonset.yaml"));
     let readme = read(root().join("deploy/README.md"));
     for cap in AGENT_CAPABILITIES {
-        assert!(source.contains(&format!("#   {cap} ")), "agent-daemonset.yaml does not justify {cap}");
-        assert!(readme.contains(&format!("CAP_{cap}")), "deploy/README.md does not explain CAP_{cap}");
+        assert!(
+            source.contains(&format!("#   {cap} ")),
+            "agent-daemonset.yaml does not justify {cap}"
+        );
+        assert!(
+            readme.contains(&format!("CAP_{cap}")),
+            "deploy/README.md does not explain CAP_{cap}"
+        );
     }
     for r in renders() {
         let ds = r.get("DaemonSet", "kernelsight-agent");
         let spec = pod_spec(ds);
         assert_eq!(spec["hostPID"], Json::Bool(true), "{}: hostPID", r.name);
-        assert_ne!(spec["hostNetwork"], Json::Bool(true), "{}: the agent does not need hostNetwork", r.name);
+        assert_ne!(
+            spec["hostNetwork"],
+            Json::Bool(true),
+            "{}: the agent does not need hostNetwork",
+            r.name
+        );
         assert!(
-            spec["tolerations"].arr().iter().any(|t| t["operator"].str() == Some("Exists") && t["key"].is_null()),
+            spec["tolerations"]
+                .arr()
+                .iter()
+                .any(|t| t["operator"].str() == Some("Exists") && t["key"].is_null()),
             "{}: the agent must tolerate every taint",
             r.name
         );
@@ -439,78 +562,188 @@ fn agent_daemonset_runs_everywhere_with_only_the_capabilities_it_needs() {
         let c = &containers[0];
         let sc = &c["securityContext"];
         let caps = &sc["capabilities"];
-        assert_eq!(caps["drop"].strs(), vec!["ALL"], "{}: drop ALL first", r.name);
+        assert_eq!(
+            caps["drop"].strs(),
+            vec!["ALL"],
+            "{}: drop ALL first",
+            r.name
+        );
         let added: BTreeSet<_> = caps["add"].strs().into_iter().collect();
-        assert_eq!(added, AGENT_CAPABILITIES.into_iter().collect(), "{}: added capabilities", r.name);
-        assert_eq!(sc["allowPrivilegeEscalation"], Json::Bool(false), "{}", r.name);
+        assert_eq!(
+            added,
+            AGENT_CAPABILITIES.into_iter().collect(),
+            "{}: added capabilities",
+            r.name
+        );
+        assert_eq!(
+            sc["allowPrivilegeEscalation"],
+            Json::Bool(false),
+            "{}",
+            r.name
+        );
         assert_eq!(sc["readOnlyRootFilesystem"], Json::Bool(true), "{}", r.name);
 
         // Read-only host mounts the agent reads: tracefs, BTF, the cgroup tree.
-        for (mount, host) in
-            [("/sys/kernel/tracing", "/sys/kernel/tracing"), ("/sys/kernel/btf", "/sys/kernel/btf"), ("/sys/fs/cgroup", "/sys/fs/cgroup")]
-        {
+        for (mount, host) in [
+            ("/sys/kernel/tracing", "/sys/kernel/tracing"),
+            ("/sys/kernel/btf", "/sys/kernel/btf"),
+            ("/sys/fs/cgroup", "/sys/fs/cgroup"),
+        ] {
             let m = c["volumeMounts"]
                 .arr()
                 .iter()
                 .find(|m| m["mountPath"].str() == Some(mount))
                 .unwrap_or_else(|| panic!("{}: agent does not mount {mount}", r.name));
-            assert_eq!(m["readOnly"], Json::Bool(true), "{}: {mount} must be read-only", r.name);
-            let vol = spec["volumes"].arr().iter().find(|v| v["name"] == m["name"]).expect("volume");
-            assert_eq!(vol["hostPath"]["path"].str(), Some(host), "{}: {mount}", r.name);
+            assert_eq!(
+                m["readOnly"],
+                Json::Bool(true),
+                "{}: {mount} must be read-only",
+                r.name
+            );
+            let vol = spec["volumes"]
+                .arr()
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .expect("volume");
+            assert_eq!(
+                vol["hostPath"]["path"].str(),
+                Some(host),
+                "{}: {mount}",
+                r.name
+            );
         }
         // Every hostPath is mounted read-only.
-        for v in spec["volumes"].arr().iter().filter(|v| !v["hostPath"].is_null()) {
-            for m in c["volumeMounts"].arr().iter().filter(|m| m["name"] == v["name"]) {
-                assert_eq!(m["readOnly"], Json::Bool(true), "{}: hostPath {} writable", r.name, v["name"].str().unwrap());
+        for v in spec["volumes"]
+            .arr()
+            .iter()
+            .filter(|v| !v["hostPath"].is_null())
+        {
+            for m in c["volumeMounts"]
+                .arr()
+                .iter()
+                .filter(|m| m["name"] == v["name"])
+            {
+                assert_eq!(
+                    m["readOnly"],
+                    Json::Bool(true),
+                    "{}: hostPath {} writable",
+                    r.name,
+                    v["name"].str().unwrap()
+                );
             }
         }
 
         // Probes on the agent's HTTP port.
-        assert_eq!(env_value(c, "KERNELSIGHT_HTTP_ADDR").and_then(|e| e["value"].str()), Some("0.0.0.0:9464"));
+        assert_eq!(
+            env_value(c, "KERNELSIGHT_HTTP_ADDR").and_then(|e| e["value"].str()),
+            Some("0.0.0.0:9464")
+        );
         for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
             let get = &c[probe]["httpGet"];
             assert_eq!(get["path"].str(), Some(path), "{}: {probe}", r.name);
-            assert_eq!(port_number(c, &get["port"]), 9464.0, "{}: {probe} port", r.name);
+            assert_eq!(
+                port_number(c, &get["port"]),
+                9464.0,
+                "{}: {probe} port",
+                r.name
+            );
         }
 
         // The pod knows where it runs.
-        for (var, field) in [("NODE_NAME", "spec.nodeName"), ("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+        for (var, field) in [
+            ("NODE_NAME", "spec.nodeName"),
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+        ] {
             let e = env_value(c, var).unwrap_or_else(|| panic!("{}: agent lacks {var}", r.name));
-            assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"].str(), Some(field), "{}: {var}", r.name);
+            assert_eq!(
+                e["valueFrom"]["fieldRef"]["fieldPath"].str(),
+                Some(field),
+                "{}: {var}",
+                r.name
+            );
         }
 
         // OTLP from the node's pods: hostPorts, and a node-local Service.
         for (name, port) in [("otlp-grpc", 4317.0), ("otlp-http", 4318.0)] {
-            let p = c["ports"].arr().iter().find(|p| p["name"].str() == Some(name)).expect("otlp port");
+            let p = c["ports"]
+                .arr()
+                .iter()
+                .find(|p| p["name"].str() == Some(name))
+                .expect("otlp port");
             assert_eq!(p["containerPort"].num(), Some(port));
-            assert_eq!(p["hostPort"].num(), Some(port), "{}: {name} hostPort", r.name);
+            assert_eq!(
+                p["hostPort"].num(),
+                Some(port),
+                "{}: {name} hostPort",
+                r.name
+            );
         }
         let otlp = r.get("Service", "kernelsight-agent-otlp");
-        assert_eq!(otlp["spec"]["internalTrafficPolicy"].str(), Some("Local"), "{}", r.name);
-        assert_eq!(otlp["spec"]["selector"], ds["spec"]["selector"]["matchLabels"], "{}: OTLP Service selects the agents", r.name);
-        let ports: BTreeSet<_> = otlp["spec"]["ports"].arr().iter().filter_map(|p| p["port"].num()).map(|n| n as u32).collect();
+        assert_eq!(
+            otlp["spec"]["internalTrafficPolicy"].str(),
+            Some("Local"),
+            "{}",
+            r.name
+        );
+        assert_eq!(
+            otlp["spec"]["selector"], ds["spec"]["selector"]["matchLabels"],
+            "{}: OTLP Service selects the agents",
+            r.name
+        );
+        let ports: BTreeSet<_> = otlp["spec"]["ports"]
+            .arr()
+            .iter()
+            .filter_map(|p| p["port"].num())
+            .map(|n| n as u32)
+            .collect();
         assert_eq!(ports, BTreeSet::from([4317, 4318]));
         // The receivers listen on the pod's address, not loopback.
         for var in ["KERNELSIGHT_OTLP_GRPC_ADDR", "KERNELSIGHT_OTLP_HTTP_ADDR"] {
-            let v = env_value(c, var).and_then(|e| e["value"].str()).unwrap_or_else(|| panic!("{}: agent lacks {var}", r.name));
+            let v = env_value(c, var)
+                .and_then(|e| e["value"].str())
+                .unwrap_or_else(|| panic!("{}: agent lacks {var}", r.name));
             assert!(v.starts_with("0.0.0.0:"), "{}: {var}={v}", r.name);
         }
 
         // RBAC: read pods, nothing else.
-        let sa = spec["serviceAccountName"].str().expect("agent service account");
+        let sa = spec["serviceAccountName"]
+            .str()
+            .expect("agent service account");
         let bindings: Vec<_> = r
             .docs
             .iter()
             .filter(|d| matches!(d["kind"].str(), Some("ClusterRoleBinding" | "RoleBinding")))
-            .filter(|d| d["subjects"].arr().iter().any(|s| s["name"].str() == Some(sa) && s["namespace"] == ds["metadata"]["namespace"]))
+            .filter(|d| {
+                d["subjects"].arr().iter().any(|s| {
+                    s["name"].str() == Some(sa) && s["namespace"] == ds["metadata"]["namespace"]
+                })
+            })
             .collect();
-        assert!(!bindings.is_empty(), "{}: agent has no RBAC to read pods", r.name);
+        assert!(
+            !bindings.is_empty(),
+            "{}: agent has no RBAC to read pods",
+            r.name
+        );
         let mut reads_pods = false;
         for b in bindings {
-            let role = r.get(b["roleRef"]["kind"].str().unwrap(), b["roleRef"]["name"].str().unwrap());
+            let role = r.get(
+                b["roleRef"]["kind"].str().unwrap(),
+                b["roleRef"]["name"].str().unwrap(),
+            );
             for rule in role["rules"].arr() {
-                assert_eq!(rule["verbs"].strs(), vec!["get", "list", "watch"], "{}: agent RBAC verbs", r.name);
-                assert_eq!(rule["resources"].strs(), vec!["pods"], "{}: agent RBAC resources", r.name);
+                assert_eq!(
+                    rule["verbs"].strs(),
+                    vec!["get", "list", "watch"],
+                    "{}: agent RBAC verbs",
+                    r.name
+                );
+                assert_eq!(
+                    rule["resources"].strs(),
+                    vec!["pods"],
+                    "{}: agent RBAC resources",
+                    r.name
+                );
                 reads_pods = true;
             }
         }
@@ -525,57 +758,126 @@ fn game_server_sends_spans_to_its_own_node_and_scales_on_sessions_and_pool_water
         let spec = pod_spec(dep);
         let c = &spec["containers"].arr()[0];
         let host_ip = env_index(c, "HOST_IP").expect("HOST_IP");
-        assert_eq!(c["env"].arr()[host_ip]["valueFrom"]["fieldRef"]["fieldPath"].str(), Some("status.hostIP"));
+        assert_eq!(
+            c["env"].arr()[host_ip]["valueFrom"]["fieldRef"]["fieldPath"].str(),
+            Some("status.hostIP")
+        );
         // $(HOST_IP) expands only if HOST_IP is defined earlier in the list.
-        let otlp = env_index(c, "OTEL_EXPORTER_OTLP_ENDPOINT").expect("OTEL_EXPORTER_OTLP_ENDPOINT");
-        assert!(host_ip < otlp, "{}: HOST_IP must come before OTEL_EXPORTER_OTLP_ENDPOINT", r.name);
+        let otlp =
+            env_index(c, "OTEL_EXPORTER_OTLP_ENDPOINT").expect("OTEL_EXPORTER_OTLP_ENDPOINT");
+        assert!(
+            host_ip < otlp,
+            "{}: HOST_IP must come before OTEL_EXPORTER_OTLP_ENDPOINT",
+            r.name
+        );
         // The game server exports OTLP/HTTP (telemetry.rs): the agent's HTTP hostPort.
-        let protocol = env_value(c, "OTEL_EXPORTER_OTLP_PROTOCOL").and_then(|e| e["value"].str()).unwrap_or("http/protobuf");
-        assert!(protocol.starts_with("http/"), "{}: game server speaks OTLP/HTTP only", r.name);
+        let protocol = env_value(c, "OTEL_EXPORTER_OTLP_PROTOCOL")
+            .and_then(|e| e["value"].str())
+            .unwrap_or("http/protobuf");
+        assert!(
+            protocol.starts_with("http/"),
+            "{}: game server speaks OTLP/HTTP only",
+            r.name
+        );
         let endpoint = c["env"].arr()[otlp]["value"].str().unwrap();
         let agent = &pod_spec(r.get("DaemonSet", "kernelsight-agent"))["containers"].arr()[0];
-        let http_host_port = agent["ports"].arr().iter().find(|p| p["name"].str() == Some("otlp-http")).unwrap()["hostPort"].num().unwrap();
-        assert_eq!(endpoint, format!("http://$(HOST_IP):{http_host_port}"), "{}", r.name);
+        let http_host_port = agent["ports"]
+            .arr()
+            .iter()
+            .find(|p| p["name"].str() == Some("otlp-http"))
+            .unwrap()["hostPort"]
+            .num()
+            .unwrap();
+        assert_eq!(
+            endpoint,
+            format!("http://$(HOST_IP):{http_host_port}"),
+            "{}",
+            r.name
+        );
 
         // Runs as the "restricted" Pod Security level asks, and its namespace enforces it.
         let ns = dep["metadata"]["namespace"].str().unwrap();
         assert_eq!(
-            r.get("Namespace", ns)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].str(),
+            r.get("Namespace", ns)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+                .str(),
             Some("restricted"),
             "{}: namespace {ns}",
             r.name
         );
         assert_eq!(spec["securityContext"]["runAsNonRoot"], Json::Bool(true));
-        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], Json::Bool(false));
-        assert_eq!(c["securityContext"]["capabilities"]["drop"].strs(), vec!["ALL"]);
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"],
+            Json::Bool(false)
+        );
+        assert_eq!(
+            c["securityContext"]["capabilities"]["drop"].strs(),
+            vec!["ALL"]
+        );
         for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-            assert_eq!(c[probe]["httpGet"]["path"].str(), Some(path), "{}: {probe}", r.name);
+            assert_eq!(
+                c[probe]["httpGet"]["path"].str(),
+                Some(path),
+                "{}: {probe}",
+                r.name
+            );
             assert_eq!(port_number(c, &c[probe]["httpGet"]["port"]), 7000.0);
         }
-        assert_eq!(env_value(c, "GAME_LISTEN").and_then(|e| e["value"].str()), Some("0.0.0.0:7000"));
+        assert_eq!(
+            env_value(c, "GAME_LISTEN").and_then(|e| e["value"].str()),
+            Some("0.0.0.0:7000")
+        );
 
         let hpa = r.get("HorizontalPodAutoscaler", "game-server");
-        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"].str(), Some("game-server"));
+        assert_eq!(
+            hpa["spec"]["scaleTargetRef"]["name"].str(),
+            Some("game-server")
+        );
         let metrics: BTreeSet<_> = hpa["spec"]["metrics"]
             .arr()
             .iter()
             .map(|m| {
-                assert_eq!(m["type"].str(), Some("Pods"), "{}: HPA scales on per-pod custom metrics", r.name);
+                assert_eq!(
+                    m["type"].str(),
+                    Some("Pods"),
+                    "{}: HPA scales on per-pod custom metrics",
+                    r.name
+                );
                 m["pods"]["metric"]["name"].str().unwrap().to_owned()
             })
             .collect();
-        assert_eq!(metrics, BTreeSet::from(["game_sessions_active".into(), "pool_watermark_ratio".into()]));
+        assert_eq!(
+            metrics,
+            BTreeSet::from(["game_sessions_active".into(), "pool_watermark_ratio".into()])
+        );
     }
     // Each HPA metric is served by a prometheus-adapter rule whose series carry the namespace and
     // pod labels that the Prometheus scrape config attaches.
     let dev = overlay("dev");
-    let adapter_text = dev.config_map("prometheus-adapter-config")["data"]["config.yaml"].str().unwrap().to_owned();
-    assert_eq!(adapter_text, read(k8s().join("components/demo-backends/prometheus-adapter/config.yaml")));
+    let adapter_text = dev.config_map("prometheus-adapter-config")["data"]["config.yaml"]
+        .str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        adapter_text,
+        read(k8s().join("components/demo-backends/prometheus-adapter/config.yaml"))
+    );
     let adapter = yaml_one(&adapter_text);
     let hpa = dev.get("HorizontalPodAutoscaler", "game-server");
-    let prom = yaml_one(dev.config_map("prometheus-config")["data"]["prometheus.yml"].str().unwrap());
-    let job = prom["scrape_configs"].arr().iter().find(|j| j["job_name"].str() == Some("game-server")).expect("game-server job");
-    let targets: BTreeSet<_> = job["relabel_configs"].arr().iter().filter_map(|r| r["target_label"].str()).collect();
+    let prom = yaml_one(
+        dev.config_map("prometheus-config")["data"]["prometheus.yml"]
+            .str()
+            .unwrap(),
+    );
+    let job = prom["scrape_configs"]
+        .arr()
+        .iter()
+        .find(|j| j["job_name"].str() == Some("game-server"))
+        .expect("game-server job");
+    let targets: BTreeSet<_> = job["relabel_configs"]
+        .arr()
+        .iter()
+        .filter_map(|r| r["target_label"].str())
+        .collect();
     for m in hpa["spec"]["metrics"].arr() {
         let name = m["pods"]["metric"]["name"].str().unwrap();
         let rule = adapter["rules"]
@@ -584,11 +886,27 @@ fn game_server_sends_spans_to_its_own_node_and_scales_on_sessions_and_pool_water
             .find(|r| r["name"]["as"].str() == Some(name))
             .unwrap_or_else(|| panic!("no prometheus-adapter rule serves {name}"));
         for label in ["namespace", "pod"] {
-            assert!(rule["seriesQuery"].str().unwrap().contains(&format!("{label}!=\"\"")));
-            assert_eq!(rule["resources"]["overrides"][label]["resource"].str(), Some(label));
-            assert!(targets.contains(label), "the game-server scrape job does not set `{label}`");
+            assert!(
+                rule["seriesQuery"]
+                    .str()
+                    .unwrap()
+                    .contains(&format!("{label}!=\"\""))
+            );
+            assert_eq!(
+                rule["resources"]["overrides"][label]["resource"].str(),
+                Some(label)
+            );
+            assert!(
+                targets.contains(label),
+                "the game-server scrape job does not set `{label}`"
+            );
         }
-        assert!(rule["metricsQuery"].str().unwrap().contains("<<.LabelMatchers>>"));
+        assert!(
+            rule["metricsQuery"]
+                .str()
+                .unwrap()
+                .contains("<<.LabelMatchers>>")
+        );
     }
 }
 
@@ -607,45 +925,81 @@ fn workloads_set_resources_probes_pinned_images_and_reference_what_exists() {
         for w in r.workloads() {
             let spec = pod_spec(w);
             for c in spec["containers"].arr() {
-                let what = format!("{}: {} container {}", r.name, ident(w), c["name"].str().unwrap());
+                let what = format!(
+                    "{}: {} container {}",
+                    r.name,
+                    ident(w),
+                    c["name"].str().unwrap()
+                );
                 for k in ["requests.cpu", "requests.memory", "limits.memory"] {
                     let (a, b) = k.split_once('.').unwrap();
                     assert!(!c["resources"][a][b].is_null(), "{what}: no resources.{k}");
                 }
-                assert!(!c["readinessProbe"].is_null() && !c["livenessProbe"].is_null(), "{what}: probes");
+                assert!(
+                    !c["readinessProbe"].is_null() && !c["livenessProbe"].is_null(),
+                    "{what}: probes"
+                );
                 let image = c["image"].str().unwrap();
-                let tag = image.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/'));
-                assert!(tag.is_some_and(|t| t != "latest"), "{what}: image {image} must be pinned");
+                let tag = image
+                    .rsplit_once(':')
+                    .map(|(_, t)| t)
+                    .filter(|t| !t.contains('/'));
+                assert!(
+                    tag.is_some_and(|t| t != "latest"),
+                    "{what}: image {image} must be pinned"
+                );
                 for e in c["env"].arr() {
                     if let Some(name) = e["valueFrom"]["secretKeyRef"]["name"].str() {
-                        let external = name == "game-server-secrets" && readme.contains("game-server-secrets");
-                        assert!(secrets.contains(name) || external, "{what}: Secret {name} is not in the render");
+                        let external =
+                            name == "game-server-secrets" && readme.contains("game-server-secrets");
+                        assert!(
+                            secrets.contains(name) || external,
+                            "{what}: Secret {name} is not in the render"
+                        );
                     }
                     if let Some(name) = e["valueFrom"]["configMapKeyRef"]["name"].str() {
-                        assert!(config_maps.contains(name), "{what}: ConfigMap {name} is not in the render");
+                        assert!(
+                            config_maps.contains(name),
+                            "{what}: ConfigMap {name} is not in the render"
+                        );
                     }
                 }
             }
             for v in spec["volumes"].arr() {
                 if let Some(name) = v["configMap"]["name"].str() {
-                    assert!(config_maps.contains(name), "{}: {} mounts missing ConfigMap {name}", r.name, ident(w));
+                    assert!(
+                        config_maps.contains(name),
+                        "{}: {} mounts missing ConfigMap {name}",
+                        r.name,
+                        ident(w)
+                    );
                 }
                 if let Some(name) = v["secret"]["secretName"].str() {
-                    assert!(secrets.contains(name), "{}: {} mounts missing Secret {name}", r.name, ident(w));
+                    assert!(
+                        secrets.contains(name),
+                        "{}: {} mounts missing Secret {name}",
+                        r.name,
+                        ident(w)
+                    );
                 }
             }
             if let Some(sa) = spec["serviceAccountName"].str() {
-                assert!(names("ServiceAccount").contains(sa), "{}: {} uses missing ServiceAccount {sa}", r.name, ident(w));
+                assert!(
+                    names("ServiceAccount").contains(sa),
+                    "{}: {} uses missing ServiceAccount {sa}",
+                    r.name,
+                    ident(w)
+                );
             }
         }
         // Every Service selects some workload's pods.
         for svc in r.docs.iter().filter(|d| d["kind"].str() == Some("Service")) {
             let sel = &svc["spec"]["selector"];
             assert!(
-                r.workloads().any(|w| sel
-                    .obj()
-                    .iter()
-                    .all(|(k, v)| &w["spec"]["template"]["metadata"]["labels"][k.as_str()] == v)),
+                r.workloads()
+                    .any(|w| sel.obj().iter().all(
+                        |(k, v)| &w["spec"]["template"]["metadata"]["labels"][k.as_str()] == v
+                    )),
                 "{}: {} selects no pods",
                 r.name,
                 ident(svc)
@@ -659,28 +1013,47 @@ fn manifests_and_images_set_only_flags_and_variables_the_binaries_know() {
     let agent_help = help_text("agent", "kernelsight-agent");
     let server_help = help_text("game-server", "game-server");
     // clap prints `[env: NAME=value]`, or `[env: NAME]` when the value is hidden (secrets).
-    let knows = |help: &str, name: &str| help.contains(&format!("[env: {name}=")) || help.contains(&format!("[env: {name}]"));
+    let knows = |help: &str, name: &str| {
+        help.contains(&format!("[env: {name}=")) || help.contains(&format!("[env: {name}]"))
+    };
     let check = |what: &str, help: &str, c: &Json| {
         for e in c["env"].arr() {
             let name = e["name"].str().unwrap();
             if name.starts_with("KERNELSIGHT_") || name.starts_with("GAME_") {
-                assert!(knows(help, name), "{what}: {name} is not an option of the binary");
+                assert!(
+                    knows(help, name),
+                    "{what}: {name} is not an option of the binary"
+                );
             }
         }
         for a in c["args"].arr() {
             let flag = a.str().unwrap().split('=').next().unwrap();
             if flag.starts_with("--") {
-                assert!(help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")), "{what}: unknown flag {flag}");
+                assert!(
+                    help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+                    "{what}: unknown flag {flag}"
+                );
             }
         }
     };
     for r in renders() {
         let ds = r.get("DaemonSet", "kernelsight-agent");
-        check(&format!("{}: agent", r.name), &agent_help, &pod_spec(ds)["containers"].arr()[0]);
+        check(
+            &format!("{}: agent", r.name),
+            &agent_help,
+            &pod_spec(ds)["containers"].arr()[0],
+        );
         let dep = r.get("Deployment", "game-server");
-        check(&format!("{}: game-server", r.name), &server_help, &pod_spec(dep)["containers"].arr()[0]);
+        check(
+            &format!("{}: game-server", r.name),
+            &server_help,
+            &pod_spec(dep)["containers"].arr()[0],
+        );
     }
-    for (file, help) in [("agent.Dockerfile", &agent_help), ("game-server.Dockerfile", &server_help)] {
+    for (file, help) in [
+        ("agent.Dockerfile", &agent_help),
+        ("game-server.Dockerfile", &server_help),
+    ] {
         for ins in dockerfile(&root().join("deploy/images").join(file)) {
             if ins.keyword == "ENV" {
                 for word in ins.args.split_whitespace() {
@@ -702,15 +1075,26 @@ fn manifests_and_images_set_only_flags_and_variables_the_binaries_know() {
 /// `kubernetes_sd_configs` as an unknown field.
 fn promtool_knows_kubernetes_sd(dir: &Path) -> bool {
     let probe = dir.join("probe.yml");
-    std::fs::write(&probe, "scrape_configs:\n  - job_name: x\n    kubernetes_sd_configs:\n      - role: pod\n").unwrap();
+    std::fs::write(
+        &probe,
+        "scrape_configs:\n  - job_name: x\n    kubernetes_sd_configs:\n      - role: pod\n",
+    )
+    .unwrap();
     let out = Command::new("promtool").args(["check", "config"]).arg(&probe).output().expect(
         "promtool is missing: install Debian's `prometheus` package (apt-get install prometheus), as `cargo xtask setup` does",
     );
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if out.status.success() {
         return true;
     }
-    assert!(text.contains("kubernetes_sd_configs"), "promtool rejects a minimal config: {text}");
+    assert!(
+        text.contains("kubernetes_sd_configs"),
+        "promtool rejects a minimal config: {text}"
+    );
     false
 }
 
@@ -721,13 +1105,23 @@ fn prometheus_config_and_rules_pass_promtool() {
     let dir = temp_dir("promtool");
     let source = k8s().join("components/demo-backends/prometheus");
     for key in ["prometheus.yml", "rules.yml"] {
-        let text = cm["data"][key].str().unwrap_or_else(|| panic!("prometheus-config has no {key}"));
-        assert_eq!(text, read(source.join(key)), "the ConfigMap carries {key} as written");
+        let text = cm["data"][key]
+            .str()
+            .unwrap_or_else(|| panic!("prometheus-config has no {key}"));
+        assert_eq!(
+            text,
+            read(source.join(key)),
+            "the ConfigMap carries {key} as written"
+        );
         std::fs::write(dir.join(key), text).unwrap();
     }
     // The Deployment reads the file the ConfigMap holds.
     let prom = &pod_spec(dev.get("Deployment", "prometheus"))["containers"].arr()[0];
-    assert!(prom["args"].strs().contains(&"--config.file=/etc/prometheus/prometheus.yml"));
+    assert!(
+        prom["args"]
+            .strs()
+            .contains(&"--config.file=/etc/prometheus/prometheus.yml")
+    );
 
     let config = dir.join("prometheus.yml");
     if !promtool_knows_kubernetes_sd(&dir) {
@@ -737,8 +1131,17 @@ fn prometheus_config_and_rules_pass_promtool() {
         let parsed = yaml_one(&read(&config));
         for job in parsed["scrape_configs"].arr() {
             for sd in job["kubernetes_sd_configs"].arr() {
-                assert_eq!(sd["role"].str(), Some("pod"), "job {}", job["job_name"].str().unwrap());
-                assert!(!sd["namespaces"]["names"].strs().is_empty(), "job {} scrapes every namespace", job["job_name"].str().unwrap());
+                assert_eq!(
+                    sd["role"].str(),
+                    Some("pod"),
+                    "job {}",
+                    job["job_name"].str().unwrap()
+                );
+                assert!(
+                    !sd["namespaces"]["names"].strs().is_empty(),
+                    "job {} scrapes every namespace",
+                    job["job_name"].str().unwrap()
+                );
             }
         }
         const SCRIPT: &str = r#"import sys, yaml
@@ -748,12 +1151,21 @@ for job in c.get("scrape_configs", []):
         job.setdefault("static_configs", []).append({"targets": ["kubernetes-sd.invalid:80"]})
 yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)"#;
         let derived = dir.join("prometheus-static-sd.yml");
-        run(Command::new(python()).args(["-c", SCRIPT]).arg(&config).arg(&derived));
-        run(Command::new("promtool").args(["check", "config"]).arg(&derived));
+        run(Command::new(python())
+            .args(["-c", SCRIPT])
+            .arg(&config)
+            .arg(&derived));
+        run(Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&derived));
     } else {
-        run(Command::new("promtool").args(["check", "config"]).arg(&config));
+        run(Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&config));
     }
-    run(Command::new("promtool").args(["check", "rules"]).arg(dir.join("rules.yml")));
+    run(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(dir.join("rules.yml")));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -770,7 +1182,10 @@ fn dashboards() -> Vec<(String, Json)> {
         let d = Json::parse(&text).unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", f.display()));
         out.push((f.file_name().unwrap().to_string_lossy().into_owned(), d));
     }
-    assert!(out.len() >= 4, "expected the kernel, pool, server and incidents dashboards");
+    assert!(
+        out.len() >= 4,
+        "expected the kernel, pool, server and incidents dashboards"
+    );
     out
 }
 
@@ -786,7 +1201,13 @@ fn dashboard_queries(d: &Json) -> (Vec<String>, Vec<String>) {
         .arr()
         .iter()
         .filter(|v| v["type"].str() == Some("query"))
-        .map(|v| v["query"]["query"].str().or(v["query"].str()).unwrap().to_owned())
+        .map(|v| {
+            v["query"]["query"]
+                .str()
+                .or(v["query"].str())
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     (exprs, vars)
 }
@@ -796,16 +1217,27 @@ fn provisioned_datasources() -> BTreeMap<String, String> {
     yaml_one(&text)["datasources"]
         .arr()
         .iter()
-        .map(|d| (d["uid"].str().unwrap().to_owned(), d["type"].str().unwrap().to_owned()))
+        .map(|d| {
+            (
+                d["uid"].str().unwrap().to_owned(),
+                d["type"].str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn dashboards_are_generated_valid_json_on_provisioned_datasources_with_links_to_traces() {
     // Committed JSON = what generate.py makes.
-    run(Command::new(python()).arg(k8s().join("components/dashboards/generate.py")).arg("--check"));
+    run(Command::new(python())
+        .arg(k8s().join("components/dashboards/generate.py"))
+        .arg("--check"));
     let datasources = provisioned_datasources();
-    let jaeger: Vec<_> = datasources.iter().filter(|(_, t)| *t == "jaeger").map(|(u, _)| u.clone()).collect();
+    let jaeger: Vec<_> = datasources
+        .iter()
+        .filter(|(_, t)| *t == "jaeger")
+        .map(|(u, _)| u.clone())
+        .collect();
     assert_eq!(jaeger.len(), 1, "one Jaeger datasource");
     assert!(datasources.values().any(|t| t == "prometheus"));
 
@@ -816,8 +1248,13 @@ fn dashboards_are_generated_valid_json_on_provisioned_datasources_with_links_to_
     let mut n = 0;
     for (file, d) in dashboards() {
         // The strict parser of the standard library agrees it is JSON.
-        run(Command::new(python()).args(["-m", "json.tool", "--no-ensure-ascii"]).arg(dashboards_dir().join(&file)));
-        assert!(kustomization.contains(&format!("dashboards/{file}")), "{file} is not in the dashboards ConfigMap");
+        run(Command::new(python())
+            .args(["-m", "json.tool", "--no-ensure-ascii"])
+            .arg(dashboards_dir().join(&file)));
+        assert!(
+            kustomization.contains(&format!("dashboards/{file}")),
+            "{file} is not in the dashboards ConfigMap"
+        );
         let uid = d["uid"].str().expect("dashboard uid").to_owned();
         assert_eq!(format!("{uid}.json"), file, "file name = uid");
         assert!(uids.insert(uid), "duplicate uid in {file}");
@@ -826,16 +1263,27 @@ fn dashboards_are_generated_valid_json_on_provisioned_datasources_with_links_to_
         // Datasource uids are provisioned, with the right type.
         d.walk(&mut |path, v| {
             if path.last().is_some_and(|k| k == "datasource") && !v.obj().is_empty() {
-                let uid = v["uid"].str().unwrap_or_else(|| panic!("{file}: datasource without uid at {}", path.join(".")));
-                let ty = datasources.get(uid).unwrap_or_else(|| panic!("{file}: datasource uid {uid} is not provisioned"));
-                assert_eq!(v["type"].str(), Some(ty.as_str()), "{file}: datasource {uid} type");
+                let uid = v["uid"].str().unwrap_or_else(|| {
+                    panic!("{file}: datasource without uid at {}", path.join("."))
+                });
+                let ty = datasources
+                    .get(uid)
+                    .unwrap_or_else(|| panic!("{file}: datasource uid {uid} is not provisioned"));
+                assert_eq!(
+                    v["type"].str(),
+                    Some(ty.as_str()),
+                    "{file}: datasource {uid} type"
+                );
             }
         });
 
         let mut ids = BTreeSet::new();
         let mut prom_panels = 0;
         for p in d["panels"].arr() {
-            assert!(ids.insert(p["id"].num().unwrap() as u64), "{file}: duplicate panel id");
+            assert!(
+                ids.insert(p["id"].num().unwrap() as u64),
+                "{file}: duplicate panel id"
+            );
             if p["datasource"]["type"].str() != Some("prometheus") {
                 continue;
             }
@@ -843,22 +1291,42 @@ fn dashboards_are_generated_valid_json_on_provisioned_datasources_with_links_to_
             let title = p["title"].str().unwrap();
             // Each Prometheus panel links to the traces of its time range.
             let links = p["fieldConfig"]["defaults"]["links"].arr();
-            let to_traces = links.iter().filter_map(|l| l["url"].str()).map(percent_decode).filter(|u| {
-                u.starts_with("/explore?") && jaeger.iter().any(|j| u.contains(&format!("\"uid\":\"{j}\"")))
-                    && u.contains("${__from}") && u.contains("${__to}")
-            });
-            assert!(to_traces.count() >= 1, "{file}: panel {title:?} has no link to Jaeger traces");
+            let to_traces = links
+                .iter()
+                .filter_map(|l| l["url"].str())
+                .map(percent_decode)
+                .filter(|u| {
+                    u.starts_with("/explore?")
+                        && jaeger
+                            .iter()
+                            .any(|j| u.contains(&format!("\"uid\":\"{j}\"")))
+                        && u.contains("${__from}")
+                        && u.contains("${__to}")
+                });
+            assert!(
+                to_traces.count() >= 1,
+                "{file}: panel {title:?} has no link to Jaeger traces"
+            );
             for t in p["targets"].arr() {
-                assert!(!t["expr"].str().unwrap_or("").is_empty(), "{file}: {title:?} has an empty query");
+                assert!(
+                    !t["expr"].str().unwrap_or("").is_empty(),
+                    "{file}: {title:?} has an empty query"
+                );
             }
         }
         assert!(prom_panels >= 4, "{file}: too few panels");
 
         // Every query is PromQL promtool can parse (as a recording rule).
         let (exprs, vars) = dashboard_queries(&d);
-        for e in exprs.into_iter().chain(vars.iter().map(|v| variable_selector(&file, v))) {
+        for e in exprs
+            .into_iter()
+            .chain(vars.iter().map(|v| variable_selector(&file, v)))
+        {
             let e = grafana_to_promql(&e);
-            rules.push_str(&format!("      - record: dashboard:query:{n}\n        expr: {}\n", json_string(&e)));
+            rules.push_str(&format!(
+                "      - record: dashboard:query:{n}\n        expr: {}\n",
+                json_string(&e)
+            ));
             n += 1;
         }
     }
@@ -868,17 +1336,49 @@ fn dashboards_are_generated_valid_json_on_provisioned_datasources_with_links_to_
 
     // The demo Grafana loads them from where the provider looks, and its home dashboard exists.
     let dev = overlay("dev");
-    let provider = yaml_one(dev.config_map("grafana-provisioning")["data"]["dashboards.yaml"].str().unwrap());
-    let path = provider["providers"].arr()[0]["options"]["path"].str().unwrap().to_owned();
+    let provider = yaml_one(
+        dev.config_map("grafana-provisioning")["data"]["dashboards.yaml"]
+            .str()
+            .unwrap(),
+    );
+    let path = provider["providers"].arr()[0]["options"]["path"]
+        .str()
+        .unwrap()
+        .to_owned();
     let grafana = &pod_spec(dev.get("Deployment", "grafana"))["containers"].arr()[0];
-    let mount = grafana["volumeMounts"].arr().iter().find(|m| m["mountPath"].str() == Some(path.as_str())).expect("dashboards mount");
-    let vol = pod_spec(dev.get("Deployment", "grafana"))["volumes"].arr().iter().find(|v| v["name"] == mount["name"]).unwrap();
-    assert!(vol["configMap"]["name"].str().unwrap().starts_with("kernelsight-dashboards"));
-    let home = env_value(grafana, "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH").unwrap()["value"].str().unwrap();
-    let home_file = home.strip_prefix(&format!("{path}/")).expect("home dashboard under the provider path");
-    assert!(dashboards_dir().join(home_file).exists(), "home dashboard {home_file} does not exist");
-    let provisioned = dev.config_map("grafana-provisioning")["data"]["datasources.yaml"].str().unwrap();
-    assert_eq!(provisioned, read(k8s().join("components/demo-backends/grafana/datasources.yaml")));
+    let mount = grafana["volumeMounts"]
+        .arr()
+        .iter()
+        .find(|m| m["mountPath"].str() == Some(path.as_str()))
+        .expect("dashboards mount");
+    let vol = pod_spec(dev.get("Deployment", "grafana"))["volumes"]
+        .arr()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(
+        vol["configMap"]["name"]
+            .str()
+            .unwrap()
+            .starts_with("kernelsight-dashboards")
+    );
+    let home = env_value(grafana, "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH").unwrap()["value"]
+        .str()
+        .unwrap();
+    let home_file = home
+        .strip_prefix(&format!("{path}/"))
+        .expect("home dashboard under the provider path");
+    assert!(
+        dashboards_dir().join(home_file).exists(),
+        "home dashboard {home_file} does not exist"
+    );
+    let provisioned = dev.config_map("grafana-provisioning")["data"]["datasources.yaml"]
+        .str()
+        .unwrap();
+    assert_eq!(
+        provisioned,
+        read(k8s().join("components/demo-backends/grafana/datasources.yaml"))
+    );
 }
 
 /// The selector of a `label_values(selector, label)` variable query.
@@ -887,7 +1387,10 @@ fn variable_selector(file: &str, q: &str) -> String {
         .strip_prefix("label_values(")
         .and_then(|s| s.strip_suffix(')'))
         .unwrap_or_else(|| panic!("{file}: variable query {q} is not label_values(...)"));
-    inner.rsplit_once(',').map(|(s, _)| s.trim().to_owned()).unwrap_or_else(|| panic!("{file}: {q} names no metric"))
+    inner
+        .rsplit_once(',')
+        .map(|(s, _)| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("{file}: {q} names no metric"))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -935,7 +1438,9 @@ fn grafana_to_promql(q: &str) -> String {
             let end = inner.find('}').expect("closed ${...}");
             (inner[..end].split(':').next().unwrap(), end + 2)
         } else {
-            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
             (&after[..end], end)
         };
         out.push_str(match name {
@@ -951,9 +1456,34 @@ fn grafana_to_promql(q: &str) -> String {
 /// The metric names a PromQL expression selects (not functions, keywords, labels or durations).
 fn promql_metric_names(expr: &str) -> BTreeSet<String> {
     const NOT_METRICS: &[&str] = &[
-        "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "atan2",
-        "inf", "nan", "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-        "quantile", "limitk", "limit_ratio",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "atan2",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
     ];
     let s = grafana_to_promql(expr);
     let b = s.as_bytes();
@@ -1004,17 +1534,22 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
                 label_list = false;
             }
             c if c.is_ascii_digit() || c == b'.' => {
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
                     i += 1;
                 }
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c == b':' => {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
+                {
                     i += 1;
                 }
                 let word = &s[start..i];
-                if matches!(word, "by" | "without" | "on" | "ignoring" | "group_left" | "group_right") {
+                if matches!(
+                    word,
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                ) {
                     label_list = true;
                     continue;
                 }
@@ -1034,14 +1569,28 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
 fn promql_metric_names_finds_metrics_only() {
     let names = |e: &str| promql_metric_names(e).into_iter().collect::<Vec<_>>();
     assert_eq!(
-        names(r#"histogram_quantile(0.99, sum by (le, kind) (rate(pool_task_wait_seconds_bucket{namespace="$namespace", pod=~"a|b"}[$__rate_interval])))"#),
+        names(
+            r#"histogram_quantile(0.99, sum by (le, kind) (rate(pool_task_wait_seconds_bucket{namespace="$namespace", pod=~"a|b"}[$__rate_interval])))"#
+        ),
         vec!["pool_task_wait_seconds_bucket"]
     );
-    assert_eq!(names(r#"topk(10, sum without (pid) (rate(x_total{event=~"a{b"}[5m] offset 1h)))"#), vec!["x_total"]);
-    assert_eq!(names("a / on (pod) group_left (node) b > bool 0.5 and c"), vec!["a", "b", "c"]);
+    assert_eq!(
+        names(r#"topk(10, sum without (pid) (rate(x_total{event=~"a{b"}[5m] offset 1h)))"#),
+        vec!["x_total"]
+    );
+    assert_eq!(
+        names("a / on (pod) group_left (node) b > bool 0.5 and c"),
+        vec!["a", "b", "c"]
+    );
     assert_eq!(names(r#"up{job="kernelsight-agent"} == 0"#), vec!["up"]);
-    assert_eq!(names("sum(rate(game_ticks_total[1m])) by (pod)"), vec!["game_ticks_total"]);
-    assert_eq!(grafana_to_promql("rate(x{a=\"${pod}\"}[$__rate_interval])"), "rate(x{a=\"x\"}[5m])");
+    assert_eq!(
+        names("sum(rate(game_ticks_total[1m])) by (pod)"),
+        vec!["game_ticks_total"]
+    );
+    assert_eq!(
+        grafana_to_promql("rate(x{a=\"${pod}\"}[$__rate_interval])"),
+        "rate(x{a=\"x\"}[5m])"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1066,7 +1615,9 @@ fn referenced_metrics() -> BTreeMap<String, BTreeSet<String>> {
             }
         }
     }
-    let rules = yaml_one(&read(k8s().join("components/demo-backends/prometheus/rules.yml")));
+    let rules = yaml_one(&read(
+        k8s().join("components/demo-backends/prometheus/rules.yml"),
+    ));
     for g in rules["groups"].arr() {
         for r in g["rules"].arr() {
             for m in promql_metric_names(r["expr"].str().unwrap()) {
@@ -1074,7 +1625,9 @@ fn referenced_metrics() -> BTreeMap<String, BTreeSet<String>> {
             }
         }
     }
-    let adapter = yaml_one(&read(k8s().join("components/demo-backends/prometheus-adapter/config.yaml")));
+    let adapter = yaml_one(&read(
+        k8s().join("components/demo-backends/prometheus-adapter/config.yaml"),
+    ));
     for r in adapter["rules"].arr() {
         for m in promql_metric_names(r["seriesQuery"].str().unwrap()) {
             add(m, "prometheus-adapter/config.yaml");
@@ -1106,8 +1659,14 @@ fn sample(text: &str, series: &str) -> f64 {
 }
 
 fn promtool_check_metrics(what: &str, scrape: &str) {
-    let out = run_with(Command::new("promtool").args(["check", "metrics"]), Some(scrape));
-    assert!(out.trim().is_empty(), "promtool check metrics on {what}: {out}");
+    let out = run_with(
+        Command::new("promtool").args(["check", "metrics"]),
+        Some(scrape),
+    );
+    assert!(
+        out.trim().is_empty(),
+        "promtool check metrics on {what}: {out}"
+    );
 }
 
 /// Opens a WebSocket (RFC 6455 handshake by hand), sends one masked text frame, reads a little
@@ -1129,7 +1688,11 @@ fn websocket(addr: SocketAddr, path: &str, messages: &[&str]) -> u16 {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
-    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     if status != 101 {
         return status;
     }
@@ -1147,7 +1710,8 @@ fn websocket(addr: SocketAddr, path: &str, messages: &[&str]) -> u16 {
     // Let a few ticks go by (snapshot, deltas), then close cleanly.
     let deadline = Instant::now() + Duration::from_millis(700);
     let mut buf = [0u8; 4096];
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     while Instant::now() < deadline {
         let _ = s.read(&mut buf);
     }
@@ -1158,7 +1722,11 @@ fn websocket(addr: SocketAddr, path: &str, messages: &[&str]) -> u16 {
 
 fn require_root() {
     let status = read("/proc/self/status");
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1)).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap();
     assert_eq!(
         uid, "0",
         "the live-scrape test runs the agent, which loads eBPF programs: run as root (CI does), e.g. `sudo -E cargo xtask test`"
@@ -1208,32 +1776,74 @@ fn live_metrics_pass_promtool_and_cover_every_metric_the_deployment_queries() {
     server.wait_ready(server_addr);
 
     // A little of everything the dashboards show.
-    assert_eq!(http(server_addr, "GET", "/healthz", None).map(|r| r.0), Some(200));
-    let (status, login) = http(server_addr, "POST", "/login", Some(r#"{"player":"deploy-test"}"#)).expect("login");
+    assert_eq!(
+        http(server_addr, "GET", "/healthz", None).map(|r| r.0),
+        Some(200)
+    );
+    let (status, login) = http(
+        server_addr,
+        "POST",
+        "/login",
+        Some(r#"{"player":"deploy-test"}"#),
+    )
+    .expect("login");
     assert_eq!(status, 200, "{login}");
-    let token = Json::parse(&login).expect("login JSON")["token"].str().expect("token").to_owned();
-    assert_eq!(websocket(server_addr, "/ws", &[]), 401, "an upgrade without a token is refused");
+    let token = Json::parse(&login).expect("login JSON")["token"]
+        .str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(
+        websocket(server_addr, "/ws", &[]),
+        401,
+        "an upgrade without a token is refused"
+    );
     let joined = websocket(
         server_addr,
         &format!("/ws?token={token}"),
-        &[r#"{"t":"join","room":"deploy-test"}"#, r#"{"t":"input","seq":1,"dx":1,"dy":0}"#, r#"{"t":"ping","id":7}"#],
+        &[
+            r#"{"t":"join","room":"deploy-test"}"#,
+            r#"{"t":"input","seq":1,"dx":1,"dy":0}"#,
+            r#"{"t":"ping","id":7}"#,
+        ],
     );
     assert_eq!(joined, 101);
-    let (status, body) = http(server_addr, "POST", "/admin/batch", Some(r#"{"kind":"full_sync","tasks":50}"#)).expect("batch");
+    let (status, body) = http(
+        server_addr,
+        "POST",
+        "/admin/batch",
+        Some(r#"{"kind":"full_sync","tasks":50}"#),
+    )
+    .expect("batch");
     assert_eq!(status, 200, "{body}");
     // One RST each way on loopback: a connect to a port nobody listens on.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     assert!(TcpStream::connect(closed).is_err());
 
     let needed = referenced_metrics();
     let mut scrapes = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
-        let agent_text = http(agent_addr, "GET", "/metrics", None).map(|(s, b)| { assert_eq!(s, 200, "agent /metrics: {b}"); b }).unwrap();
-        let server_text = http(server_addr, "GET", "/metrics", None).map(|(s, b)| { assert_eq!(s, 200, "server /metrics: {b}"); b }).unwrap();
+        let agent_text = http(agent_addr, "GET", "/metrics", None)
+            .map(|(s, b)| {
+                assert_eq!(s, 200, "agent /metrics: {b}");
+                b
+            })
+            .unwrap();
+        let server_text = http(server_addr, "GET", "/metrics", None)
+            .map(|(s, b)| {
+                assert_eq!(s, 200, "server /metrics: {b}");
+                b
+            })
+            .unwrap();
         let mut have = exposition_names(&agent_text);
         have.extend(exposition_names(&server_text));
-        let spans_in = sample(&agent_text, "kernelsight_spans_received_total{transport=\"http\"}");
+        let spans_in = sample(
+            &agent_text,
+            "kernelsight_spans_received_total{transport=\"http\"}",
+        );
         scrapes.insert("kernelsight-agent", agent_text);
         scrapes.insert("game-server", server_text);
         let missing: Vec<_> = needed
@@ -1243,7 +1853,10 @@ fn live_metrics_pass_promtool_and_cover_every_metric_the_deployment_queries() {
             .cloned()
             .collect();
         if (missing.is_empty() && spans_in > 0.0) || Instant::now() > deadline {
-            assert!(spans_in > 0.0, "the game server's OTLP/HTTP spans never reached the agent's receiver");
+            assert!(
+                spans_in > 0.0,
+                "the game server's OTLP/HTTP spans never reached the agent's receiver"
+            );
             break missing;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -1251,15 +1864,34 @@ fn live_metrics_pass_promtool_and_cover_every_metric_the_deployment_queries() {
     for (what, text) in &scrapes {
         promtool_check_metrics(what, text);
     }
-    let report: Vec<_> = missing.iter().map(|m| format!("{m} (used by {})", needed[m].iter().cloned().collect::<Vec<_>>().join(", "))).collect();
-    assert!(report.is_empty(), "metrics the deployment queries but neither binary exports:\n  {}", report.join("\n  "));
-    assert!(exposition_names(&scrapes["kernelsight-agent"]).iter().all(|n| n.starts_with("kernelsight_")));
+    let report: Vec<_> = missing
+        .iter()
+        .map(|m| {
+            format!(
+                "{m} (used by {})",
+                needed[m].iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect();
+    assert!(
+        report.is_empty(),
+        "metrics the deployment queries but neither binary exports:\n  {}",
+        report.join("\n  ")
+    );
+    assert!(
+        exposition_names(&scrapes["kernelsight-agent"])
+            .iter()
+            .all(|n| n.starts_with("kernelsight_"))
+    );
 
     // The allowlist stays small and honest.
     assert!(ABSENT_UNTIL_EVENT.len() <= 3);
     for (metric, source) in ABSENT_UNTIL_EVENT {
         let stem = metric.strip_prefix("kernelsight_").unwrap_or(metric);
-        assert!(read(root().join(source)).contains(stem), "{metric} is not in {source}");
+        assert!(
+            read(root().join(source)).contains(stem),
+            "{metric} is not in {source}"
+        );
     }
 }
 
@@ -1293,7 +1925,11 @@ fn dockerfile(path: &Path) -> Vec<Instruction> {
         } else if !text.trim().is_empty() {
             let text = text.trim().to_owned();
             let (kw, args) = text.split_once(char::is_whitespace).unwrap_or((&text, ""));
-            out.push(Instruction { line: start, keyword: kw.to_ascii_uppercase(), args: args.trim().to_owned() });
+            out.push(Instruction {
+                line: start,
+                keyword: kw.to_ascii_uppercase(),
+                args: args.trim().to_owned(),
+            });
         }
     }
     out
@@ -1301,24 +1937,47 @@ fn dockerfile(path: &Path) -> Vec<Instruction> {
 
 fn workspace_members() -> Vec<String> {
     let manifest = read(root().join("Cargo.toml"));
-    let members = manifest.split("members = [").nth(1).and_then(|s| s.split(']').next()).expect("workspace members");
-    members.split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()).collect()
+    let members = manifest
+        .split("members = [")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .expect("workspace members");
+    members
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
 }
 
 #[test]
 fn dockerfiles_pass_hadolint_and_copy_only_paths_that_exist() {
     let images = root().join("deploy/images");
     let files = files_under(&images, &["Dockerfile"]);
-    assert_eq!(files.len(), 2, "agent.Dockerfile and game-server.Dockerfile");
+    assert_eq!(
+        files.len(),
+        2,
+        "agent.Dockerfile and game-server.Dockerfile"
+    );
     let hadolint = venv_tool("hadolint");
     let setup = read(root().join("xtask/src/setup.rs"));
     for f in &files {
-        run(Command::new(&hadolint).arg("--failure-threshold").arg("info").arg(f));
+        run(Command::new(&hadolint)
+            .arg("--failure-threshold")
+            .arg("info")
+            .arg(f));
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let ignore_file = images.join(format!("{name}.dockerignore"));
         let ignore = read(&ignore_file);
-        let allowed: Vec<_> = ignore.lines().filter_map(|l| l.trim().strip_prefix('!')).map(|l| l.trim_end_matches('/')).collect();
-        assert!(ignore.lines().any(|l| l.trim() == "*"), "{}: an allowlist (`*` then `!path`)", ignore_file.display());
+        let allowed: Vec<_> = ignore
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('!'))
+            .map(|l| l.trim_end_matches('/'))
+            .collect();
+        assert!(
+            ignore.lines().any(|l| l.trim() == "*"),
+            "{}: an allowlist (`*` then `!path`)",
+            ignore_file.display()
+        );
         let instructions = dockerfile(f);
         let mut copied = BTreeSet::new();
         let mut stages = BTreeSet::new();
@@ -1334,12 +1993,19 @@ fn dockerfiles_pass_hadolint_and_copy_only_paths_that_exist() {
                 "FROM" => {
                     let words: Vec<_> = ins.args.split_whitespace().collect();
                     let image = words[0];
-                    let resolved = match image.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
-                        Some(arg) => args.get(arg).cloned().unwrap_or_else(|| panic!("{at}: FROM ${{{arg}}} has no default")),
+                    let resolved = match image.strip_prefix("${").and_then(|s| s.strip_suffix('}'))
+                    {
+                        Some(arg) => args
+                            .get(arg)
+                            .cloned()
+                            .unwrap_or_else(|| panic!("{at}: FROM ${{{arg}}} has no default")),
                         None => image.to_owned(),
                     };
                     assert!(
-                        stages.contains(&resolved) || resolved.rsplit_once(':').is_some_and(|(_, t)| t != "latest" && !t.contains('/')),
+                        stages.contains(&resolved)
+                            || resolved
+                                .rsplit_once(':')
+                                .is_some_and(|(_, t)| t != "latest" && !t.contains('/')),
                         "{at}: base image {resolved} must be pinned to a tag"
                     );
                     if let Some(i) = words.iter().position(|w| w.eq_ignore_ascii_case("AS")) {
@@ -1351,34 +2017,51 @@ fn dockerfiles_pass_hadolint_and_copy_only_paths_that_exist() {
                     if words.iter().any(|w| w.starts_with("--from=")) {
                         continue;
                     }
-                    let sources: Vec<_> = words.iter().filter(|w| !w.starts_with("--")).copied().collect();
-                    assert!(sources.len() >= 2, "{at}: COPY needs a source and a destination");
+                    let sources: Vec<_> = words
+                        .iter()
+                        .filter(|w| !w.starts_with("--"))
+                        .copied()
+                        .collect();
+                    assert!(
+                        sources.len() >= 2,
+                        "{at}: COPY needs a source and a destination"
+                    );
                     for src in &sources[..sources.len() - 1] {
                         let p = src.trim_end_matches('/');
-                        assert!(root().join(p).exists(), "{at}: COPY source {src} does not exist in the repository");
-                        assert!(allowed.contains(&p), "{at}: {src} is excluded by {}", ignore_file.display());
+                        assert!(
+                            root().join(p).exists(),
+                            "{at}: COPY source {src} does not exist in the repository"
+                        );
+                        assert!(
+                            allowed.contains(&p),
+                            "{at}: {src} is excluded by {}",
+                            ignore_file.display()
+                        );
                         copied.insert(p.to_owned());
                     }
                 }
                 "RUN" => {
                     // `cargo build -p <package> --bin <bin>` names real packages and binaries.
                     for cmd in ins.args.split("&&").filter(|c| c.contains("cargo build")) {
-                    let words: Vec<_> = cmd.split_whitespace().collect();
-                    for w in words.windows(2) {
-                        if w[0] == "-p" {
-                            let pkg = w[1];
-                            let manifest = workspace_members().into_iter().map(|m| read(root().join(m).join("Cargo.toml"))).find(|t| t.contains(&format!("name = \"{pkg}\"")));
-                            assert!(manifest.is_some(), "{at}: no workspace package {pkg}");
+                        let words: Vec<_> = cmd.split_whitespace().collect();
+                        for w in words.windows(2) {
+                            if w[0] == "-p" {
+                                let pkg = w[1];
+                                let manifest = workspace_members()
+                                    .into_iter()
+                                    .map(|m| read(root().join(m).join("Cargo.toml")))
+                                    .find(|t| t.contains(&format!("name = \"{pkg}\"")));
+                                assert!(manifest.is_some(), "{at}: no workspace package {pkg}");
+                            }
+                            if w[0] == "--bin" {
+                                let bin = w[1];
+                                let declared = workspace_members().into_iter().any(|m| {
+                                    let t = read(root().join(&m).join("Cargo.toml"));
+                                    t.contains(&format!("name = \"{bin}\""))
+                                });
+                                assert!(declared, "{at}: no binary {bin} in the workspace");
+                            }
                         }
-                        if w[0] == "--bin" {
-                            let bin = w[1];
-                            let declared = workspace_members().into_iter().any(|m| {
-                                let t = read(root().join(&m).join("Cargo.toml"));
-                                t.contains(&format!("name = \"{bin}\""))
-                            });
-                            assert!(declared, "{at}: no binary {bin} in the workspace");
-                        }
-                    }
                     }
                 }
                 _ => {}
@@ -1387,25 +2070,52 @@ fn dockerfiles_pass_hadolint_and_copy_only_paths_that_exist() {
         // The workspace loads only if every member is there.
         for m in workspace_members() {
             let top = m.split('/').next().unwrap().to_owned();
-            assert!(copied.contains(&top), "{name}: workspace member {m} is not copied");
+            assert!(
+                copied.contains(&top),
+                "{name}: workspace member {m} is not copied"
+            );
         }
-        assert!(copied.contains("Cargo.lock"), "{name}: builds --locked from Cargo.lock");
-        assert!(instructions.iter().any(|i| i.keyword == "USER"), "{name}: says which user it runs as");
+        assert!(
+            copied.contains("Cargo.lock"),
+            "{name}: builds --locked from Cargo.lock"
+        );
+        assert!(
+            instructions.iter().any(|i| i.keyword == "USER"),
+            "{name}: says which user it runs as"
+        );
     }
     // The agent's builder installs bpf-linker exactly as xtask setup does.
     let agent = read(images.join("agent.Dockerfile"));
-    for (constant, arg) in [("BPF_LINKER_VERSION", "BPF_LINKER_VERSION"), ("LLVM_FEATURE", "LLVM_FEATURE")] {
+    for (constant, arg) in [
+        ("BPF_LINKER_VERSION", "BPF_LINKER_VERSION"),
+        ("LLVM_FEATURE", "LLVM_FEATURE"),
+    ] {
         let value = setup
             .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("const {constant}: &str = \"")))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("const {constant}: &str = \""))
+            })
             .and_then(|l| l.split('"').next())
             .unwrap_or_else(|| panic!("xtask/src/setup.rs has no {constant}"));
-        assert!(agent.contains(&format!("ARG {arg}={value}\n")), "agent.Dockerfile: {arg} must be {value}, as in xtask setup");
+        assert!(
+            agent.contains(&format!("ARG {arg}={value}\n")),
+            "agent.Dockerfile: {arg} must be {value}, as in xtask setup"
+        );
     }
     // The game server image runs as non-root (numeric, so runAsNonRoot can verify it).
     let server = dockerfile(&images.join("game-server.Dockerfile"));
     let user = server.iter().rev().find(|i| i.keyword == "USER").unwrap();
-    assert!(user.args.split(':').next().unwrap().parse::<u32>().is_ok_and(|u| u != 0), "game server USER {}", user.args);
+    assert!(
+        user.args
+            .split(':')
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .is_ok_and(|u| u != 0),
+        "game server USER {}",
+        user.args
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1427,7 +2137,11 @@ impl std::ops::Index<&str> for Json {
     type Output = Json;
     fn index(&self, key: &str) -> &Json {
         match self {
-            Json::Obj(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or(&NULL),
+            Json::Obj(m) => m
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .unwrap_or(&NULL),
             _ => &NULL,
         }
     }
@@ -1491,7 +2205,10 @@ impl Json {
     }
 
     fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser { s: text.as_bytes(), i: 0 };
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
         let v = p.value()?;
         p.ws();
         if p.i != p.s.len() {
@@ -1575,11 +2292,18 @@ impl Parser<'_> {
             Some(b'n') => self.eat("null").map(|_| Json::Null),
             Some(c) if *c == b'-' || c.is_ascii_digit() => {
                 let start = self.i;
-                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                while self.i < self.s.len()
+                    && matches!(
+                        self.s[self.i],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
+                {
                     self.i += 1;
                 }
                 let t = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                t.parse().map(Json::Num).map_err(|_| format!("bad number {t}"))
+                t.parse()
+                    .map(Json::Num)
+                    .map_err(|_| format!("bad number {t}"))
             }
             _ => Err(format!("unexpected input at byte {}", self.i)),
         }
@@ -1625,13 +2349,17 @@ impl Parser<'_> {
     fn hex4(&mut self) -> Result<u32, String> {
         let t = self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?;
         self.i += 4;
-        u32::from_str_radix(std::str::from_utf8(t).map_err(|e| e.to_string())?, 16).map_err(|e| e.to_string())
+        u32::from_str_radix(std::str::from_utf8(t).map_err(|e| e.to_string())?, 16)
+            .map_err(|e| e.to_string())
     }
 }
 
 #[test]
 fn json_reader_reads_what_python_writes() {
-    let v = Json::parse(r#"{"a": [1, -2.5e3, true, null], "b": {"c": "x\"\u00e9\ud83d\ude00"}, "d": []}"#).unwrap();
+    let v = Json::parse(
+        r#"{"a": [1, -2.5e3, true, null], "b": {"c": "x\"\u00e9\ud83d\ude00"}, "d": []}"#,
+    )
+    .unwrap();
     assert_eq!(v["a"].arr().len(), 4);
     assert_eq!(v["a"].arr()[1].num(), Some(-2500.0));
     assert_eq!(v["b"]["c"].str(), Some("x\"é😀"));

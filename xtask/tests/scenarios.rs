@@ -15,25 +15,46 @@ const MAX_TIME_TO_DETECT_S: f64 = 10.0;
 
 #[test]
 fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
-    assert_eq!(unsafe { libc_geteuid() }, 0, "scenarios load eBPF programs and change nftables: run as root (CI does)");
+    assert_eq!(
+        unsafe { libc_geteuid() },
+        0,
+        "scenarios load eBPF programs and change nftables: run as root (CI does)"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["scenario", "--all", "--no-build", "--json"])
-        .args(["--warmup", "35", "--fault", "8", "--after", "6", "--sessions", "30"])
+        .args([
+            "--warmup",
+            "35",
+            "--fault",
+            "8",
+            "--after",
+            "6",
+            "--sessions",
+            "30",
+        ])
         .output()
         .expect("run xtask scenario");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "xtask scenario failed:\n{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let reports: Vec<Value> = serde_json::from_str(stdout.lines().last().unwrap_or("[]")).expect("JSON report");
+    let reports: Vec<Value> =
+        serde_json::from_str(stdout.lines().last().unwrap_or("[]")).expect("JSON report");
     assert_eq!(reports.len(), 5, "{stdout}");
     for r in &reports {
         let name = r["scenario"].as_str().unwrap();
         eprintln!("{}", serde_json::to_string(r).unwrap());
-        assert!(r["false_alarms"].as_array().unwrap().is_empty(), "{name}: false alarms {}", r["false_alarms"]);
+        assert!(
+            r["false_alarms"].as_array().unwrap().is_empty(),
+            "{name}: false alarms {}",
+            r["false_alarms"]
+        );
         // The bots really played: every session connected and deltas arrived.
         let bots = &r["bots"];
         assert_eq!(bots["connected"], bots["sessions"], "{name}: bots {bots}");
-        assert!(bots["deltas_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{name}: bots {bots}");
+        assert!(
+            bots["deltas_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+            "{name}: bots {bots}"
+        );
 
         if r["expected_class"].is_null() {
             assert!(r["detected"].is_null(), "{name}: {}", r["detected"]);
@@ -43,14 +64,26 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
         assert!(!detected.is_null(), "{name}: nothing detected");
         assert_eq!(detected["class"], r["expected_class"], "{name}");
         let subject = detected["subject"].as_str().unwrap();
-        assert!(subject.starts_with(r["expected_subject"].as_str().unwrap()), "{name}: subject {subject}");
+        assert!(
+            subject.starts_with(r["expected_subject"].as_str().unwrap()),
+            "{name}: subject {subject}"
+        );
         let ttd = r["time_to_detect_s"].as_f64().unwrap();
-        assert!(ttd <= MAX_TIME_TO_DETECT_S, "{name}: detected after {ttd:.1} s");
+        assert!(
+            ttd <= MAX_TIME_TO_DETECT_S,
+            "{name}: detected after {ttd:.1} s"
+        );
     }
     let by = |n: &str| reports.iter().find(|r| r["scenario"] == n).unwrap();
-    assert!(by("rst-storm")["dependency_resets"].as_u64().unwrap() > 0, "the dependency reset connections");
+    assert!(
+        by("rst-storm")["dependency_resets"].as_u64().unwrap() > 0,
+        "the dependency reset connections"
+    );
     let surge = &by("surge")["detected"]["summary"];
-    assert!(surge.as_str().unwrap().contains("full_sync"), "the surge names the dominant task kind: {surge}");
+    assert!(
+        surge.as_str().unwrap().contains("full_sync"),
+        "the surge names the dominant task kind: {surge}"
+    );
 }
 
 unsafe extern "C" {

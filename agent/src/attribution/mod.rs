@@ -42,7 +42,10 @@ impl<V: Clone> PidCache<V> {
     const MAX: usize = 4096;
 
     pub fn new(read: fn(u32) -> V) -> Self {
-        Self { map: HashMap::new(), read }
+        Self {
+            map: HashMap::new(),
+            read,
+        }
     }
 
     pub fn get(&mut self, pid: u32) -> V {
@@ -80,7 +83,8 @@ mod tests {
     fn pod_uids_from_both_cgroup_drivers() {
         let uid = "0f8c2a54-6a7e-4d3b-9a1e-2b3c4d5e6f70";
         assert_eq!(
-            pod_uid_from_cgroup_path(&format!("/kubepods/burstable/pod{uid}/4c1f0e9a7b")).as_deref(),
+            pod_uid_from_cgroup_path(&format!("/kubepods/burstable/pod{uid}/4c1f0e9a7b"))
+                .as_deref(),
             Some(uid)
         );
         let systemd = format!(
@@ -88,8 +92,14 @@ mod tests {
             uid.replace('-', "_")
         );
         assert_eq!(pod_uid_from_cgroup_path(&systemd).as_deref(), Some(uid));
-        assert_eq!(pod_uid_from_cgroup_path("/user.slice/user-0.slice/session-1.scope"), None);
-        assert_eq!(pod_uid_from_cgroup_path("/system.slice/podman.service"), None);
+        assert_eq!(
+            pod_uid_from_cgroup_path("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
+        assert_eq!(
+            pod_uid_from_cgroup_path("/system.slice/podman.service"),
+            None
+        );
         // This machine runs no pods: our own process has none.
         assert_eq!(pod_uid_of(std::process::id()), None);
     }

@@ -31,11 +31,16 @@ pub trait ClockSource {
 pub struct SystemClocks;
 
 fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid clock id and a valid out-pointer.
     let rc = unsafe { libc::clock_gettime(id, &mut ts) };
     debug_assert_eq!(rc, 0);
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 impl ClockSource for SystemClocks {
@@ -60,7 +65,10 @@ pub fn measure(src: &mut impl ClockSource, samples: usize) -> Offset {
         let m2 = src.monotonic_ns();
         let width = m2.saturating_sub(m1);
         let mid = m1 + width / 2;
-        let sample = Offset { offset_ns: r as i64 - mid as i64, uncertainty_ns: width.div_ceil(2) };
+        let sample = Offset {
+            offset_ns: r as i64 - mid as i64,
+            uncertainty_ns: width.div_ceil(2),
+        };
         if best.is_none_or(|b| sample.uncertainty_ns < b.uncertainty_ns) {
             best = Some(sample);
         }
@@ -81,7 +89,12 @@ impl Clock {
     }
 
     pub fn with_offset(o: Offset) -> Self {
-        Self { inner: Arc::new((AtomicI64::new(o.offset_ns), AtomicU64::new(o.uncertainty_ns))) }
+        Self {
+            inner: Arc::new((
+                AtomicI64::new(o.offset_ns),
+                AtomicU64::new(o.uncertainty_ns),
+            )),
+        }
     }
 
     pub fn offset(&self) -> Offset {
@@ -162,17 +175,31 @@ mod tests {
         // Reads 40 ns apart, except one sample where the realtime read was delayed by 1 ms.
         let mut gaps = vec![40; 3 * SAMPLES];
         gaps[1] = 1_000_000;
-        let mut src = Scripted { mono: 5_000_000_000, offset, gaps, i: 0 };
+        let mut src = Scripted {
+            mono: 5_000_000_000,
+            offset,
+            gaps,
+            i: 0,
+        };
         let o = measure(&mut src, SAMPLES);
         // A clean bracket is two 40 ns gaps wide: ±40 ns.
         assert_eq!(o.uncertainty_ns, 40);
-        assert!((o.offset_ns - offset).abs() <= 40, "{} vs {offset}", o.offset_ns);
+        assert!(
+            (o.offset_ns - offset).abs() <= 40,
+            "{} vs {offset}",
+            o.offset_ns
+        );
     }
 
     #[test]
     fn a_single_preempted_sample_reports_its_uncertainty_honestly() {
         let offset = 42_000;
-        let mut src = Scripted { mono: 0, offset, gaps: vec![10, 1_000_000, 10], i: 0 };
+        let mut src = Scripted {
+            mono: 0,
+            offset,
+            gaps: vec![10, 1_000_000, 10],
+            i: 0,
+        };
         let o = measure(&mut src, 1);
         // The bracket is 1 ms + 10 ns wide: the error bound says so, and the true offset lies
         // inside it.
@@ -182,10 +209,16 @@ mod tests {
 
     #[test]
     fn converts_with_the_measured_offset_and_follows_a_step() {
-        let c = Clock::with_offset(Offset { offset_ns: 1_000, uncertainty_ns: 1 });
+        let c = Clock::with_offset(Offset {
+            offset_ns: 1_000,
+            uncertainty_ns: 1,
+        });
         assert_eq!(c.to_unix_ns(5), 1_005);
         // The wall clock is stepped back: the next measurement moves every later conversion.
-        c.set(Offset { offset_ns: -3, uncertainty_ns: 1 });
+        c.set(Offset {
+            offset_ns: -3,
+            uncertainty_ns: 1,
+        });
         assert_eq!(c.to_unix_ns(5), 2);
         assert_eq!(c.to_unix_ns(2), 0, "saturates instead of wrapping");
     }
@@ -194,10 +227,19 @@ mod tests {
     fn system_clocks_agree_with_std_system_time() {
         let c = Clock::new();
         assert!(c.offset().uncertainty_ns < 1_000_000, "{:?}", c.offset());
-        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let converted = c.to_unix_ns(Clock::now_monotonic_ns());
-        let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let slack = c.offset().uncertainty_ns;
-        assert!(before <= converted + slack && converted <= after + slack, "{before} ≤ {converted} ≤ {after} (±{slack})");
+        assert!(
+            before <= converted + slack && converted <= after + slack,
+            "{before} ≤ {converted} ≤ {after} (±{slack})"
+        );
     }
 }

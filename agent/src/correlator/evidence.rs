@@ -100,7 +100,12 @@ pub struct Windows<K, T> {
 impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
     pub fn new(bounds: Bounds) -> Self {
         assert!(bounds.max_keys > 0 && bounds.per_key > 0);
-        Self { map: HashMap::new(), bounds, horizon: 0, ev: Evictions::default() }
+        Self {
+            map: HashMap::new(),
+            bounds,
+            horizon: 0,
+            ev: Evictions::default(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -121,7 +126,11 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
         }
         let ts = item.ts();
         let per_key = self.bounds.per_key;
-        let w = self.map.entry(key).or_insert_with(|| Window { items: VecDeque::new(), dropped_upto: 0, touched: 0 });
+        let w = self.map.entry(key).or_insert_with(|| Window {
+            items: VecDeque::new(),
+            dropped_upto: 0,
+            touched: 0,
+        });
         if w.items.len() >= per_key
             && let Some(old) = w.items.pop_front()
         {
@@ -192,12 +201,21 @@ mod tests {
     use super::*;
 
     fn runq(end_ns: u64, delay_ns: u64) -> RunqEntry {
-        RunqEntry { end_ns, delay_ns, pid: 1, cpu: 0 }
+        RunqEntry {
+            end_ns,
+            delay_ns,
+            pid: 1,
+            cpu: 0,
+        }
     }
 
     #[test]
     fn ring_per_key_keeps_the_newest_and_flags_truncation() {
-        let mut w = Windows::new(Bounds { max_keys: 10, per_key: 3, retention_ns: u64::MAX });
+        let mut w = Windows::new(Bounds {
+            max_keys: 10,
+            per_key: 3,
+            retention_ns: u64::MAX,
+        });
         for t in 1..=5 {
             w.push(7u32, runq(t * 100, 10));
         }
@@ -210,7 +228,11 @@ mod tests {
 
     #[test]
     fn key_cap_evicts_least_recently_touched() {
-        let mut w = Windows::new(Bounds { max_keys: 16, per_key: 4, retention_ns: u64::MAX });
+        let mut w = Windows::new(Bounds {
+            max_keys: 16,
+            per_key: 4,
+            retention_ns: u64::MAX,
+        });
         for k in 0..16u32 {
             w.push(k, runq(1_000 + u64::from(k), 1));
         }
@@ -230,7 +252,11 @@ mod tests {
 
     #[test]
     fn prune_by_age_and_report_horizon() {
-        let mut w = Windows::new(Bounds { max_keys: 10, per_key: 10, retention_ns: 1_000 });
+        let mut w = Windows::new(Bounds {
+            max_keys: 10,
+            per_key: 10,
+            retention_ns: 1_000,
+        });
         w.push(1u32, runq(100, 1));
         w.push(1u32, runq(1_500, 1));
         w.push(2u32, runq(200, 1));

@@ -39,7 +39,12 @@ pub struct JoinConfig {
 
 impl Default for JoinConfig {
     fn default() -> Self {
-        Self { slack_ns: 1_000_000, conn_tail_ns: 1_000_000_000, slow_wakeup_ns: 1_000_000, max_events: 32 }
+        Self {
+            slack_ns: 1_000_000,
+            conn_tail_ns: 1_000_000_000,
+            slow_wakeup_ns: 1_000_000,
+            max_events: 32,
+        }
     }
 }
 
@@ -69,9 +74,21 @@ pub struct RunqJoin {
     pub truncated: bool,
 }
 
-pub fn join_runq(w: &Windows<u32, RunqEntry>, tid: u32, start: u64, end: u64, cfg: &JoinConfig) -> RunqJoin {
-    let (lo, hi) = (start.saturating_sub(cfg.slack_ns), end.saturating_add(cfg.slack_ns));
-    let mut j = RunqJoin { truncated: w.truncated(&tid, lo), ..Default::default() };
+pub fn join_runq(
+    w: &Windows<u32, RunqEntry>,
+    tid: u32,
+    start: u64,
+    end: u64,
+    cfg: &JoinConfig,
+) -> RunqJoin {
+    let (lo, hi) = (
+        start.saturating_sub(cfg.slack_ns),
+        end.saturating_add(cfg.slack_ns),
+    );
+    let mut j = RunqJoin {
+        truncated: w.truncated(&tid, lo),
+        ..Default::default()
+    };
     if let Some(win) = w.get(&tid) {
         for e in win.items() {
             let inside = e.end_ns.min(hi).saturating_sub(e.start_ns().max(lo));
@@ -132,10 +149,22 @@ pub struct TcpJoin {
 /// two on one 4-tuple inside 10 ms are the same one).
 const MIRROR_NS: u64 = 10_000_000;
 
-pub fn join_tcp(w: &Windows<ConnKey, TcpEntry>, conn: Oriented, start: u64, end: u64, cfg: &JoinConfig) -> TcpJoin {
+pub fn join_tcp(
+    w: &Windows<ConnKey, TcpEntry>,
+    conn: Oriented,
+    start: u64,
+    end: u64,
+    cfg: &JoinConfig,
+) -> TcpJoin {
     let key = conn.key();
-    let (lo, hi) = (start.saturating_sub(cfg.slack_ns), end.saturating_add(cfg.conn_tail_ns));
-    let mut j = TcpJoin { truncated: w.truncated(&key, lo), ..Default::default() };
+    let (lo, hi) = (
+        start.saturating_sub(cfg.slack_ns),
+        end.saturating_add(cfg.conn_tail_ns),
+    );
+    let mut j = TcpJoin {
+        truncated: w.truncated(&key, lo),
+        ..Default::default()
+    };
     let Some(win) = w.get(&key) else { return j };
     let mut hits: Vec<TcpHit> = win
         .items()
@@ -147,18 +176,34 @@ pub fn join_tcp(w: &Windows<ConnKey, TcpEntry>, conn: Oriented, start: u64, end:
                 return None;
             }
             let sent_by_observer = !matches!(e.kind, TcpEventKind::RstReceived);
-            let dir = if sent_by_observer == own { Dir::Sent } else { Dir::Received };
-            Some(TcpHit { ts_ns: e.ts_ns, kind: e.kind, dir, own_socket: own, segs: e.segs.max(1), state: e.state })
+            let dir = if sent_by_observer == own {
+                Dir::Sent
+            } else {
+                Dir::Received
+            };
+            Some(TcpHit {
+                ts_ns: e.ts_ns,
+                kind: e.kind,
+                dir,
+                own_socket: own,
+                segs: e.segs.max(1),
+                state: e.state,
+            })
         })
         .collect();
     hits.sort_by_key(|h| (h.ts_ns, !h.own_socket));
     // Fold mirror RST observations into an own-socket observation of the same RST.
-    let own_rsts: Vec<(u64, Dir)> =
-        hits.iter().filter(|h| h.own_socket && h.kind != TcpEventKind::Retransmit).map(|h| (h.ts_ns, h.dir)).collect();
+    let own_rsts: Vec<(u64, Dir)> = hits
+        .iter()
+        .filter(|h| h.own_socket && h.kind != TcpEventKind::Retransmit)
+        .map(|h| (h.ts_ns, h.dir))
+        .collect();
     hits.retain(|h| {
         h.own_socket
             || h.kind == TcpEventKind::Retransmit
-            || !own_rsts.iter().any(|&(t, d)| d == h.dir && t.abs_diff(h.ts_ns) <= MIRROR_NS)
+            || !own_rsts
+                .iter()
+                .any(|&(t, d)| d == h.dir && t.abs_diff(h.ts_ns) <= MIRROR_NS)
     });
     for h in &hits {
         match (h.kind, h.dir) {
@@ -187,7 +232,8 @@ pub fn apply_runq(span: &mut Span, j: &RunqJoin, cfg: &JoinConfig) {
     let mut slow: Vec<&RunqEntry> = j.slow.iter().collect();
     if slow.len() > cfg.max_events {
         slow.sort_by_key(|e| std::cmp::Reverse(e.delay_ns));
-        span.attributes.push(kv_i(A_RUNQ_OMITTED, (slow.len() - cfg.max_events) as i64));
+        span.attributes
+            .push(kv_i(A_RUNQ_OMITTED, (slow.len() - cfg.max_events) as i64));
         slow.truncate(cfg.max_events);
         slow.sort_by_key(|e| e.end_ns);
     }
@@ -195,7 +241,10 @@ pub fn apply_runq(span: &mut Span, j: &RunqJoin, cfg: &JoinConfig) {
         span.events.push(event(
             E_RUNQ_SLOW,
             e.end_ns,
-            vec![kv_f("kernelsight.runq.delay_ms", ms(e.delay_ns)), kv_i("kernelsight.runq.cpu", i64::from(e.cpu))],
+            vec![
+                kv_f("kernelsight.runq.delay_ms", ms(e.delay_ns)),
+                kv_i("kernelsight.runq.cpu", i64::from(e.cpu)),
+            ],
         ));
     }
 }
@@ -221,24 +270,39 @@ pub fn tcp_state_name(s: u8) -> &'static str {
 
 /// Writes a TCP join onto the span.
 pub fn apply_tcp(span: &mut Span, j: &TcpJoin, cfg: &JoinConfig) {
-    span.attributes.push(kv_i(A_TCP_RETRANS, j.retransmits as i64));
-    span.attributes.push(kv_i(A_TCP_RST_SENT, j.resets_sent as i64));
-    span.attributes.push(kv_i(A_TCP_RST_RECV, j.resets_received as i64));
+    span.attributes
+        .push(kv_i(A_TCP_RETRANS, j.retransmits as i64));
+    span.attributes
+        .push(kv_i(A_TCP_RST_SENT, j.resets_sent as i64));
+    span.attributes
+        .push(kv_i(A_TCP_RST_RECV, j.resets_received as i64));
     if j.truncated {
         span.attributes.push(kv_b(A_TCP_TRUNC, true));
     }
     // Resets first (there are few, and they matter most), then the earliest retransmits.
-    let mut shown: Vec<&TcpHit> = j.hits.iter().filter(|h| h.kind != TcpEventKind::Retransmit).collect();
+    let mut shown: Vec<&TcpHit> = j
+        .hits
+        .iter()
+        .filter(|h| h.kind != TcpEventKind::Retransmit)
+        .collect();
     shown.extend(j.hits.iter().filter(|h| h.kind == TcpEventKind::Retransmit));
     if shown.len() > cfg.max_events {
-        span.attributes.push(kv_i(A_TCP_OMITTED, (shown.len() - cfg.max_events) as i64));
+        span.attributes
+            .push(kv_i(A_TCP_OMITTED, (shown.len() - cfg.max_events) as i64));
         shown.truncate(cfg.max_events);
     }
     shown.sort_by_key(|h| h.ts_ns);
     for h in shown {
         let mut attrs = vec![
             kv_s("kernelsight.tcp.direction", h.dir.as_str()),
-            kv_s("kernelsight.tcp.observed_on", if h.own_socket { "local_socket" } else { "peer_socket" }),
+            kv_s(
+                "kernelsight.tcp.observed_on",
+                if h.own_socket {
+                    "local_socket"
+                } else {
+                    "peer_socket"
+                },
+            ),
             kv_s("kernelsight.tcp.state", tcp_state_name(h.state)),
         ];
         let name = if h.kind == TcpEventKind::Retransmit {
@@ -267,9 +331,21 @@ mod tests {
     }
 
     fn runq_windows(entries: &[(u32, u64, u64)]) -> Windows<u32, RunqEntry> {
-        let mut w = Windows::new(Bounds { max_keys: 100, per_key: 100, retention_ns: u64::MAX });
+        let mut w = Windows::new(Bounds {
+            max_keys: 100,
+            per_key: 100,
+            retention_ns: u64::MAX,
+        });
         for &(tid, end_ns, delay_ns) in entries {
-            w.push(tid, RunqEntry { end_ns, delay_ns, pid: 1, cpu: 3 });
+            w.push(
+                tid,
+                RunqEntry {
+                    end_ns,
+                    delay_ns,
+                    pid: 1,
+                    cpu: 3,
+                },
+            );
         }
         w
     }
@@ -278,26 +354,51 @@ mod tests {
 
     #[test]
     fn runq_window_counts_overlapping_waits_of_that_thread_only() {
-        let cfg = JoinConfig { slack_ns: MS, ..Default::default() };
+        let cfg = JoinConfig {
+            slack_ns: MS,
+            ..Default::default()
+        };
         let w = runq_windows(&[
-            (7, 100 * MS, 5 * MS),    // ends 98 ms before the span: out
-            (7, 200 * MS, 2 * MS),    // the wake-up for the task: only its last 1 ms (slack) is in
-            (7, 250 * MS, 7 * MS),    // preempted mid-task: in
-            (7, 260 * MS, 100_000),   // a short one: counted, no event
-            (8, 250 * MS, 50 * MS),   // another thread: out
-            (7, 301 * MS, 3 * MS),    // from 298 ms: 1 ms inside the window's slack
-            (7, 300 * MS + 1, MS),    // starts 1 ns after the window (with slack): out
-            (7, 400 * MS, MS),        // after: out
+            (7, 100 * MS, 5 * MS),       // ends 98 ms before the span: out
+            (7, 200 * MS, 2 * MS), // the wake-up for the task: only its last 1 ms (slack) is in
+            (7, 250 * MS, 7 * MS), // preempted mid-task: in
+            (7, 260 * MS, 100_000), // a short one: counted, no event
+            (8, 250 * MS, 50 * MS), // another thread: out
+            (7, 301 * MS, 3 * MS), // from 298 ms: 1 ms inside the window's slack
+            (7, 300 * MS + 1, MS), // starts 1 ns after the window (with slack): out
+            (7, 400 * MS, MS),     // after: out
             (7, 5_000 * MS, 4_900 * MS), // a wait straddling the whole span: only the window counts
         ]);
         let j = join_runq(&w, 7, 200 * MS, 298 * MS, &cfg);
         assert_eq!(j.count, 5, "{j:?}");
         assert_eq!(j.total_ns, 9 * MS + 100_000 + 100 * MS);
-        assert_eq!(j.max_ns, 100 * MS, "the window is 100 ms wide with its slack");
+        assert_eq!(
+            j.max_ns,
+            100 * MS,
+            "the window is 100 ms wide with its slack"
+        );
         assert_eq!(j.slow.len(), 4);
-        let j = join_runq(&w, 7, 200 * MS, 298 * MS, &JoinConfig { slack_ns: 0, ..cfg.clone() });
-        assert_eq!(j.total_ns, 7 * MS + 100_000 + 98 * MS, "without slack: the mid-task wait, the short one, the straddler");
-        let w = runq_windows(&[(7, 200 * MS, 2 * MS), (7, 250 * MS, 7 * MS), (7, 260 * MS, 100_000), (7, 301 * MS, 3 * MS)]);
+        let j = join_runq(
+            &w,
+            7,
+            200 * MS,
+            298 * MS,
+            &JoinConfig {
+                slack_ns: 0,
+                ..cfg.clone()
+            },
+        );
+        assert_eq!(
+            j.total_ns,
+            7 * MS + 100_000 + 98 * MS,
+            "without slack: the mid-task wait, the short one, the straddler"
+        );
+        let w = runq_windows(&[
+            (7, 200 * MS, 2 * MS),
+            (7, 250 * MS, 7 * MS),
+            (7, 260 * MS, 100_000),
+            (7, 301 * MS, 3 * MS),
+        ]);
         let j = join_runq(&w, 7, 200 * MS, 298 * MS, &cfg);
         assert_eq!(j.total_ns, 9 * MS + 100_000);
         let mut span = Span::default();
@@ -307,13 +408,25 @@ mod tests {
         assert_eq!(attr_i64(&span.attributes, A_RUNQ_COUNT), Some(4));
         assert_eq!(span.events.len(), 3);
         assert_eq!(span.events[1].time_unix_nano, 250 * MS);
-        assert_eq!(attr_f64(&span.events[0].attributes, "kernelsight.runq.delay_ms"), Some(2.0), "events carry the whole wait");
+        assert_eq!(
+            attr_f64(&span.events[0].attributes, "kernelsight.runq.delay_ms"),
+            Some(2.0),
+            "events carry the whole wait"
+        );
     }
 
     #[test]
     fn runq_events_are_bounded_keeping_the_longest() {
-        let cfg = JoinConfig { max_events: 2, ..Default::default() };
-        let w = runq_windows(&[(1, 10 * MS, 2 * MS), (1, 20 * MS, 9 * MS), (1, 30 * MS, 4 * MS), (1, 40 * MS, 8 * MS)]);
+        let cfg = JoinConfig {
+            max_events: 2,
+            ..Default::default()
+        };
+        let w = runq_windows(&[
+            (1, 10 * MS, 2 * MS),
+            (1, 20 * MS, 9 * MS),
+            (1, 30 * MS, 4 * MS),
+            (1, 40 * MS, 8 * MS),
+        ]);
         let j = join_runq(&w, 1, 0, 50 * MS, &cfg);
         let mut span = Span::default();
         apply_runq(&mut span, &j, &cfg);
@@ -324,10 +437,24 @@ mod tests {
     }
 
     fn tcp(entries: &[(u64, TcpEventKind, &str, &str)]) -> Windows<ConnKey, TcpEntry> {
-        let mut w = Windows::new(Bounds { max_keys: 100, per_key: 100, retention_ns: u64::MAX });
+        let mut w = Windows::new(Bounds {
+            max_keys: 100,
+            per_key: 100,
+            retention_ns: u64::MAX,
+        });
         for &(ts_ns, kind, local, peer) in entries {
             let (local, peer) = (ep(local), ep(peer));
-            w.push(ConnKey::new(local, peer), TcpEntry { ts_ns, kind, local, peer, segs: 1, state: 1 });
+            w.push(
+                ConnKey::new(local, peer),
+                TcpEntry {
+                    ts_ns,
+                    kind,
+                    local,
+                    peer,
+                    segs: 1,
+                    state: 1,
+                },
+            );
         }
         w
     }
@@ -338,25 +465,40 @@ mod tests {
         let server = "127.0.0.1:7000";
         let client = "127.0.0.1:50000";
         let w = tcp(&[
-            (100 * MS, Retransmit, server, client),       // server retransmits
-            (150 * MS, Retransmit, client, server),       // client retransmits
-            (200 * MS, RstSent, server, client),          // server aborts...
+            (100 * MS, Retransmit, server, client), // server retransmits
+            (150 * MS, Retransmit, client, server), // client retransmits
+            (200 * MS, RstSent, server, client),    // server aborts...
             (200 * MS + 20_000, RstReceived, client, server), // ...and the client gets it
             (200 * MS, RstSent, server, "127.0.0.1:50001"), // another connection
         ]);
         let cfg = JoinConfig::default();
         // The server's session span: local = server.
-        let span_side = Oriented { local: ep(server), peer: ep(client) };
+        let span_side = Oriented {
+            local: ep(server),
+            peer: ep(client),
+        };
         let j = join_tcp(&w, span_side, 50 * MS, 199 * MS, &cfg);
-        assert_eq!((j.retransmits, j.resets_sent, j.resets_received), (2, 1, 0), "{j:?}");
-        assert_eq!(j.hits.len(), 3, "the client's observation of the RST is folded in");
+        assert_eq!(
+            (j.retransmits, j.resets_sent, j.resets_received),
+            (2, 1, 0),
+            "{j:?}"
+        );
+        assert_eq!(
+            j.hits.len(),
+            3,
+            "the client's observation of the RST is folded in"
+        );
         // The client's span (v4-mapped addresses in its attributes) sees the same RST as received.
         let client_side = Oriented {
             local: Endpoint::parse("::ffff:127.0.0.1", 50000).unwrap(),
             peer: Endpoint::parse("::ffff:127.0.0.1", 7000).unwrap(),
         };
         let j = join_tcp(&w, client_side, 50 * MS, 300 * MS, &cfg);
-        assert_eq!((j.retransmits, j.resets_sent, j.resets_received), (2, 0, 1), "{j:?}");
+        assert_eq!(
+            (j.retransmits, j.resets_sent, j.resets_received),
+            (2, 0, 1),
+            "{j:?}"
+        );
         let mut span = Span::default();
         apply_tcp(&mut span, &j, &cfg);
         assert_eq!(attr_i64(&span.attributes, A_TCP_RST_RECV), Some(1));
@@ -368,16 +510,28 @@ mod tests {
     #[test]
     fn tcp_join_respects_the_window_and_tail() {
         use TcpEventKind::*;
-        let w = tcp(&[(10 * MS, RstSent, "10.0.0.1:7000", "10.0.0.2:40000"), (3_000 * MS, RstSent, "10.0.0.1:7000", "10.0.0.2:40000")]);
-        let side = Oriented { local: ep("10.0.0.1:7000"), peer: ep("10.0.0.2:40000") };
-        let cfg = JoinConfig { conn_tail_ns: 1_000 * MS, ..Default::default() };
+        let w = tcp(&[
+            (10 * MS, RstSent, "10.0.0.1:7000", "10.0.0.2:40000"),
+            (3_000 * MS, RstSent, "10.0.0.1:7000", "10.0.0.2:40000"),
+        ]);
+        let side = Oriented {
+            local: ep("10.0.0.1:7000"),
+            peer: ep("10.0.0.2:40000"),
+        };
+        let cfg = JoinConfig {
+            conn_tail_ns: 1_000 * MS,
+            ..Default::default()
+        };
         // Span ends at 1.5 s: the RST at 3 s is past the tail, the one at 10 ms is before the start.
         let j = join_tcp(&w, side, 100 * MS, 1_500 * MS, &cfg);
         assert_eq!(j.resets_sent, 0);
         let j = join_tcp(&w, side, 100 * MS, 2_500 * MS, &cfg);
         assert_eq!(j.resets_sent, 1, "inside the tail");
         // Only the peer's socket is on this node: its RST sent is ours received.
-        let mirror = Oriented { local: side.peer, peer: side.local };
+        let mirror = Oriented {
+            local: side.peer,
+            peer: side.local,
+        };
         let j = join_tcp(&w, mirror, 0, 20 * MS, &cfg);
         assert_eq!((j.resets_sent, j.resets_received), (0, 1));
         assert!(!j.hits[0].own_socket);

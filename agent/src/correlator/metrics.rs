@@ -37,37 +37,122 @@ fn opts(name: &str, help: &str) -> Opts {
 
 impl CorrelationMetrics {
     pub fn new(r: &Registry) -> Self {
-        let cv = |name, help, labels: &[&str]| reg(r, IntCounterVec::new(opts(name, help), labels).expect("valid metric"));
-        let c = |name, help| reg(r, IntCounter::with_opts(opts(name, help)).expect("valid metric"));
-        let g = |name, help| reg(r, IntGauge::with_opts(opts(name, help)).expect("valid metric"));
+        let cv = |name, help, labels: &[&str]| {
+            reg(
+                r,
+                IntCounterVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
+        let c = |name, help| {
+            reg(
+                r,
+                IntCounter::with_opts(opts(name, help)).expect("valid metric"),
+            )
+        };
+        let g = |name, help| {
+            reg(
+                r,
+                IntGauge::with_opts(opts(name, help)).expect("valid metric"),
+            )
+        };
         let gf = |name, help| reg(r, Gauge::with_opts(opts(name, help)).expect("valid metric"));
-        let gv = |name, help, labels: &[&str]| reg(r, IntGaugeVec::new(opts(name, help), labels).expect("valid metric"));
+        let gv = |name, help, labels: &[&str]| {
+            reg(
+                r,
+                IntGaugeVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
         let m = Self {
-            spans_received: cv("spans_received_total", "Spans received over OTLP.", &["transport"]),
+            spans_received: cv(
+                "spans_received_total",
+                "Spans received over OTLP.",
+                &["transport"],
+            ),
             spans_unenriched: cv(
                 "spans_unenriched_total",
                 "Spans passed on without kernel evidence because the agent could not keep up.",
                 &["reason"],
             ),
-            spans_joined: cv("spans_joined_total", "Spans that got kernel evidence attached, by join.", &["join"]),
-            requests_rejected: cv("otlp_requests_rejected_total", "OTLP export requests the agent could not decode.", &["transport"]),
-            store_spans: g("span_store_spans", "Spans held for joining (queued and waiting for kernel evidence)."),
-            store_high_water: g("span_store_spans_high_water", "Most spans ever held for joining at once."),
-            store_capacity: g("span_store_capacity", "Spans the agent holds for joining at most."),
-            kernel_dropped: c("correlator_kernel_events_dropped_total", "Kernel events the correlator was too busy to take."),
-            evidence_keys: gv("evidence_keys", "Threads and connections with kernel evidence held for joins.", &["kind"]),
-            evidence_evicted: cv("evidence_evicted_total", "Kernel evidence entries removed by a bound.", &["kind", "reason"]),
-            clock_offset: gf("clock_offset_seconds", "CLOCK_REALTIME − CLOCK_MONOTONIC, as last measured."),
-            clock_uncertainty: gf("clock_offset_uncertainty_seconds", "Error bound of the last clock offset measurement."),
-            settle: gf("detect_settle_seconds", "How long detection waits for late spans before judging a second."),
-            late_inputs: c("detect_late_inputs_total", "Evidence that arrived after its second had been judged."),
-            incidents: cv("incidents_total", "Incidents detected, by class.", &["class"]),
-            incidents_open: gv("incidents_open", "Incidents open now, by class.", &["class"]),
+            spans_joined: cv(
+                "spans_joined_total",
+                "Spans that got kernel evidence attached, by join.",
+                &["join"],
+            ),
+            requests_rejected: cv(
+                "otlp_requests_rejected_total",
+                "OTLP export requests the agent could not decode.",
+                &["transport"],
+            ),
+            store_spans: g(
+                "span_store_spans",
+                "Spans held for joining (queued and waiting for kernel evidence).",
+            ),
+            store_high_water: g(
+                "span_store_spans_high_water",
+                "Most spans ever held for joining at once.",
+            ),
+            store_capacity: g(
+                "span_store_capacity",
+                "Spans the agent holds for joining at most.",
+            ),
+            kernel_dropped: c(
+                "correlator_kernel_events_dropped_total",
+                "Kernel events the correlator was too busy to take.",
+            ),
+            evidence_keys: gv(
+                "evidence_keys",
+                "Threads and connections with kernel evidence held for joins.",
+                &["kind"],
+            ),
+            evidence_evicted: cv(
+                "evidence_evicted_total",
+                "Kernel evidence entries removed by a bound.",
+                &["kind", "reason"],
+            ),
+            clock_offset: gf(
+                "clock_offset_seconds",
+                "CLOCK_REALTIME − CLOCK_MONOTONIC, as last measured.",
+            ),
+            clock_uncertainty: gf(
+                "clock_offset_uncertainty_seconds",
+                "Error bound of the last clock offset measurement.",
+            ),
+            settle: gf(
+                "detect_settle_seconds",
+                "How long detection waits for late spans before judging a second.",
+            ),
+            late_inputs: c(
+                "detect_late_inputs_total",
+                "Evidence that arrived after its second had been judged.",
+            ),
+            incidents: cv(
+                "incidents_total",
+                "Incidents detected, by class.",
+                &["class"],
+            ),
+            incidents_open: gv(
+                "incidents_open",
+                "Incidents open now, by class.",
+                &["class"],
+            ),
             forward: ForwardMetrics {
-                forwarded: c("otlp_forwarded_spans_total", "Spans forwarded to the trace backend."),
-                dropped: cv("otlp_forward_dropped_spans_total", "Spans the forwarder dropped.", &["reason"]),
-                errors: c("otlp_forward_errors_total", "Failed export attempts to the trace backend."),
-                queued: g("otlp_forward_queue_spans", "Spans waiting in the forwarder's retry queue."),
+                forwarded: c(
+                    "otlp_forwarded_spans_total",
+                    "Spans forwarded to the trace backend.",
+                ),
+                dropped: cv(
+                    "otlp_forward_dropped_spans_total",
+                    "Spans the forwarder dropped.",
+                    &["reason"],
+                ),
+                errors: c(
+                    "otlp_forward_errors_total",
+                    "Failed export attempts to the trace backend.",
+                ),
+                queued: g(
+                    "otlp_forward_queue_spans",
+                    "Spans waiting in the forwarder's retry queue.",
+                ),
             },
         };
         // Make every labelled series visible at zero from the start, so rates work at once.

@@ -57,11 +57,19 @@ use crate::{
 #[derive(Clone, Debug, clap::Args)]
 pub struct CorrelationArgs {
     /// OTLP/gRPC trace receiver address.
-    #[arg(long, env = "KERNELSIGHT_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    #[arg(
+        long,
+        env = "KERNELSIGHT_OTLP_GRPC_ADDR",
+        default_value = "127.0.0.1:4317"
+    )]
     pub otlp_grpc_addr: SocketAddr,
 
     /// OTLP/HTTP trace receiver address (POST /v1/traces, protobuf or JSON).
-    #[arg(long, env = "KERNELSIGHT_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    #[arg(
+        long,
+        env = "KERNELSIGHT_OTLP_HTTP_ADDR",
+        default_value = "127.0.0.1:4318"
+    )]
     pub otlp_http_addr: SocketAddr,
 
     /// Forward spans (enriched, passed-through and incident spans) to this OTLP/gRPC endpoint,
@@ -148,10 +156,18 @@ impl CorrelationArgs {
 /// Connections with TCP evidence, the last 32 events each, for ten minutes: a session that
 /// was reset or retransmitting has its story in far fewer; longer sessions are flagged
 /// `kernelsight.tcp.evidence_truncated`.
-const TCP_BOUNDS: Bounds = Bounds { max_keys: 16384, per_key: 32, retention_ns: 600_000_000_000 };
+const TCP_BOUNDS: Bounds = Bounds {
+    max_keys: 16384,
+    per_key: 32,
+    retention_ns: 600_000_000_000,
+};
 /// Threads with run-queue waits, the last 128 each, for one minute (task spans arrive seconds
 /// after they end, even through a batching SDK).
-const RUNQ_BOUNDS: Bounds = Bounds { max_keys: 8192, per_key: 128, retention_ns: 60_000_000_000 };
+const RUNQ_BOUNDS: Bounds = Bounds {
+    max_keys: 8192,
+    per_key: 128,
+    retention_ns: 60_000_000_000,
+};
 /// (pid, tid) verdicts cached between /proc checks; cleared when full (a thread's answer
 /// does not change while it lives, and re-checking is one stat).
 const TID_CACHE: usize = 65536;
@@ -170,7 +186,12 @@ impl Ingested {
         match ev {
             KernelEvent::Runq(r) => Self::Runq {
                 tid: r.tid,
-                entry: RunqEntry { end_ns: clock.to_unix_ns(r.ts_ns), delay_ns: r.delay_ns, pid: r.pid, cpu: r.cpu },
+                entry: RunqEntry {
+                    end_ns: clock.to_unix_ns(r.ts_ns),
+                    delay_ns: r.delay_ns,
+                    pid: r.pid,
+                    cpu: r.cpu,
+                },
             },
             KernelEvent::Tcp(t) => Self::Tcp(TcpEntry {
                 ts_ns: clock.to_unix_ns(t.ts_ns),
@@ -194,7 +215,11 @@ pub struct KernelFeed {
 
 impl KernelFeed {
     pub fn push(&self, ev: &KernelEvent) {
-        if self.tx.try_send(Ingested::from_kernel(ev, &self.clock)).is_err() {
+        if self
+            .tx
+            .try_send(Ingested::from_kernel(ev, &self.clock))
+            .is_err()
+        {
             self.m.kernel_dropped.inc();
         }
     }
@@ -215,7 +240,10 @@ impl Intake {
         if n == 0 {
             return;
         }
-        self.m.spans_received.with_label_values(&[transport]).inc_by(n as u64);
+        self.m
+            .spans_received
+            .with_label_values(&[transport])
+            .inc_by(n as u64);
         if !self.budget.try_acquire(n) {
             return self.pass(req, n, "store_full");
         }
@@ -231,7 +259,10 @@ impl Intake {
     }
 
     fn pass(&self, req: ExportTraceServiceRequest, n: usize, reason: &str) {
-        self.m.spans_unenriched.with_label_values(&[reason]).inc_by(n as u64);
+        self.m
+            .spans_unenriched
+            .with_label_values(&[reason])
+            .inc_by(n as u64);
         if let Some(f) = &self.fwd {
             f.push(req);
         }
@@ -269,7 +300,10 @@ impl Correlation {
         if let Some(f) = &self.fwd
             && !f.flush(deadline).await
         {
-            tracing::warn!(spans = f.queued_spans(), "shutting down with spans not yet forwarded");
+            tracing::warn!(
+                spans = f.queued_spans(),
+                "shutting down with spans not yet forwarded"
+            );
         }
     }
 }
@@ -296,13 +330,35 @@ pub async fn start(args: &CorrelationArgs, registry: &Registry) -> anyhow::Resul
     // requests (a request can be one span).
     let (span_tx, span_rx) = mpsc::channel(args.span_store_cap.clamp(1, 65536));
     let (kernel_tx, kernel_rx) = mpsc::channel(65536);
-    let intake = Intake { tx: span_tx, budget: budget.clone(), fwd: fwd.clone(), m: m.clone() };
+    let intake = Intake {
+        tx: span_tx,
+        budget: budget.clone(),
+        fwd: fwd.clone(),
+        m: m.clone(),
+    };
     let (grpc_addr, http_addr) = receiver::start(args, intake.clone()).await?;
     let intake_fwd = fwd.clone();
     let correlator = Correlator::new(args, clock.clone(), budget, fwd, board.clone(), m.clone());
     let (drain_tx, drain_rx) = mpsc::channel(1);
-    tokio::spawn(correlator.run(span_rx, kernel_rx, drain_rx, Duration::from_secs(args.clock_resync_secs.max(1))));
-    Ok(Correlation { feed: KernelFeed { tx: kernel_tx, clock, m }, board, intake, grpc_addr, http_addr, drain: drain_tx, fwd: intake_fwd })
+    tokio::spawn(correlator.run(
+        span_rx,
+        kernel_rx,
+        drain_rx,
+        Duration::from_secs(args.clock_resync_secs.max(1)),
+    ));
+    Ok(Correlation {
+        feed: KernelFeed {
+            tx: kernel_tx,
+            clock,
+            m,
+        },
+        board,
+        intake,
+        grpc_addr,
+        http_addr,
+        drain: drain_tx,
+        fwd: intake_fwd,
+    })
 }
 
 /// The state the correlator task owns.
@@ -326,7 +382,14 @@ pub struct Correlator {
 }
 
 impl Correlator {
-    pub fn new(args: &CorrelationArgs, clock: Clock, budget: SpanBudget, fwd: Option<Forwarder>, board: SharedBoard, m: CorrelationMetrics) -> Self {
+    pub fn new(
+        args: &CorrelationArgs,
+        clock: Clock,
+        budget: SpanBudget,
+        fwd: Option<Forwarder>,
+        board: SharedBoard,
+        m: CorrelationMetrics,
+    ) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let o = clock.offset();
         m.clock_offset.set(o.offset_ns as f64 / 1e9);
@@ -335,8 +398,15 @@ impl Correlator {
             join: args.join_config(),
             wait_ns: args.span_wait_ms * 1_000_000,
             store: SpanStore::new(budget),
-            evidence: Evidence { runq: Windows::new(RUNQ_BOUNDS), tcp: Windows::new(TCP_BOUNDS) },
-            detector: Detector::new(args.detect_config(), EphemeralPorts::from_sysctl(), Clock::now_unix_ns()),
+            evidence: Evidence {
+                runq: Windows::new(RUNQ_BOUNDS),
+                tcp: Windows::new(TCP_BOUNDS),
+            },
+            detector: Detector::new(
+                args.detect_config(),
+                EphemeralPorts::from_sysctl(),
+                Clock::now_unix_ns(),
+            ),
             runq_pids: HashMap::new(),
             tid_cache: HashMap::new(),
             fwd,
@@ -399,7 +469,14 @@ impl Correlator {
             }
             Ingested::Tcp(e) => {
                 self.detector.on_tcp(&e);
-                self.evidence.tcp.push(netkey::Oriented { local: e.local, peer: e.peer }.key(), e);
+                self.evidence.tcp.push(
+                    netkey::Oriented {
+                        local: e.local,
+                        peer: e.peer,
+                    }
+                    .key(),
+                    e,
+                );
             }
         }
     }
@@ -418,8 +495,14 @@ impl Correlator {
         }
         let ch = self.detector.tick(now_unix);
         for inc in ch.opened {
-            self.m.incidents.with_label_values(&[inc.class.as_str()]).inc();
-            self.m.incidents_open.with_label_values(&[inc.class.as_str()]).inc();
+            self.m
+                .incidents
+                .with_label_values(&[inc.class.as_str()])
+                .inc();
+            self.m
+                .incidents_open
+                .with_label_values(&[inc.class.as_str()])
+                .inc();
             tracing::warn!(incident = %inc.id, class = inc.class.as_str(), "{}", inc.summary);
             self.board.lock().expect("board lock").upsert(inc);
         }
@@ -430,14 +513,21 @@ impl Correlator {
             self.emit_closed(inc);
         }
         self.m.settle.set(self.detector.settle_ns() as f64 / 1e9);
-        self.m.late_inputs.inc_by(std::mem::take(&mut self.detector.late));
+        self.m
+            .late_inputs
+            .inc_by(std::mem::take(&mut self.detector.late));
     }
 
     fn emit_closed(&mut self, inc: Incident) {
-        self.m.incidents_open.with_label_values(&[inc.class.as_str()]).dec();
+        self.m
+            .incidents_open
+            .with_label_values(&[inc.class.as_str()])
+            .dec();
         tracing::info!(incident = %inc.id, links = inc.links.len(), of = inc.links_total, "incident closed");
         if let Some(f) = &self.fwd {
-            f.push(ExportTraceServiceRequest { resource_spans: vec![inc.to_otlp(&self.resource)] });
+            f.push(ExportTraceServiceRequest {
+                resource_spans: vec![inc.to_otlp(&self.resource)],
+            });
         }
         self.board.lock().expect("board lock").upsert(inc);
     }
@@ -457,46 +547,97 @@ impl Correlator {
         self.evidence.tcp.prune(now_unix);
         let horizon = now_unix.saturating_sub(RUNQ_BOUNDS.retention_ns);
         self.runq_pids.retain(|_, &mut seen| seen >= horizon);
-        for (kind, w) in [("runq", self.evidence.runq.take_evictions()), ("tcp", self.evidence.tcp.take_evictions())] {
-            for (reason, n) in [("ring_full", w.ring_full), ("key_cap", w.key_cap), ("expired", w.expired)] {
-                self.m.evidence_evicted.with_label_values(&[kind, reason]).inc_by(n);
+        for (kind, w) in [
+            ("runq", self.evidence.runq.take_evictions()),
+            ("tcp", self.evidence.tcp.take_evictions()),
+        ] {
+            for (reason, n) in [
+                ("ring_full", w.ring_full),
+                ("key_cap", w.key_cap),
+                ("expired", w.expired),
+            ] {
+                self.m
+                    .evidence_evicted
+                    .with_label_values(&[kind, reason])
+                    .inc_by(n);
             }
         }
-        self.m.evidence_keys.with_label_values(&["runq"]).set(self.evidence.runq.len() as i64);
-        self.m.evidence_keys.with_label_values(&["tcp"]).set(self.evidence.tcp.len() as i64);
+        self.m
+            .evidence_keys
+            .with_label_values(&["runq"])
+            .set(self.evidence.runq.len() as i64);
+        self.m
+            .evidence_keys
+            .with_label_values(&["tcp"])
+            .set(self.evidence.tcp.len() as i64);
     }
 
     /// Joins, annotates, feeds the detector and hands the batch on.
     fn process(&mut self, b: Batch) {
-        let Batch { mut req, spans, received_unix_ns, .. } = b;
+        let Batch {
+            mut req,
+            spans,
+            received_unix_ns,
+            ..
+        } = b;
         for rs in &mut req.resource_spans {
-            let ResourceSpans { resource, scope_spans, .. } = rs;
-            let res: &[KeyValue] = resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+            let ResourceSpans {
+                resource,
+                scope_spans,
+                ..
+            } = rs;
+            let res: &[KeyValue] = resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or(&[]);
             for ss in scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut() {
                     let facts = SpanFacts::read(span, res);
                     let r = SpanRef::of(span);
                     let tid = facts.tid.filter(|&t| self.is_linux_tid(facts.pid, t));
-                    let runq = tid.map(|tid| join_runq(&self.evidence.runq, tid, facts.start_ns, facts.end_ns, &self.join));
-                    let runq = runq.filter(|j| j.count > 0 || facts.pid.is_some_and(|p| self.runq_pids.contains_key(&p)));
+                    let runq = tid.map(|tid| {
+                        join_runq(
+                            &self.evidence.runq,
+                            tid,
+                            facts.start_ns,
+                            facts.end_ns,
+                            &self.join,
+                        )
+                    });
+                    let runq = runq.filter(|j| {
+                        j.count > 0 || facts.pid.is_some_and(|p| self.runq_pids.contains_key(&p))
+                    });
                     if let Some(j) = &runq {
                         apply_runq(span, j, &self.join);
                         if j.count > 0 {
                             self.m.spans_joined.with_label_values(&["runq"]).inc();
                         }
                     }
-                    let tcp = facts.conn.map(|c| join_tcp(&self.evidence.tcp, c, facts.start_ns, facts.end_ns, &self.join));
+                    let tcp = facts.conn.map(|c| {
+                        join_tcp(
+                            &self.evidence.tcp,
+                            c,
+                            facts.start_ns,
+                            facts.end_ns,
+                            &self.join,
+                        )
+                    });
                     if let Some(j) = &tcp {
                         apply_tcp(span, j, &self.join);
                         if !j.hits.is_empty() {
                             self.m.spans_joined.with_label_values(&["tcp"]).inc();
                         }
                     }
-                    let evidence = runq.as_ref().is_some_and(|j| j.count > 0) || tcp.as_ref().is_some_and(|j| !j.hits.is_empty());
+                    let evidence = runq.as_ref().is_some_and(|j| j.count > 0)
+                        || tcp.as_ref().is_some_and(|j| !j.hits.is_empty());
                     if evidence {
-                        self.board.lock().expect("board lock").record_span(summary(span, &facts));
+                        self.board
+                            .lock()
+                            .expect("board lock")
+                            .record_span(summary(span, &facts));
                     }
-                    self.detector.on_span(&facts, r, runq.as_ref(), tcp.as_ref(), received_unix_ns);
+                    self.detector
+                        .on_span(&facts, r, runq.as_ref(), tcp.as_ref(), received_unix_ns);
                 }
             }
         }
@@ -512,7 +653,12 @@ impl Correlator {
     /// own evidence decides when it names the thread; otherwise /proc does (cached, bounded).
     /// Without a pid only evidence the kernel reported for that tid is trusted.
     fn is_linux_tid(&mut self, pid: Option<u32>, tid: u32) -> bool {
-        let seen: Option<bool> = self.evidence.runq.get(&tid).and_then(|w| w.items().last()).map(|e| pid.is_none_or(|p| e.pid == p));
+        let seen: Option<bool> = self
+            .evidence
+            .runq
+            .get(&tid)
+            .and_then(|w| w.items().last())
+            .map(|e| pid.is_none_or(|p| e.pid == p));
         if let Some(ok) = seen {
             return ok;
         }
@@ -536,7 +682,14 @@ impl Correlator {
 }
 
 fn summary(span: &opentelemetry_proto::tonic::trace::v1::Span, f: &SpanFacts) -> SpanSummary {
-    let keep = |k: &str| k.starts_with("kernelsight.") || k.starts_with("network.") || k.starts_with("thread.") || k.starts_with("pool.") || k.starts_with("task.") || k == "session.id";
+    let keep = |k: &str| {
+        k.starts_with("kernelsight.")
+            || k.starts_with("network.")
+            || k.starts_with("thread.")
+            || k.starts_with("pool.")
+            || k.starts_with("task.")
+            || k == "session.id"
+    };
     let attributes = span
         .attributes
         .iter()
@@ -560,6 +713,11 @@ fn summary(span: &opentelemetry_proto::tonic::trace::v1::Span, f: &SpanFacts) ->
         start_unix_ns: span.start_time_unix_nano,
         end_unix_ns: span.end_time_unix_nano,
         attributes,
-        events: span.events.iter().filter(|e| e.name.starts_with("kernelsight.")).map(|e| (e.name.clone(), e.time_unix_nano)).collect(),
+        events: span
+            .events
+            .iter()
+            .filter(|e| e.name.starts_with("kernelsight."))
+            .map(|e| (e.name.clone(), e.time_unix_nano))
+            .collect(),
     }
 }

@@ -20,13 +20,19 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(ip: IpAddr, port: u16) -> Self {
-        Self { ip: normalise_ip(ip), port }
+        Self {
+            ip: normalise_ip(ip),
+            port,
+        }
     }
 
     /// Parses a span's `network.*.address` (string) and `network.*.port`.
     pub fn parse(address: &str, port: u16) -> Option<Self> {
         let a = address.trim();
-        let a = a.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(a);
+        let a = a
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .unwrap_or(a);
         let a = a.split('%').next().unwrap_or(a);
         Some(Self::new(a.parse().ok()?, port))
     }
@@ -63,7 +69,11 @@ pub struct ConnKey {
 
 impl ConnKey {
     pub fn new(x: Endpoint, y: Endpoint) -> Self {
-        if x <= y { Self { a: x, b: y } } else { Self { a: y, b: x } }
+        if x <= y {
+            Self { a: x, b: y }
+        } else {
+            Self { a: y, b: x }
+        }
     }
 }
 
@@ -108,7 +118,11 @@ impl EphemeralPorts {
     pub fn service(&self, c: &Oriented) -> (Endpoint, bool) {
         let local_eph = self.contains(c.local.port);
         let peer_eph = self.contains(c.peer.port);
-        if peer_eph && !local_eph { (c.local, true) } else { (c.peer, false) }
+        if peer_eph && !local_eph {
+            (c.local, true)
+        } else {
+            (c.peer, false)
+        }
     }
 }
 
@@ -133,10 +147,19 @@ mod tests {
     fn v4_mapped_v6_is_v4() {
         let mapped = Endpoint::new(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().into(), 80);
         assert_eq!(mapped, ep("10.1.2.3:80"));
-        assert_eq!(Endpoint::parse("::ffff:10.1.2.3", 80), Some(ep("10.1.2.3:80")));
+        assert_eq!(
+            Endpoint::parse("::ffff:10.1.2.3", 80),
+            Some(ep("10.1.2.3:80"))
+        );
         // Real IPv6 stays IPv6, also in brackets and with a zone.
-        assert_eq!(Endpoint::parse("[::1]", 9), Some(Endpoint::new(Ipv6Addr::LOCALHOST.into(), 9)));
-        assert_eq!(Endpoint::parse("fe80::1%eth0", 9), Some(Endpoint::new("fe80::1".parse().unwrap(), 9)));
+        assert_eq!(
+            Endpoint::parse("[::1]", 9),
+            Some(Endpoint::new(Ipv6Addr::LOCALHOST.into(), 9))
+        );
+        assert_eq!(
+            Endpoint::parse("fe80::1%eth0", 9),
+            Some(Endpoint::new("fe80::1".parse().unwrap(), 9))
+        );
         assert_eq!(Endpoint::parse("not an ip", 9), None);
         // ::1 is not a mapped address, nor is the IPv4-compatible ::a.b.c.d form.
         assert!(Endpoint::parse("::127.0.0.1", 1).unwrap().ip.is_ipv6());
@@ -146,10 +169,19 @@ mod tests {
     fn both_orientations_give_one_key() {
         let server = ep("127.0.0.1:7000");
         let client = Endpoint::new(Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(), 51000);
-        let from_server = Oriented { local: server, peer: client };
-        let from_client = Oriented { local: ep("127.0.0.1:51000"), peer: server };
+        let from_server = Oriented {
+            local: server,
+            peer: client,
+        };
+        let from_client = Oriented {
+            local: ep("127.0.0.1:51000"),
+            peer: server,
+        };
         assert_eq!(from_server.key(), from_client.key());
-        assert_ne!(from_server.key(), ConnKey::new(server, ep("127.0.0.1:51001")));
+        assert_ne!(
+            from_server.key(),
+            ConnKey::new(server, ep("127.0.0.1:51001"))
+        );
         let v6 = ConnKey::new(ep("[::1]:7000"), ep("[::1]:51000"));
         assert_ne!(v6, from_server.key(), "IPv6 loopback is not IPv4 loopback");
         assert_eq!(v6, ConnKey::new(ep("[::1]:51000"), ep("[::1]:7000")));
@@ -160,10 +192,28 @@ mod tests {
         let eph = EphemeralPorts(32768..=60999);
         let redis = ep("10.0.0.5:6379");
         let me = ep("10.0.0.2:45000");
-        assert_eq!(eph.service(&Oriented { local: me, peer: redis }), (redis, false));
-        assert_eq!(eph.service(&Oriented { local: redis, peer: me }), (redis, true));
+        assert_eq!(
+            eph.service(&Oriented {
+                local: me,
+                peer: redis
+            }),
+            (redis, false)
+        );
+        assert_eq!(
+            eph.service(&Oriented {
+                local: redis,
+                peer: me
+            }),
+            (redis, true)
+        );
         // Both ephemeral: the peer.
         let other = ep("10.0.0.9:50000");
-        assert_eq!(eph.service(&Oriented { local: me, peer: other }), (other, false));
+        assert_eq!(
+            eph.service(&Oriented {
+                local: me,
+                peer: other
+            }),
+            (other, false)
+        );
     }
 }

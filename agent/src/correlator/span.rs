@@ -13,7 +13,12 @@ use super::netkey::{Endpoint, Oriented};
 /// Rust `ThreadId` counter) first, and a span's explicit `thread.id` field (the Linux tid)
 /// comes after it.
 pub fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs.iter().rev().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
+    attrs
+        .iter()
+        .rev()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
 }
 
 pub fn attr_i64(attrs: &[KeyValue], key: &str) -> Option<i64> {
@@ -42,7 +47,10 @@ pub fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 }
 
 pub fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }) }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(v) }),
+    }
 }
 
 pub fn kv_i(key: &str, v: i64) -> KeyValue {
@@ -62,7 +70,12 @@ pub fn kv_b(key: &str, v: bool) -> KeyValue {
 }
 
 pub fn event(name: &str, time_unix_nano: u64, attributes: Vec<KeyValue>) -> Event {
-    Event { time_unix_nano, name: name.to_owned(), attributes, dropped_attributes_count: 0 }
+    Event {
+        time_unix_nano,
+        name: name.to_owned(),
+        attributes,
+        dropped_attributes_count: 0,
+    }
 }
 
 /// A span's identity, as used for links.
@@ -74,16 +87,21 @@ pub struct SpanRef {
 
 impl SpanRef {
     pub fn of(span: &Span) -> Option<Self> {
-        Some(Self { trace_id: span.trace_id.as_slice().try_into().ok()?, span_id: span.span_id.as_slice().try_into().ok()? })
+        Some(Self {
+            trace_id: span.trace_id.as_slice().try_into().ok()?,
+            span_id: span.span_id.as_slice().try_into().ok()?,
+        })
     }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// The facts the joins and detectors use, read once per span.
@@ -112,25 +130,49 @@ pub struct SpanFacts {
 impl SpanFacts {
     pub fn read(span: &Span, resource: &[KeyValue]) -> Self {
         let a = &span.attributes;
-        let u32_of = |key: &str| attr_i64(a, key).or_else(|| attr_i64(resource, key)).and_then(|v| u32::try_from(v).ok());
+        let u32_of = |key: &str| {
+            attr_i64(a, key)
+                .or_else(|| attr_i64(resource, key))
+                .and_then(|v| u32::try_from(v).ok())
+        };
         let endpoint = |addr: &str, port: &str| {
             let p = u16::try_from(attr_i64(a, port)?).ok()?;
             Endpoint::parse(attr_str(a, addr)?, p)
         };
-        let transport_ok = attr_str(a, "network.transport").is_none_or(|t| t.eq_ignore_ascii_case("tcp"));
-        let conn = match (endpoint("network.local.address", "network.local.port"), endpoint("network.peer.address", "network.peer.port")) {
+        let transport_ok =
+            attr_str(a, "network.transport").is_none_or(|t| t.eq_ignore_ascii_case("tcp"));
+        let conn = match (
+            endpoint("network.local.address", "network.local.port"),
+            endpoint("network.peer.address", "network.peer.port"),
+        ) {
             (Some(local), Some(peer)) if transport_ok => Some(Oriented { local, peer }),
             _ => None,
         };
         let outcome = attr_str(a, "task.outcome").map(str::to_owned);
         let bad_outcome = outcome.as_deref().is_some_and(|o| {
             let o = o.to_ascii_lowercase();
-            ["error", "timeout", "timed_out", "timedout", "failed", "panicked", "cancelled", "rejected"].iter().any(|b| o.contains(b))
+            [
+                "error",
+                "timeout",
+                "timed_out",
+                "timedout",
+                "failed",
+                "panicked",
+                "cancelled",
+                "rejected",
+            ]
+            .iter()
+            .any(|b| o.contains(b))
         });
-        let status_error = span.status.as_ref().is_some_and(|s| s.code == StatusCode::Error as i32);
+        let status_error = span
+            .status
+            .as_ref()
+            .is_some_and(|s| s.code == StatusCode::Error as i32);
         Self {
             name: span.name.clone(),
-            service: attr_str(resource, "service.name").unwrap_or_default().to_owned(),
+            service: attr_str(resource, "service.name")
+                .unwrap_or_default()
+                .to_owned(),
             start_ns: span.start_time_unix_nano,
             end_ns: span.end_time_unix_nano.max(span.start_time_unix_nano),
             tid: u32_of("thread.id"),
@@ -193,7 +235,10 @@ mod tests {
                 kv_s("network.local.port", "7000"),
                 kv_s("network.transport", "tcp"),
             ],
-            status: Some(Status { code: StatusCode::Ok as i32, message: String::new() }),
+            status: Some(Status {
+                code: StatusCode::Ok as i32,
+                message: String::new(),
+            }),
             ..Default::default()
         };
         let f = SpanFacts::read(&span, &[]);

@@ -26,7 +26,12 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(req: ExportTraceServiceRequest, spans: usize) -> Self {
-        Self { req, spans, received_unix_ns: Clock::now_unix_ns(), received_at: Instant::now() }
+        Self {
+            req,
+            spans,
+            received_unix_ns: Clock::now_unix_ns(),
+            received_at: Instant::now(),
+        }
     }
 
     /// The latest end time of the batch's spans (Unix ns).
@@ -52,11 +57,19 @@ pub struct SpanBudget {
 impl SpanBudget {
     pub fn new(cap: usize, m: CorrelationMetrics) -> Self {
         m.store_capacity.set(cap as i64);
-        Self { inner: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))), cap, m: Some(m) }
+        Self {
+            inner: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))),
+            cap,
+            m: Some(m),
+        }
     }
 
     pub fn unmetered(cap: usize) -> Self {
-        Self { inner: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))), cap, m: None }
+        Self {
+            inner: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))),
+            cap,
+            m: None,
+        }
     }
 
     /// Takes `n` spans from the budget, or nothing if they do not fit.
@@ -67,12 +80,21 @@ impl SpanBudget {
             if cur + n > self.cap {
                 return false;
             }
-            match used.compare_exchange_weak(cur, cur + n, AtomicOrdering::AcqRel, AtomicOrdering::Relaxed) {
+            match used.compare_exchange_weak(
+                cur,
+                cur + n,
+                AtomicOrdering::AcqRel,
+                AtomicOrdering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(now) => cur = now,
             }
         }
-        let high = self.inner.1.fetch_max(cur + n, AtomicOrdering::AcqRel).max(cur + n);
+        let high = self
+            .inner
+            .1
+            .fetch_max(cur + n, AtomicOrdering::AcqRel)
+            .max(cur + n);
         if let Some(m) = &self.m {
             m.store_spans.set((cur + n) as i64);
             m.store_high_water.set(high as i64);
@@ -134,7 +156,12 @@ pub struct SpanStore {
 
 impl SpanStore {
     pub fn new(budget: SpanBudget) -> Self {
-        Self { heap: BinaryHeap::new(), seq: 0, spans: 0, budget }
+        Self {
+            heap: BinaryHeap::new(),
+            seq: 0,
+            spans: 0,
+            budget,
+        }
     }
 
     /// Holds `b` until its spans have been over for `wait_ns` (kernel evidence about them may
@@ -146,7 +173,11 @@ impl SpanStore {
         let ready_at = b.received_at + Duration::from_nanos(hold);
         self.seq += 1;
         self.spans += b.spans;
-        self.heap.push(Held { ready_at, seq: self.seq, batch: b });
+        self.heap.push(Held {
+            ready_at,
+            seq: self.seq,
+            batch: b,
+        });
     }
 
     pub fn pop_ready(&mut self, now: Instant) -> Option<Batch> {
@@ -179,11 +210,26 @@ mod tests {
     use super::*;
 
     fn batch(end_ns: u64, received_unix_ns: u64, received_at: Instant) -> Batch {
-        let span = Span { start_time_unix_nano: end_ns.saturating_sub(10), end_time_unix_nano: end_ns, ..Default::default() };
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }], ..Default::default() }],
+        let span = Span {
+            start_time_unix_nano: end_ns.saturating_sub(10),
+            end_time_unix_nano: end_ns,
+            ..Default::default()
         };
-        Batch { req, spans: 1, received_unix_ns, received_at }
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        Batch {
+            req,
+            spans: 1,
+            received_unix_ns,
+            received_at,
+        }
     }
 
     #[test]

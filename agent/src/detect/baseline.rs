@@ -46,7 +46,12 @@ const ANOMALY_SLOWDOWN: f64 = 10.0;
 impl Ewma {
     /// `half_life` in updates: after that many, an old value weighs half as much.
     pub fn new(half_life: f64) -> Self {
-        Self { mean: 0.0, var: 0.0, n: 0, alpha: 1.0 - 0.5f64.powf(1.0 / half_life.max(1.0)) }
+        Self {
+            mean: 0.0,
+            var: 0.0,
+            n: 0,
+            alpha: 1.0 - 0.5f64.powf(1.0 / half_life.max(1.0)),
+        }
     }
 
     pub fn mean(&self) -> f64 {
@@ -63,7 +68,9 @@ impl Ewma {
 
     /// Compares `x` with the baseline as it stands (before `x` is learnt).
     pub fn judge(&self, x: f64, rule: &Rule) -> Verdict {
-        let threshold = (self.mean + rule.sigma * self.stddev()).max(rule.ratio * self.mean).max(rule.floor);
+        let threshold = (self.mean + rule.sigma * self.stddev())
+            .max(rule.ratio * self.mean)
+            .max(rule.floor);
         Verdict {
             observed: x,
             mean: self.mean,
@@ -104,7 +111,12 @@ impl Ewma {
 mod tests {
     use super::*;
 
-    const RULE: Rule = Rule { sigma: 4.0, ratio: 3.0, floor: 5.0, warmup: 10 };
+    const RULE: Rule = Rule {
+        sigma: 4.0,
+        ratio: 3.0,
+        floor: 5.0,
+        warmup: 10,
+    };
 
     #[test]
     fn steady_noise_is_normal_and_a_jump_is_not() {
@@ -118,8 +130,15 @@ mod tests {
         assert!((b.stddev() - 10.0).abs() < 2.0, "{}", b.stddev());
         let v = b.judge(400.0, &RULE);
         assert!(v.anomalous, "{v:?}");
-        assert_eq!(v.threshold, 3.0 * b.mean(), "here the ratio binds, not sigma");
-        assert!(!b.judge(250.0, &RULE).anomalous, "4σ above but not 3× the mean");
+        assert_eq!(
+            v.threshold,
+            3.0 * b.mean(),
+            "here the ratio binds, not sigma"
+        );
+        assert!(
+            !b.judge(250.0, &RULE).anomalous,
+            "4σ above but not 3× the mean"
+        );
     }
 
     #[test]
@@ -138,7 +157,10 @@ mod tests {
         let rule = Rule { warmup: 0, ..RULE };
         let b = Ewma::new(30.0);
         assert!(!b.judge(4.0, &rule).anomalous);
-        assert!(b.judge(5.0, &rule).anomalous, "no history, zero prior: the floor decides");
+        assert!(
+            b.judge(5.0, &rule).anomalous,
+            "no history, zero prior: the floor decides"
+        );
     }
 
     #[test]

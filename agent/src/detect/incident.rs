@@ -2,7 +2,9 @@
 use opentelemetry_proto::tonic::{
     common::v1::{InstrumentationScope, KeyValue},
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::Link, span::SpanKind, status::StatusCode},
+    trace::v1::{
+        ResourceSpans, ScopeSpans, Span, Status, span::Link, span::SpanKind, status::StatusCode,
+    },
 };
 use serde::Serialize;
 
@@ -18,7 +20,11 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 3] = [Class::TaskSurge, Class::ConnectionFault, Class::CpuContention];
+    pub const ALL: [Class; 3] = [
+        Class::TaskSurge,
+        Class::ConnectionFault,
+        Class::CpuContention,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,7 +82,10 @@ fn random_id<const N: usize>() -> [u8; N] {
     // enough for one agent.
     if getrandom::fill(&mut b).is_err() || b.iter().all(|&x| x == 0) {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let t = crate::correlator::clock::Clock::now_unix_ns() ^ SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed).rotate_left(32);
+        let t = crate::correlator::clock::Clock::now_unix_ns()
+            ^ SEQ
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .rotate_left(32);
         for (i, x) in b.iter_mut().enumerate() {
             *x = (t >> ((i % 8) * 8)) as u8 ^ (i as u8).wrapping_mul(0x9d);
         }
@@ -117,7 +126,10 @@ impl Incident {
     /// The incident as a span of its own trace, linked to the spans it affected.
     pub fn to_otlp(&self, resource: &[KeyValue]) -> ResourceSpans {
         let unhex = |s: &str| -> Vec<u8> {
-            (0..s.len()).step_by(2).filter_map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+            (0..s.len())
+                .step_by(2)
+                .filter_map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+                .collect()
         };
         let mut attributes = vec![
             kv_s("kernelsight.incident.id", &self.id),
@@ -127,21 +139,38 @@ impl Incident {
             kv_f("kernelsight.incident.observed", self.baseline.observed),
             kv_f("kernelsight.incident.baseline.mean", self.baseline.mean),
             kv_f("kernelsight.incident.baseline.stddev", self.baseline.stddev),
-            kv_f("kernelsight.incident.baseline.threshold", self.baseline.threshold),
-            kv_i("kernelsight.incident.baseline.samples", self.baseline.samples as i64),
+            kv_f(
+                "kernelsight.incident.baseline.threshold",
+                self.baseline.threshold,
+            ),
+            kv_i(
+                "kernelsight.incident.baseline.samples",
+                self.baseline.samples as i64,
+            ),
             kv_i("kernelsight.incident.buckets", i64::from(self.buckets)),
             kv_i("kernelsight.incident.links_total", self.links_total as i64),
-            kv_i("kernelsight.incident.links_dropped", self.links_total.saturating_sub(self.links.len()) as i64),
+            kv_i(
+                "kernelsight.incident.links_dropped",
+                self.links_total.saturating_sub(self.links.len()) as i64,
+            ),
             kv_s("kernelsight.incident.evidence", self.evidence.to_string()),
         ];
         if let Some(o) = self.evidence.as_object() {
             for (k, v) in o {
                 match v {
-                    serde_json::Value::String(s) => attributes.push(kv_s(&format!("kernelsight.incident.{k}"), s.clone())),
-                    serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
-                        attributes.push(kv_i(&format!("kernelsight.incident.{k}"), n.as_i64().unwrap_or(i64::MAX)))
+                    serde_json::Value::String(s) => {
+                        attributes.push(kv_s(&format!("kernelsight.incident.{k}"), s.clone()))
                     }
-                    serde_json::Value::Number(n) => attributes.push(kv_f(&format!("kernelsight.incident.{k}"), n.as_f64().unwrap_or(0.0))),
+                    serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
+                        attributes.push(kv_i(
+                            &format!("kernelsight.incident.{k}"),
+                            n.as_i64().unwrap_or(i64::MAX),
+                        ))
+                    }
+                    serde_json::Value::Number(n) => attributes.push(kv_f(
+                        &format!("kernelsight.incident.{k}"),
+                        n.as_f64().unwrap_or(0.0),
+                    )),
                     _ => {}
                 }
             }
@@ -165,13 +194,23 @@ impl Incident {
                 })
                 .collect(),
             dropped_links_count: self.links_total.saturating_sub(self.links.len()) as u32,
-            status: Some(Status { code: StatusCode::Error as i32, message: self.summary.clone() }),
+            status: Some(Status {
+                code: StatusCode::Error as i32,
+                message: self.summary.clone(),
+            }),
             ..Default::default()
         };
         ResourceSpans {
-            resource: Some(Resource { attributes: resource.to_vec(), ..Default::default() }),
+            resource: Some(Resource {
+                attributes: resource.to_vec(),
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "kernelsight.detect".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "kernelsight.detect".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
                 spans: vec![span],
                 schema_url: String::new(),
             }],

@@ -257,7 +257,8 @@ impl Detector {
 
     /// How long a bucket waits before it is judged.
     pub fn settle_ns(&self) -> u64 {
-        (self.lateness_hw_ns as u64 + self.cfg.settle_min_ns).clamp(self.cfg.settle_min_ns, self.cfg.settle_max_ns)
+        (self.lateness_hw_ns as u64 + self.cfg.settle_min_ns)
+            .clamp(self.cfg.settle_min_ns, self.cfg.settle_max_ns)
     }
 
     fn bucket(&mut self, ts_ns: u64) -> Option<&mut Bucket> {
@@ -288,9 +289,15 @@ impl Detector {
 
     /// A run-queue wait of thread `tid`.
     pub fn on_runq(&mut self, tid: u32, e: &RunqEntry) {
-        let Some(b) = self.bucket(e.end_ns) else { return };
+        let Some(b) = self.bucket(e.end_ns) else {
+            return;
+        };
         let full = b.procs.len() >= MAX_PIDS;
-        let Some(p) = (if full { b.procs.get_mut(&e.pid) } else { Some(b.procs.entry(e.pid).or_default()) }) else {
+        let Some(p) = (if full {
+            b.procs.get_mut(&e.pid)
+        } else {
+            Some(b.procs.entry(e.pid).or_default())
+        }) else {
             self.overflow += 1;
             return;
         };
@@ -303,18 +310,35 @@ impl Detector {
     }
 
     pub fn on_tcp(&mut self, e: &TcpEntry) {
-        let o = Oriented { local: e.local, peer: e.peer };
+        let o = Oriented {
+            local: e.local,
+            peer: e.peer,
+        };
         let (service, service_is_local) = self.eph.service(&o);
         let key = o.key();
         let live = self.live.get(&key).cloned();
         if let Some((_, accept, _)) = &live
             && e.kind != TcpEventKind::Retransmit
         {
-            self.push_ref(format!("ep:{service}"), RefEntry { start: e.ts_ns, end: e.ts_ns, r: *accept, weight: 1.0 });
+            self.push_ref(
+                format!("ep:{service}"),
+                RefEntry {
+                    start: e.ts_ns,
+                    end: e.ts_ns,
+                    r: *accept,
+                    weight: 1.0,
+                },
+            );
         }
-        let Some(b) = self.bucket(e.ts_ns) else { return };
+        let Some(b) = self.bucket(e.ts_ns) else {
+            return;
+        };
         let full = b.eps.len() >= MAX_ENDPOINTS;
-        let Some(a) = (if full { b.eps.get_mut(&service) } else { Some(b.eps.entry(service).or_default()) }) else {
+        let Some(a) = (if full {
+            b.eps.get_mut(&service)
+        } else {
+            Some(b.eps.entry(service).or_default())
+        }) else {
             self.overflow += 1;
             return;
         };
@@ -327,7 +351,9 @@ impl Detector {
                 if a.resets.len() < MAX_CONNS_PER_ENDPOINT {
                     a.resets.insert((key, by_service));
                 }
-                *a.states.entry(crate::correlator::join::tcp_state_name(e.state)).or_default() += 1;
+                *a.states
+                    .entry(crate::correlator::join::tcp_state_name(e.state))
+                    .or_default() += 1;
                 if let Some((session, _, _)) = live
                     && a.sessions.len() < MAX_SESSIONS_PER_ENDPOINT
                 {
@@ -338,7 +364,14 @@ impl Detector {
     }
 
     /// A span after its joins. `received_ns` is when the agent got it (for the lateness).
-    pub fn on_span(&mut self, f: &SpanFacts, r: Option<SpanRef>, runq: Option<&RunqJoin>, tcp: Option<&TcpJoin>, received_ns: u64) {
+    pub fn on_span(
+        &mut self,
+        f: &SpanFacts,
+        r: Option<SpanRef>,
+        runq: Option<&RunqJoin>,
+        tcp: Option<&TcpJoin>,
+        received_ns: u64,
+    ) {
         let late = received_ns.saturating_sub(f.end_ns) as f64;
         if late > self.lateness_hw_ns && received_ns >= f.end_ns {
             self.lateness_hw_ns = late.min(self.cfg.settle_max_ns as f64);
@@ -352,17 +385,34 @@ impl Detector {
         if let (Some(r), Some(pid), Some(ms)) = (r, f.pid, runq_ms)
             && ms > 0.0
         {
-            self.push_ref(format!("pid:{pid}"), RefEntry { start: f.start_ns, end: f.end_ns, r, weight: ms });
+            self.push_ref(
+                format!("pid:{pid}"),
+                RefEntry {
+                    start: f.start_ns,
+                    end: f.end_ns,
+                    r,
+                    weight: ms,
+                },
+            );
         }
         if f.is_pool_task() {
             let pool = f.pool.clone().unwrap_or_else(|| "default".into());
             if let Some(r) = r {
                 let weight = f.queue_wait_ms.unwrap_or(0.0) + runq_ms.unwrap_or(0.0);
-                self.push_ref(format!("pool:{pool}"), RefEntry { start: f.start_ns, end: f.end_ns, r, weight });
+                self.push_ref(
+                    format!("pool:{pool}"),
+                    RefEntry {
+                        start: f.start_ns,
+                        end: f.end_ns,
+                        r,
+                        weight,
+                    },
+                );
             }
             let max_pools = self.pools.len() >= MAX_POOLS && !self.pools.contains_key(&pool);
             if let Some(b) = self.bucket(f.start_ns) {
-                let full = max_pools || (b.pools.len() >= MAX_POOLS && !b.pools.contains_key(&pool));
+                let full =
+                    max_pools || (b.pools.len() >= MAX_POOLS && !b.pools.contains_key(&pool));
                 if full {
                     self.overflow += 1;
                 } else {
@@ -399,7 +449,15 @@ impl Detector {
                 && (f.failed || hurt)
             {
                 let weight = if f.failed { 2.0 } else { 1.0 };
-                self.push_ref(format!("ep:{service}"), RefEntry { start: f.start_ns, end: f.end_ns, r, weight });
+                self.push_ref(
+                    format!("ep:{service}"),
+                    RefEntry {
+                        start: f.start_ns,
+                        end: f.end_ns,
+                        r,
+                        weight,
+                    },
+                );
             }
             if f.failed
                 && let Some(b) = self.bucket(f.end_ns)
@@ -418,7 +476,9 @@ impl Detector {
             self.live_order.push_back(key);
         }
         while self.live.len() > MAX_LIVE_CONNS {
-            let Some(old) = self.live_order.pop_front() else { break };
+            let Some(old) = self.live_order.pop_front() else {
+                break;
+            };
             self.live.remove(&old);
         }
         if self.live_order.len() > 2 * MAX_LIVE_CONNS {
@@ -467,12 +527,32 @@ impl Detector {
         let mut surging_pids: HashSet<Option<u32>> = HashSet::new();
 
         // --- task_surge, per pool.
-        let arrivals_rule = Rule { sigma: c.sigma, ratio: c.surge_ratio, floor: c.surge_min_rate, warmup: c.warmup_buckets };
-        let pressure_rule = Rule { sigma: c.sigma, ratio: c.pressure_ratio, floor: c.pressure_min_ms, warmup: c.warmup_buckets };
+        let arrivals_rule = Rule {
+            sigma: c.sigma,
+            ratio: c.surge_ratio,
+            floor: c.surge_min_rate,
+            warmup: c.warmup_buckets,
+        };
+        let pressure_rule = Rule {
+            sigma: c.sigma,
+            ratio: c.pressure_ratio,
+            floor: c.pressure_min_ms,
+            warmup: c.warmup_buckets,
+        };
         for (name, a) in &b.pools {
             if !self.pools.contains_key(name) && self.pools.len() < MAX_POOLS {
                 let h = c.half_life_buckets;
-                self.pools.insert(name.clone(), PoolBase { arrivals: Ewma::new(h), qwait: Ewma::new(h), runq: Ewma::new(h), kinds: HashMap::new(), pid: a.pid, seen: idx });
+                self.pools.insert(
+                    name.clone(),
+                    PoolBase {
+                        arrivals: Ewma::new(h),
+                        qwait: Ewma::new(h),
+                        runq: Ewma::new(h),
+                        kinds: HashMap::new(),
+                        pid: a.pid,
+                        seen: idx,
+                    },
+                );
             }
         }
         let empty = PoolAgg::default();
@@ -540,18 +620,42 @@ impl Detector {
                 });
                 let key = (Class::TaskSurge, format!("pool:{name}"));
                 anomalous.insert(key.clone());
-                Self::raise(&mut self.open, &mut self.next_id, key, start, end, va, summary, evidence, ch);
+                Self::raise(
+                    &mut self.open,
+                    &mut self.next_id,
+                    key,
+                    start,
+                    end,
+                    va,
+                    summary,
+                    evidence,
+                    ch,
+                );
             }
         }
         let h = c.half_life_buckets;
         let keep_pool_idle = IDLE_FORGET_NS / c.bucket_ns;
-        self.pools.retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
+        self.pools
+            .retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
 
         // --- cpu_contention, per process.
-        let contention_rule = Rule { sigma: c.sigma, ratio: c.contention_ratio, floor: c.contention_min_ms, warmup: c.warmup_buckets };
+        let contention_rule = Rule {
+            sigma: c.sigma,
+            ratio: c.contention_ratio,
+            floor: c.contention_min_ms,
+            warmup: c.warmup_buckets,
+        };
         for pid in b.procs.keys() {
             if !self.procs.contains_key(pid) && self.procs.len() < MAX_PIDS {
-                self.procs.insert(*pid, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx, streak: 0 });
+                self.procs.insert(
+                    *pid,
+                    SeriesBase {
+                        a: Ewma::new(h),
+                        b: Ewma::new(h),
+                        seen: idx,
+                        streak: 0,
+                    },
+                );
             }
         }
         let empty = ProcAgg::default();
@@ -563,7 +667,11 @@ impl Detector {
             let ms = p.delay_ns as f64 / 1e6;
             let v = base.a.observe(ms, &contention_rule);
             let own_surge = surging_pids.contains(&Some(*pid)) || surging_pids.contains(&None);
-            base.streak = if v.anomalous && !own_surge { base.streak + 1 } else { 0 };
+            base.streak = if v.anomalous && !own_surge {
+                base.streak + 1
+            } else {
+                0
+            };
             if base.streak >= c.contention_min_buckets {
                 let mut tids: Vec<(&u32, &u64)> = p.tids.iter().collect();
                 tids.sort_by(|x, y| y.1.cmp(x.1));
@@ -586,17 +694,46 @@ impl Detector {
                 });
                 let key = (Class::CpuContention, format!("pid:{pid}"));
                 anomalous.insert(key.clone());
-                Self::raise(&mut self.open, &mut self.next_id, key, start, end, v, summary, evidence, ch);
+                Self::raise(
+                    &mut self.open,
+                    &mut self.next_id,
+                    key,
+                    start,
+                    end,
+                    v,
+                    summary,
+                    evidence,
+                    ch,
+                );
             }
         }
-        self.procs.retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
+        self.procs
+            .retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
 
         // --- connection_fault, per service endpoint.
-        let reset_rule = Rule { sigma: c.sigma, ratio: c.fault_ratio, floor: c.fault_min_resets, warmup: 0 };
-        let retrans_rule = Rule { sigma: c.sigma, ratio: c.fault_ratio, floor: c.fault_min_retransmits, warmup: 0 };
+        let reset_rule = Rule {
+            sigma: c.sigma,
+            ratio: c.fault_ratio,
+            floor: c.fault_min_resets,
+            warmup: 0,
+        };
+        let retrans_rule = Rule {
+            sigma: c.sigma,
+            ratio: c.fault_ratio,
+            floor: c.fault_min_retransmits,
+            warmup: 0,
+        };
         for ep in b.eps.keys() {
             if !self.eps.contains_key(ep) && self.eps.len() < MAX_ENDPOINTS {
-                self.eps.insert(*ep, SeriesBase { a: Ewma::new(h), b: Ewma::new(h), seen: idx, streak: 0 });
+                self.eps.insert(
+                    *ep,
+                    SeriesBase {
+                        a: Ewma::new(h),
+                        b: Ewma::new(h),
+                        seen: idx,
+                        streak: 0,
+                    },
+                );
             }
         }
         let empty = EpAgg::default();
@@ -606,28 +743,43 @@ impl Detector {
                 base.seen = idx;
             }
             let conns: HashSet<&ConnKey> = a.resets.iter().map(|(k, _)| k).collect();
-            let by_service: HashSet<&ConnKey> = a.resets.iter().filter(|(_, s)| *s).map(|(k, _)| k).collect();
+            let by_service: HashSet<&ConnKey> = a
+                .resets
+                .iter()
+                .filter(|(_, s)| *s)
+                .map(|(k, _)| k)
+                .collect();
             let by_peer = conns.len() - by_service.len().min(conns.len());
             let vr = base.a.observe(conns.len() as f64, &reset_rule);
             let vx = base.b.observe(a.retrans_segs as f64, &retrans_rule);
             if vr.anomalous || vx.anomalous {
-                let reset_by = match (by_service.len(), a.resets.iter().filter(|(_, s)| !*s).count()) {
+                let reset_by = match (
+                    by_service.len(),
+                    a.resets.iter().filter(|(_, s)| !*s).count(),
+                ) {
                     (0, 0) => "none",
                     (_, 0) => "service",
                     (0, _) => "peers",
                     _ => "both",
                 };
                 let what = if vr.anomalous {
-                    format!("{} connections reset ({})", conns.len(), match reset_by {
-                        "service" => format!("{ep} sent the resets"),
-                        "peers" => format!("its peers reset {ep}"),
-                        _ => "resets from both sides".to_owned(),
-                    })
+                    format!(
+                        "{} connections reset ({})",
+                        conns.len(),
+                        match reset_by {
+                            "service" => format!("{ep} sent the resets"),
+                            "peers" => format!("its peers reset {ep}"),
+                            _ => "resets from both sides".to_owned(),
+                        }
+                    )
                 } else {
                     format!("{} segments retransmitted", a.retrans_segs)
                 };
                 let v = if vr.anomalous { vr } else { vx };
-                let summary = format!("{ep}: {what} in 1 s against a baseline of {:.1} (threshold {:.1})", v.mean, v.threshold);
+                let summary = format!(
+                    "{ep}: {what} in 1 s against a baseline of {:.1} (threshold {:.1})",
+                    v.mean, v.threshold
+                );
                 let mut sessions: Vec<&String> = a.sessions.iter().collect();
                 sessions.sort();
                 let evidence = json!({
@@ -644,10 +796,21 @@ impl Detector {
                 });
                 let key = (Class::ConnectionFault, format!("ep:{ep}"));
                 anomalous.insert(key.clone());
-                Self::raise(&mut self.open, &mut self.next_id, key, start, end, v, summary, evidence, ch);
+                Self::raise(
+                    &mut self.open,
+                    &mut self.next_id,
+                    key,
+                    start,
+                    end,
+                    v,
+                    summary,
+                    evidence,
+                    ch,
+                );
             }
         }
-        self.eps.retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
+        self.eps
+            .retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
 
         // --- close what has been quiet long enough (or open too long).
         let keys: Vec<(Class, String)> = self.open.keys().cloned().collect();
@@ -696,14 +859,32 @@ impl Detector {
         *next_id += 1;
         let inc = Incident::new(id, key.0, key.1.clone(), start, end, summary, v, evidence);
         ch.opened.push(inc.clone());
-        open.insert(key, Open { inc, quiet: 0, peak_score: score });
+        open.insert(
+            key,
+            Open {
+                inc,
+                quiet: 0,
+                peak_score: score,
+            },
+        );
     }
 
     fn attach_links(&self, inc: &mut Incident) {
         let margin = self.cfg.bucket_ns;
-        let (lo, hi) = (inc.start_unix_ns.saturating_sub(margin), inc.end_unix_ns + margin);
-        let mut hits: Vec<RefEntry> =
-            self.refs.get(&inc.subject).map(|q| q.iter().filter(|e| e.start <= hi && e.end >= lo).copied().collect()).unwrap_or_default();
+        let (lo, hi) = (
+            inc.start_unix_ns.saturating_sub(margin),
+            inc.end_unix_ns + margin,
+        );
+        let mut hits: Vec<RefEntry> = self
+            .refs
+            .get(&inc.subject)
+            .map(|q| {
+                q.iter()
+                    .filter(|e| e.start <= hi && e.end >= lo)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
         // One link per span, the heaviest reason.
         hits.sort_by(|a, b| b.weight.total_cmp(&a.weight));
         let mut seen = HashSet::new();
@@ -712,7 +893,12 @@ impl Detector {
         inc.links = hits
             .iter()
             .take(self.cfg.max_links)
-            .map(|e| LinkRef { trace_id: hex(&e.r.trace_id), span_id: hex(&e.r.span_id), r: e.r, weight: e.weight })
+            .map(|e| LinkRef {
+                trace_id: hex(&e.r.trace_id),
+                span_id: hex(&e.r.span_id),
+                r: e.r,
+                weight: e.weight,
+            })
             .collect();
     }
 

@@ -21,7 +21,10 @@ fn ep(s: &str) -> Endpoint {
 }
 
 fn cfg() -> DetectConfig {
-    DetectConfig { settle_min_ns: 500 * MS, ..DetectConfig::default() }
+    DetectConfig {
+        settle_min_ns: 500 * MS,
+        ..DetectConfig::default()
+    }
 }
 
 struct Sim {
@@ -39,7 +42,13 @@ impl Sim {
     }
 
     fn with(c: DetectConfig) -> Self {
-        Self { d: Detector::new(c, EphemeralPorts(32768..=60999), T0 - 1), sec: 0, opened: vec![], closed: vec![], next_span: 1 }
+        Self {
+            d: Detector::new(c, EphemeralPorts(32768..=60999), T0 - 1),
+            sec: 0,
+            opened: vec![],
+            closed: vec![],
+            next_span: 1,
+        }
     }
 
     fn at(&self, offset_ns: u64) -> u64 {
@@ -56,7 +65,10 @@ impl Sim {
 
     fn span_ref(&mut self) -> SpanRef {
         self.next_span += 1;
-        let mut r = SpanRef { trace_id: [7; 16], span_id: [0; 8] };
+        let mut r = SpanRef {
+            trace_id: [7; 16],
+            span_id: [0; 8],
+        };
         r.span_id.copy_from_slice(&self.next_span.to_be_bytes());
         r
     }
@@ -74,7 +86,11 @@ impl Sim {
             queue_wait_ms: Some(queue_wait_ms),
             ..Default::default()
         };
-        let j = RunqJoin { total_ns: (runq_ms * 1e6) as u64, count: u64::from(runq_ms > 0.0), ..Default::default() };
+        let j = RunqJoin {
+            total_ns: (runq_ms * 1e6) as u64,
+            count: u64::from(runq_ms > 0.0),
+            ..Default::default()
+        };
         let r = self.span_ref();
         self.d.on_span(&f, Some(r), Some(&j), None, start + 2 * MS);
     }
@@ -88,13 +104,25 @@ impl Sim {
     fn runq(&mut self, pid: u32, total_ms: u64) {
         // Ten waits making up `total_ms`.
         for i in 0..10 {
-            let e = RunqEntry { end_ns: self.at(i * 50 * MS + MS), delay_ns: total_ms * MS / 10, pid, cpu: 0 };
+            let e = RunqEntry {
+                end_ns: self.at(i * 50 * MS + MS),
+                delay_ns: total_ms * MS / 10,
+                pid,
+                cpu: 0,
+            };
             self.d.on_runq(500 + i as u32 % 3, &e);
         }
     }
 
     fn rst(&mut self, kind: TcpEventKind, local: &str, peer: &str, offset_ms: u64) {
-        let e = TcpEntry { ts_ns: self.at(offset_ms * MS), kind, local: ep(local), peer: ep(peer), segs: 1, state: 1 };
+        let e = TcpEntry {
+            ts_ns: self.at(offset_ms * MS),
+            kind,
+            local: ep(local),
+            peer: ep(peer),
+            segs: 1,
+            state: 1,
+        };
         self.d.on_tcp(&e);
     }
 }
@@ -111,7 +139,10 @@ fn connection_fault_names_the_endpoint_the_resetting_side_and_links_the_hurt_spa
         name: "ws.accept".into(),
         start_ns: s.at(0),
         end_ns: s.at(MS),
-        conn: Some(Oriented { local: ep("10.0.0.1:7000"), peer: ep("10.0.0.9:40000") }),
+        conn: Some(Oriented {
+            local: ep("10.0.0.1:7000"),
+            peer: ep("10.0.0.9:40000"),
+        }),
         session_id: Some("sess-1".into()),
         ..Default::default()
     };
@@ -123,29 +154,46 @@ fn connection_fault_names_the_endpoint_the_resetting_side_and_links_the_hurt_spa
         s.rst(TcpEventKind::RstSent, "10.0.0.1:7000", &client, 100 + i);
         s.rst(TcpEventKind::RstReceived, &client, "10.0.0.1:7000", 100 + i);
     }
-    s.rst(TcpEventKind::Retransmit, "10.0.0.1:7000", "10.0.0.9:40000", 50);
+    s.rst(
+        TcpEventKind::Retransmit,
+        "10.0.0.1:7000",
+        "10.0.0.9:40000",
+        50,
+    );
     // A session span that failed on one of them, and a healthy span on another endpoint.
     let hurt = s.span_ref();
     let failed = SpanFacts {
         name: "ws.session".into(),
         start_ns: s.at(0),
         end_ns: s.at(200 * MS),
-        conn: Some(Oriented { local: ep("10.0.0.1:7000"), peer: ep("10.0.0.9:40001") }),
+        conn: Some(Oriented {
+            local: ep("10.0.0.1:7000"),
+            peer: ep("10.0.0.9:40001"),
+        }),
         failed: true,
         ..Default::default()
     };
-    let tcp = TcpJoin { resets_sent: 1, ..Default::default() };
+    let tcp = TcpJoin {
+        resets_sent: 1,
+        ..Default::default()
+    };
     s.d.on_span(&failed, Some(hurt), None, Some(&tcp), s.at(300 * MS));
     s.next_second();
     assert_eq!(s.opened.len(), 1, "one incident");
     let inc = &s.opened[0];
     assert_eq!(inc.class, Class::ConnectionFault);
     assert_eq!(inc.subject, "ep:10.0.0.1:7000");
-    assert_eq!(inc.evidence["connections_reset"], 8, "each reset once, not once per socket");
+    assert_eq!(
+        inc.evidence["connections_reset"], 8,
+        "each reset once, not once per socket"
+    );
     assert_eq!(inc.evidence["reset_by"], "service");
     assert_eq!(inc.evidence["sessions"][0], "sess-1");
     assert_eq!(inc.baseline.mean, 0.0);
-    assert_eq!(inc.baseline.threshold, 5.0, "the floor, over a zero baseline");
+    assert_eq!(
+        inc.baseline.threshold, 5.0,
+        "the floor, over a zero baseline"
+    );
     // Quiet for three seconds: closed, with links to the failed span and the reset session.
     for _ in 0..3 {
         s.next_second();
@@ -164,14 +212,29 @@ fn peers_resetting_a_service_and_small_numbers_are_told_apart() {
     s.next_second();
     // Our clients get reset by redis: the service side (6379) sent them.
     for i in 0..6 {
-        s.rst(TcpEventKind::RstReceived, &format!("10.0.0.2:{}", 45000 + i), "10.0.0.5:6379", i);
+        s.rst(
+            TcpEventKind::RstReceived,
+            &format!("10.0.0.2:{}", 45000 + i),
+            "10.0.0.5:6379",
+            i,
+        );
     }
     // Three resets toward another endpoint: under the floor.
     for i in 0..3 {
-        s.rst(TcpEventKind::RstReceived, &format!("10.0.0.2:{}", 46000 + i), "10.0.0.6:5432", i);
+        s.rst(
+            TcpEventKind::RstReceived,
+            &format!("10.0.0.2:{}", 46000 + i),
+            "10.0.0.6:5432",
+            i,
+        );
     }
     s.next_second();
-    assert_eq!(s.opened.len(), 1, "{:?}", s.opened.iter().map(|i| &i.subject).collect::<Vec<_>>());
+    assert_eq!(
+        s.opened.len(),
+        1,
+        "{:?}",
+        s.opened.iter().map(|i| &i.subject).collect::<Vec<_>>()
+    );
     assert_eq!(s.opened[0].subject, "ep:10.0.0.5:6379");
     assert_eq!(s.opened[0].evidence["reset_by"], "service");
 
@@ -179,7 +242,12 @@ fn peers_resetting_a_service_and_small_numbers_are_told_apart() {
     let mut s = Sim::new();
     s.next_second();
     for i in 0..6 {
-        s.rst(TcpEventKind::RstReceived, "10.0.0.1:7000", &format!("10.0.0.9:{}", 50000 + i), i);
+        s.rst(
+            TcpEventKind::RstReceived,
+            "10.0.0.1:7000",
+            &format!("10.0.0.9:{}", 50000 + i),
+            i,
+        );
     }
     s.next_second();
     assert_eq!(s.opened[0].evidence["reset_by"], "peers");
@@ -197,13 +265,21 @@ fn warm(s: &mut Sim, secs: u64) {
 fn task_surge_needs_arrivals_and_pressure_and_names_the_dominant_kind() {
     let mut s = Sim::new();
     warm(&mut s, 40);
-    assert!(s.opened.is_empty(), "steady load is not an incident: {:?}", s.opened.first().map(|i| &i.summary));
+    assert!(
+        s.opened.is_empty(),
+        "steady load is not an incident: {:?}",
+        s.opened.first().map(|i| &i.summary)
+    );
     // Arrivals 6× without pressure: not a surge (the pool absorbs it).
     s.tasks(30, "load", 0.5, 0.2);
     s.tasks(150, "save", 0.5, 0.2);
     s.runq(42, 5);
     s.next_second();
-    assert!(s.opened.is_empty(), "{:?}", s.opened.first().map(|i| &i.summary));
+    assert!(
+        s.opened.is_empty(),
+        "{:?}",
+        s.opened.first().map(|i| &i.summary)
+    );
     warm(&mut s, 5);
     // Arrivals 6× and queue wait 40×: a surge, dominated by "save".
     s.tasks(30, "load", 20.0, 0.2);
@@ -216,14 +292,23 @@ fn task_surge_needs_arrivals_and_pressure_and_names_the_dominant_kind() {
     assert_eq!(inc.subject, "pool:db");
     assert_eq!(inc.evidence["dominant_kinds"][0]["kind"], "save");
     assert_eq!(inc.baseline.observed, 180.0);
-    assert!(inc.baseline.mean > 25.0 && inc.baseline.mean < 45.0, "{:?}", inc.baseline);
+    assert!(
+        inc.baseline.mean > 25.0 && inc.baseline.mean < 45.0,
+        "{:?}",
+        inc.baseline
+    );
     // Run-queue delay was normal and so is the process's: no cpu_contention beside it.
     assert!(s.opened.iter().all(|i| i.class != Class::CpuContention));
     for _ in 0..3 {
         warm(&mut s, 1);
     }
     assert_eq!(s.closed.len(), 1);
-    assert!(s.closed[0].links.len() == 32 && s.closed[0].links_total >= 180, "{} {}", s.closed[0].links.len(), s.closed[0].links_total);
+    assert!(
+        s.closed[0].links.len() == 32 && s.closed[0].links_total >= 180,
+        "{} {}",
+        s.closed[0].links.len(),
+        s.closed[0].links_total
+    );
 }
 
 #[test]
@@ -234,7 +319,11 @@ fn cpu_contention_when_runq_delay_rises_with_normal_arrivals_but_not_during_a_su
     s.tasks(30, "load", 0.5, 0.2);
     s.runq(42, 400);
     s.next_second();
-    assert!(s.opened.is_empty(), "a lone spike: {:?}", s.opened.first().map(|i| &i.summary));
+    assert!(
+        s.opened.is_empty(),
+        "a lone spike: {:?}",
+        s.opened.first().map(|i| &i.summary)
+    );
     warm(&mut s, 3);
     assert!(s.opened.is_empty());
     s.tasks(30, "load", 0.5, 0.2);
@@ -244,7 +333,12 @@ fn cpu_contention_when_runq_delay_rises_with_normal_arrivals_but_not_during_a_su
     s.tasks(30, "load", 0.5, 0.2);
     s.runq(42, 400);
     s.next_second();
-    assert_eq!(s.opened.len(), 1, "{:?}", s.opened.iter().map(|i| &i.summary).collect::<Vec<_>>());
+    assert_eq!(
+        s.opened.len(),
+        1,
+        "{:?}",
+        s.opened.iter().map(|i| &i.summary).collect::<Vec<_>>()
+    );
     let inc = &s.opened[0];
     assert_eq!(inc.class, Class::CpuContention);
     assert_eq!(inc.subject, "pid:42");
@@ -277,7 +371,12 @@ fn settle_follows_observed_lateness_within_bounds() {
     let mut s = Sim::new();
     assert_eq!(s.d.settle_ns(), 500 * MS);
     // Spans arriving 5 s after they end (a batching SDK): judging waits for them.
-    let f = SpanFacts { name: "x".into(), start_ns: T0, end_ns: T0 + MS, ..Default::default() };
+    let f = SpanFacts {
+        name: "x".into(),
+        start_ns: T0,
+        end_ns: T0 + MS,
+        ..Default::default()
+    };
     s.d.on_span(&f, None, None, None, T0 + MS + 5 * S);
     assert_eq!(s.d.settle_ns(), 5 * S + 500 * MS);
     // A span stamped hours ago cannot push it past the ceiling.
@@ -298,7 +397,13 @@ fn memory_stays_bounded_under_a_flood_of_endpoints_and_sessions() {
     for i in 0..(MAX_LIVE_CONNS as u64 + 100) {
         let f = SpanFacts {
             name: "ws.accept".into(),
-            conn: Some(Oriented { local: ep("10.0.0.1:7000"), peer: Endpoint::new([10, 1, (i >> 8) as u8, i as u8].into(), (i >> 16) as u16 + 40000) }),
+            conn: Some(Oriented {
+                local: ep("10.0.0.1:7000"),
+                peer: Endpoint::new(
+                    [10, 1, (i >> 8) as u8, i as u8].into(),
+                    (i >> 16) as u16 + 40000,
+                ),
+            }),
             session_id: Some(format!("{i}")),
             ..Default::default()
         };

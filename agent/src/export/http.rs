@@ -40,8 +40,19 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
         }
     }
     match st.metrics.encode(&extra) {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
-        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -55,15 +66,24 @@ async fn ready(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     if st.probes.is_some() {
         (axum::http::StatusCode::OK, "ready\n")
     } else {
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "probes not loaded\n")
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "probes not loaded\n",
+        )
     }
 }
 
-pub async fn serve(addr: SocketAddr, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "http listening (/ the incident page, /metrics, /incidents, /healthz, /readyz)");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

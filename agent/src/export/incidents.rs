@@ -43,7 +43,13 @@ pub type SharedBoard = Arc<Mutex<Board>>;
 
 impl Board {
     pub fn new(keep: usize, spans_keep: usize) -> Self {
-        Self { incidents: VecDeque::new(), keep: keep.max(1), spans: HashMap::new(), order: VecDeque::new(), spans_keep }
+        Self {
+            incidents: VecDeque::new(),
+            keep: keep.max(1),
+            spans: HashMap::new(),
+            order: VecDeque::new(),
+            spans_keep,
+        }
     }
 
     pub fn shared(keep: usize, spans_keep: usize) -> SharedBoard {
@@ -59,7 +65,11 @@ impl Board {
         self.incidents.push_back(inc);
         while self.incidents.len() > self.keep {
             // Closed ones go first; an open one is only dropped if everything is open.
-            match self.incidents.iter().position(|i| i.state == IncidentState::Closed) {
+            match self
+                .incidents
+                .iter()
+                .position(|i| i.state == IncidentState::Closed)
+            {
                 Some(p) => {
                     self.incidents.remove(p);
                 }
@@ -79,7 +89,9 @@ impl Board {
             self.order.push_back(key);
         }
         while self.spans.len() > self.spans_keep {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             self.spans.remove(&old);
         }
     }
@@ -99,16 +111,33 @@ impl Board {
             .iter()
             .rev()
             .filter(|i| q.class.as_deref().is_none_or(|c| i.class.as_str() == c))
-            .filter(|i| q.state.as_deref().is_none_or(|s| matches!((s, i.state), ("open", IncidentState::Open) | ("closed", IncidentState::Closed))))
+            .filter(|i| {
+                q.state.as_deref().is_none_or(|s| {
+                    matches!(
+                        (s, i.state),
+                        ("open", IncidentState::Open) | ("closed", IncidentState::Closed)
+                    )
+                })
+            })
             .take(limit)
             .map(|i| {
                 let mut v = serde_json::to_value(i).unwrap_or_default();
-                let affected: Vec<&SpanSummary> = i.links.iter().filter_map(|l| self.span(&l.trace_id, &l.span_id)).collect();
+                let affected: Vec<&SpanSummary> = i
+                    .links
+                    .iter()
+                    .filter_map(|l| self.span(&l.trace_id, &l.span_id))
+                    .collect();
                 v["affected_spans"] = serde_json::to_value(affected).unwrap_or_default();
                 v
             })
             .collect();
-        let recent: Vec<&SpanSummary> = self.order.iter().rev().take(q.spans.unwrap_or(20)).filter_map(|k| self.spans.get(k)).collect();
+        let recent: Vec<&SpanSummary> = self
+            .order
+            .iter()
+            .rev()
+            .take(q.spans.unwrap_or(20))
+            .filter_map(|k| self.spans.get(k))
+            .collect();
         serde_json::json!({
             "incidents": incidents,
             "incidents_kept": self.incidents.len(),
@@ -130,7 +159,10 @@ pub struct ListQuery {
     pub spans: Option<usize>,
 }
 
-pub async fn handler(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> impl IntoResponse {
+pub async fn handler(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> impl IntoResponse {
     let body = match &st.incidents {
         Some(board) => board.lock().expect("board lock").listing(&q),
         None => serde_json::json!({ "incidents": [], "note": "correlation is not running" }),
@@ -147,8 +179,24 @@ mod tests {
     };
 
     fn inc(n: u64, state: IncidentState) -> Incident {
-        let v = Verdict { observed: 9.0, mean: 1.0, stddev: 1.0, threshold: 5.0, samples: 10, anomalous: true };
-        let mut i = Incident::new(n, Class::ConnectionFault, "ep:x".into(), 0, 1, "s".into(), v, serde_json::json!({}));
+        let v = Verdict {
+            observed: 9.0,
+            mean: 1.0,
+            stddev: 1.0,
+            threshold: 5.0,
+            samples: 10,
+            anomalous: true,
+        };
+        let mut i = Incident::new(
+            n,
+            Class::ConnectionFault,
+            "ep:x".into(),
+            0,
+            1,
+            "s".into(),
+            v,
+            serde_json::json!({}),
+        );
         i.state = state;
         i
     }
@@ -164,7 +212,10 @@ mod tests {
         // An update replaces, it does not add.
         b.upsert(inc(1, IncidentState::Closed));
         assert_eq!(b.incidents().count(), 2);
-        let l = b.listing(&ListQuery { state: Some("closed".into()), ..Default::default() });
+        let l = b.listing(&ListQuery {
+            state: Some("closed".into()),
+            ..Default::default()
+        });
         assert_eq!(l["incidents"].as_array().unwrap().len(), 2);
         assert_eq!(l["incidents"][0]["baseline"]["threshold"], 5.0);
     }

@@ -36,13 +36,17 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help).namespace(NS), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
@@ -56,23 +60,81 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         Self {
-            tcp_resets: counter_vec(&r, "tcp_resets_total", "TCP RST segments sent or received, counted in the kernel (lossless).", &["direction"]),
-            tcp_retransmits: counter(&r, "tcp_retransmits_total", "TCP segments retransmitted, counted in the kernel (lossless)."),
-            tcp_retransmit_failures: counter(&r, "tcp_retransmit_failures_total", "Retransmit attempts the kernel reported as failed (not counted as retransmits)."),
-            events_lost: counter_vec(&r, "ebpf_events_lost_total", "Events the kernel could not put in a full ring buffer.", &["ring"]),
-            owner_unknown: counter(&r, "tcp_owner_unknown_total", "TCP events whose socket had no known owning process."),
-            tcp_events_by_owner: counter_vec(&r, "tcp_events_by_owner_total", "TCP events by owning process (from the event stream; see ebpf_events_lost_total).", &["event", "comm", "pid", "pod_uid"]),
-            runq_slow_events: counter_vec(&r, "runq_slow_events_total", "Run-queue delays at or above the event threshold, by process.", &["comm", "pid", "pod_uid"]),
+            tcp_resets: counter_vec(
+                &r,
+                "tcp_resets_total",
+                "TCP RST segments sent or received, counted in the kernel (lossless).",
+                &["direction"],
+            ),
+            tcp_retransmits: counter(
+                &r,
+                "tcp_retransmits_total",
+                "TCP segments retransmitted, counted in the kernel (lossless).",
+            ),
+            tcp_retransmit_failures: counter(
+                &r,
+                "tcp_retransmit_failures_total",
+                "Retransmit attempts the kernel reported as failed (not counted as retransmits).",
+            ),
+            events_lost: counter_vec(
+                &r,
+                "ebpf_events_lost_total",
+                "Events the kernel could not put in a full ring buffer.",
+                &["ring"],
+            ),
+            owner_unknown: counter(
+                &r,
+                "tcp_owner_unknown_total",
+                "TCP events whose socket had no known owning process.",
+            ),
+            tcp_events_by_owner: counter_vec(
+                &r,
+                "tcp_events_by_owner_total",
+                "TCP events by owning process (from the event stream; see ebpf_events_lost_total).",
+                &["event", "comm", "pid", "pod_uid"],
+            ),
+            runq_slow_events: counter_vec(
+                &r,
+                "runq_slow_events_total",
+                "Run-queue delays at or above the event threshold, by process.",
+                &["comm", "pid", "pod_uid"],
+            ),
             pods: Mutex::new(crate::attribution::pod_cache()),
             runq_watched: {
-                let g = IntGauge::with_opts(Opts::new("runq_watched_processes", "Processes whose run-queue latency is measured.").namespace(NS)).expect("valid metric");
+                let g = IntGauge::with_opts(
+                    Opts::new(
+                        "runq_watched_processes",
+                        "Processes whose run-queue latency is measured.",
+                    )
+                    .namespace(NS),
+                )
+                .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            runq_events: counter(&r, "runq_events_total", "Run-queue events the kernel tried to report (delivered plus lost)."),
-            ring_records: counter_vec(&r, "ring_records_total", "Ring-buffer records decoded by the agent.", &["ring"]),
-            ring_malformed: counter_vec(&r, "ring_records_malformed_total", "Ring-buffer records the agent could not decode.", &["ring"]),
-            pipeline_dropped: counter_vec(&r, "pipeline_dropped_total", "Decoded events dropped because the agent's pipeline was full.", &["ring"]),
+            runq_events: counter(
+                &r,
+                "runq_events_total",
+                "Run-queue events the kernel tried to report (delivered plus lost).",
+            ),
+            ring_records: counter_vec(
+                &r,
+                "ring_records_total",
+                "Ring-buffer records decoded by the agent.",
+                &["ring"],
+            ),
+            ring_malformed: counter_vec(
+                &r,
+                "ring_records_malformed_total",
+                "Ring-buffer records the agent could not decode.",
+                &["ring"],
+            ),
+            pipeline_dropped: counter_vec(
+                &r,
+                "pipeline_dropped_total",
+                "Decoded events dropped because the agent's pipeline was full.",
+                &["ring"],
+            ),
             last_kernel: Mutex::new([0; COUNTER_MAX as usize]),
             registry: r,
         }
@@ -91,12 +153,21 @@ impl Metrics {
     pub fn sync_kernel(&self, now: &[u64; COUNTER_MAX as usize]) {
         let mut last = self.last_kernel.lock().expect("not poisoned");
         let delta = |c: Counter| now[c as usize].saturating_sub(last[c as usize]);
-        self.tcp_resets.with_label_values(&["sent"]).inc_by(delta(Counter::RstSent));
-        self.tcp_resets.with_label_values(&["received"]).inc_by(delta(Counter::RstReceived));
+        self.tcp_resets
+            .with_label_values(&["sent"])
+            .inc_by(delta(Counter::RstSent));
+        self.tcp_resets
+            .with_label_values(&["received"])
+            .inc_by(delta(Counter::RstReceived));
         self.tcp_retransmits.inc_by(delta(Counter::RetransmitSegs));
-        self.tcp_retransmit_failures.inc_by(delta(Counter::RetransmitFailed));
-        self.events_lost.with_label_values(&["tcp"]).inc_by(delta(Counter::TcpEventsLost));
-        self.events_lost.with_label_values(&["runq"]).inc_by(delta(Counter::RunqEventsLost));
+        self.tcp_retransmit_failures
+            .inc_by(delta(Counter::RetransmitFailed));
+        self.events_lost
+            .with_label_values(&["tcp"])
+            .inc_by(delta(Counter::TcpEventsLost));
+        self.events_lost
+            .with_label_values(&["runq"])
+            .inc_by(delta(Counter::RunqEventsLost));
         self.owner_unknown.inc_by(delta(Counter::OwnerUnknown));
         self.runq_events.inc_by(delta(Counter::RunqEvents));
         *last = *now;
@@ -118,12 +189,20 @@ impl Metrics {
                     Some(o) => (o.comm.as_str(), o.pid.to_string()),
                     None => ("unknown", "0".to_owned()),
                 };
-                let pod = rec.owner.as_ref().map(|o| self.pod_of(o.pid)).unwrap_or_default();
-                self.tcp_events_by_owner.with_label_values(&[event, comm, &pid, &pod]).inc_by(u64::from(rec.segs));
+                let pod = rec
+                    .owner
+                    .as_ref()
+                    .map(|o| self.pod_of(o.pid))
+                    .unwrap_or_default();
+                self.tcp_events_by_owner
+                    .with_label_values(&[event, comm, &pid, &pod])
+                    .inc_by(u64::from(rec.segs));
             }
             KernelEvent::Runq(rec) => {
                 let pod = self.pod_of(rec.pid);
-                self.runq_slow_events.with_label_values(&[&rec.comm, &rec.pid.to_string(), &pod]).inc();
+                self.runq_slow_events
+                    .with_label_values(&[&rec.comm, &rec.pid.to_string(), &pod])
+                    .inc();
             }
         }
     }
@@ -143,7 +222,10 @@ impl Metrics {
 /// log2 slots: slot `i` counts delays in [2^i, 2^(i+1)) µs, so its upper bound is 2^(i+1) µs.
 /// (Prometheus buckets are `le`; a delay of exactly 2^(i+1) µs lands one bucket higher — a
 /// nanosecond-wide edge we accept to keep runqlat's slots.)
-pub fn runq_histograms(hists: &HashMap<u32, RunqHistogram>, comm_of: impl Fn(u32) -> String) -> MetricFamily {
+pub fn runq_histograms(
+    hists: &HashMap<u32, RunqHistogram>,
+    comm_of: impl Fn(u32) -> String,
+) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(format!("{NS}_runq_latency_seconds"));
     family.set_help("Run-queue latency (wakeup or preemption to on-CPU) of watched processes, measured in the kernel.".into());

@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::Notify;
 use tonic::{Code, transport::Endpoint};
@@ -53,7 +55,11 @@ pub struct Forwarder {
 }
 
 pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
-    req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
+    req.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
 }
 
 impl Forwarder {
@@ -65,7 +71,10 @@ impl Forwarder {
             .timeout(cfg.timeout);
         let client = TraceServiceClient::new(endpoint.connect_lazy());
         let inner = Arc::new(Inner {
-            q: Mutex::new(Queue { items: VecDeque::new(), spans: 0 }),
+            q: Mutex::new(Queue {
+                items: VecDeque::new(),
+                spans: 0,
+            }),
             inflight: std::sync::atomic::AtomicUsize::new(0),
             notify: Notify::new(),
             cap: cfg.queue_spans.max(1),
@@ -83,13 +92,23 @@ impl Forwarder {
         }
         let mut q = self.inner.q.lock().expect("forward queue lock");
         if n > self.inner.cap {
-            self.inner.m.dropped.with_label_values(&["queue_full"]).inc_by(n as u64);
+            self.inner
+                .m
+                .dropped
+                .with_label_values(&["queue_full"])
+                .inc_by(n as u64);
             return;
         }
         while q.spans + n > self.inner.cap {
-            let Some((_, old)) = q.items.pop_front() else { break };
+            let Some((_, old)) = q.items.pop_front() else {
+                break;
+            };
             q.spans -= old;
-            self.inner.m.dropped.with_label_values(&["queue_full"]).inc_by(old as u64);
+            self.inner
+                .m
+                .dropped
+                .with_label_values(&["queue_full"])
+                .inc_by(old as u64);
         }
         q.items.push_back((req, n));
         q.spans += n;
@@ -99,7 +118,11 @@ impl Forwarder {
     }
 
     pub fn queued_spans(&self) -> usize {
-        self.inner.q.lock().expect("forward queue lock").spans + self.inner.inflight.load(std::sync::atomic::Ordering::Acquire)
+        self.inner.q.lock().expect("forward queue lock").spans
+            + self
+                .inner
+                .inflight
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits until everything queued has been delivered (or dropped), or `deadline`; true if
@@ -121,18 +144,31 @@ impl Forwarder {
 fn retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss | Code::ResourceExhausted | Code::Unknown
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+            | Code::Unknown
     )
 }
 
-async fn run(inner: Arc<Inner>, mut client: TraceServiceClient<tonic::transport::Channel>, cfg: ForwardConfig) {
+async fn run(
+    inner: Arc<Inner>,
+    mut client: TraceServiceClient<tonic::transport::Channel>,
+    cfg: ForwardConfig,
+) {
     loop {
         let next = {
             let mut q = inner.q.lock().expect("forward queue lock");
             let item = q.items.pop_front();
             if let Some((_, n)) = &item {
                 q.spans -= n;
-                inner.inflight.store(*n, std::sync::atomic::Ordering::Release);
+                inner
+                    .inflight
+                    .store(*n, std::sync::atomic::Ordering::Release);
             }
             inner.m.queued.set(q.spans as i64);
             item
@@ -154,12 +190,20 @@ async fn run(inner: Arc<Inner>, mut client: TraceServiceClient<tonic::transport:
                     inner.m.errors.inc();
                     if !retryable(status.code()) {
                         tracing::warn!(code = ?status.code(), message = status.message(), "trace backend rejected spans");
-                        inner.m.dropped.with_label_values(&["rejected"]).inc_by(n as u64);
+                        inner
+                            .m
+                            .dropped
+                            .with_label_values(&["rejected"])
+                            .inc_by(n as u64);
                         break;
                     }
                     if attempt >= cfg.max_attempts {
                         tracing::warn!(code = ?status.code(), message = status.message(), "giving up on spans after {attempt} attempts");
-                        inner.m.dropped.with_label_values(&["retries_exhausted"]).inc_by(n as u64);
+                        inner
+                            .m
+                            .dropped
+                            .with_label_values(&["retries_exhausted"])
+                            .inc_by(n as u64);
                         break;
                     }
                     tracing::debug!(code = ?status.code(), "forwarding failed, retrying in {backoff:?}");
@@ -168,6 +212,8 @@ async fn run(inner: Arc<Inner>, mut client: TraceServiceClient<tonic::transport:
                 }
             }
         }
-        inner.inflight.store(0, std::sync::atomic::Ordering::Release);
+        inner
+            .inflight
+            .store(0, std::sync::atomic::Ordering::Release);
     }
 }

@@ -109,7 +109,12 @@ pub struct Timeline {
 
 impl Timeline {
     pub fn new(seconds: usize, eph: EphemeralPorts) -> Self {
-        Self { cap: seconds.max(1), eph, current: Mutex::default(), ring: Mutex::new(VecDeque::new()) }
+        Self {
+            cap: seconds.max(1),
+            eph,
+            current: Mutex::default(),
+            ring: Mutex::new(VecDeque::new()),
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -119,12 +124,19 @@ impl Timeline {
     /// Called by the pipeline for every kernel event.
     pub fn observe(&self, ev: &KernelEvent) {
         let KernelEvent::Tcp(rec) = ev else { return };
-        let (service, _) = self.eph.service(&Oriented { local: rec.local.into(), peer: rec.remote.into() });
+        let (service, _) = self.eph.service(&Oriented {
+            local: rec.local.into(),
+            peer: rec.remote.into(),
+        });
         let mut c = self.current.lock().expect("timeline lock");
         c.events += 1;
         let key = service.to_string();
         let full = c.tcp.len() >= MAX_ENDPOINTS_PER_SAMPLE && !c.tcp.contains_key(&key);
-        let slot = if full { &mut c.other } else { c.tcp.entry(key).or_default() };
+        let slot = if full {
+            &mut c.other
+        } else {
+            c.tcp.entry(key).or_default()
+        };
         match rec.kind {
             TcpEventKind::RstSent => slot.rst_sent += 1,
             TcpEventKind::RstReceived => slot.rst_received += 1,
@@ -140,10 +152,22 @@ impl Timeline {
     /// Closes second `t`: the TCP counts gathered so far go into `sample`, which joins the ring.
     pub fn close_second(&self, mut sample: Sample) {
         let cur = std::mem::take(&mut *self.current.lock().expect("timeline lock"));
-        let mut tcp: Vec<TcpPoint> = cur.tcp.into_iter().map(|(ep, counts)| TcpPoint { ep, counts }).collect();
-        tcp.sort_by(|a, b| b.counts.total().cmp(&a.counts.total()).then_with(|| a.ep.cmp(&b.ep)));
+        let mut tcp: Vec<TcpPoint> = cur
+            .tcp
+            .into_iter()
+            .map(|(ep, counts)| TcpPoint { ep, counts })
+            .collect();
+        tcp.sort_by(|a, b| {
+            b.counts
+                .total()
+                .cmp(&a.counts.total())
+                .then_with(|| a.ep.cmp(&b.ep))
+        });
         if cur.other.total() > 0 {
-            tcp.push(TcpPoint { ep: OTHER.into(), counts: cur.other });
+            tcp.push(TcpPoint {
+                ep: OTHER.into(),
+                counts: cur.other,
+            });
         }
         sample.tcp = tcp;
         let mut ring = self.ring.lock().expect("timeline lock");
@@ -158,7 +182,11 @@ impl Timeline {
                     None => merged.tcp.push(p),
                 }
             }
-            *last = Sample { t: merged.t, tcp: merged.tcp, ..sample };
+            *last = Sample {
+                t: merged.t,
+                tcp: merged.tcp,
+                ..sample
+            };
             return;
         }
         ring.push_back(sample);
@@ -171,7 +199,11 @@ impl Timeline {
     pub fn since(&self, since: u64, max: usize) -> Vec<Sample> {
         let ring = self.ring.lock().expect("timeline lock");
         let skip = ring.len().saturating_sub(max);
-        ring.iter().skip(skip).filter(|s| s.t > since).cloned().collect()
+        ring.iter()
+            .skip(skip)
+            .filter(|s| s.t > since)
+            .cloned()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -196,7 +228,9 @@ impl RunqDelta {
         let mut sum_ns = 0u64;
         for (pid, h) in &now {
             let prev = self.prev.get(pid);
-            let reset = prev.is_some_and(|p| p.slots.iter().zip(&h.slots).any(|(a, b)| b < a) || h.sum_ns < p.sum_ns);
+            let reset = prev.is_some_and(|p| {
+                p.slots.iter().zip(&h.slots).any(|(a, b)| b < a) || h.sum_ns < p.sum_ns
+            });
             let prev = if reset { None } else { prev };
             for (i, n) in h.slots.iter().enumerate() {
                 slots[i] += n - prev.and_then(|p| p.slots.get(i)).copied().unwrap_or(0);
@@ -210,7 +244,10 @@ impl RunqDelta {
         }
         RunqPoint {
             count: slots.iter().sum(),
-            slots: slots.into_iter().map(|n| u32::try_from(n).unwrap_or(u32::MAX)).collect(),
+            slots: slots
+                .into_iter()
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .collect(),
             sum_ns,
             processes,
         }
@@ -246,8 +283,12 @@ pub fn parse_pool_metrics(text: &str) -> HashMap<String, (f64, f64)> {
         if line.starts_with('#') {
             continue;
         }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(v) = value.trim().parse::<f64>() else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
         let (name, labels) = series.split_once('{').unwrap_or((series, ""));
         let which = if name.ends_with("pool_submitted_total") {
             0
@@ -319,7 +360,11 @@ impl PoolDelta {
                     // First sight or a restarted server: no rate yet.
                     _ => 0.0,
                 };
-                PoolPoint { pool: pool.clone(), arrivals, queue_depth: depth }
+                PoolPoint {
+                    pool: pool.clone(),
+                    arrivals,
+                    queue_depth: depth,
+                }
             })
             .collect();
         pts.sort_by(|a, b| a.pool.cmp(&b.pool));
@@ -355,17 +400,51 @@ mod tests {
     fn tcp_events_are_grouped_by_service_endpoint_and_bounded() {
         let t = Timeline::new(3, EphemeralPorts(32768..=60999));
         // Both sides of one reset: the server's socket sent it, the client's received it.
-        t.observe(&tcp(TcpEventKind::RstSent, "127.0.0.1:6379", "127.0.0.1:40000"));
-        t.observe(&tcp(TcpEventKind::RstReceived, "127.0.0.1:40000", "127.0.0.1:6379"));
-        t.observe(&tcp(TcpEventKind::Retransmit, "10.0.0.1:40001", "10.0.0.2:443"));
+        t.observe(&tcp(
+            TcpEventKind::RstSent,
+            "127.0.0.1:6379",
+            "127.0.0.1:40000",
+        ));
+        t.observe(&tcp(
+            TcpEventKind::RstReceived,
+            "127.0.0.1:40000",
+            "127.0.0.1:6379",
+        ));
+        t.observe(&tcp(
+            TcpEventKind::Retransmit,
+            "10.0.0.1:40001",
+            "10.0.0.2:443",
+        ));
         for i in 0..100 {
-            t.observe(&tcp(TcpEventKind::RstSent, "10.0.0.1:40001", &format!("10.0.1.{i}:80")));
+            t.observe(&tcp(
+                TcpEventKind::RstSent,
+                "10.0.0.1:40001",
+                &format!("10.0.1.{i}:80"),
+            ));
         }
-        t.close_second(Sample { t: 10, ..Default::default() });
+        t.close_second(Sample {
+            t: 10,
+            ..Default::default()
+        });
         let s = &t.since(0, 10)[0];
         let redis = s.tcp.iter().find(|p| p.ep == "127.0.0.1:6379").unwrap();
-        assert_eq!(redis.counts, TcpCounts { rst_sent: 1, rst_received: 1, retransmits: 0 });
-        assert_eq!(s.tcp.iter().find(|p| p.ep == "10.0.0.2:443").unwrap().counts.retransmits, 3);
+        assert_eq!(
+            redis.counts,
+            TcpCounts {
+                rst_sent: 1,
+                rst_received: 1,
+                retransmits: 0
+            }
+        );
+        assert_eq!(
+            s.tcp
+                .iter()
+                .find(|p| p.ep == "10.0.0.2:443")
+                .unwrap()
+                .counts
+                .retransmits,
+            3
+        );
         assert_eq!(s.tcp.len(), MAX_ENDPOINTS_PER_SAMPLE + 1);
         let other = s.tcp.last().unwrap();
         assert_eq!(other.ep, OTHER);
@@ -373,10 +452,20 @@ mod tests {
         assert_eq!(all, 2 + 3 + 100, "nothing lost to the bound");
         // The ring keeps the last `cap` seconds; a repeated second merges.
         for sec in 11..15 {
-            t.close_second(Sample { t: sec, ..Default::default() });
+            t.close_second(Sample {
+                t: sec,
+                ..Default::default()
+            });
         }
-        t.observe(&tcp(TcpEventKind::RstSent, "127.0.0.1:6379", "127.0.0.1:40000"));
-        t.close_second(Sample { t: 14, ..Default::default() });
+        t.observe(&tcp(
+            TcpEventKind::RstSent,
+            "127.0.0.1:6379",
+            "127.0.0.1:40000",
+        ));
+        t.close_second(Sample {
+            t: 14,
+            ..Default::default()
+        });
         let all = t.since(0, 100);
         assert_eq!(all.iter().map(|s| s.t).collect::<Vec<_>>(), [12, 13, 14]);
         assert_eq!(all[2].tcp.len(), 1);
@@ -386,12 +475,21 @@ mod tests {
 
     #[test]
     fn runq_delta_sums_processes_and_survives_pid_reuse() {
-        let h = |slots: &[u64], sum| RunqHistogram { slots: slots.to_vec(), sum_ns: sum };
+        let h = |slots: &[u64], sum| RunqHistogram {
+            slots: slots.to_vec(),
+            sum_ns: sum,
+        };
         let mut d = RunqDelta::default();
-        let first = d.step(HashMap::from([(1, h(&[1, 2, 0, 0], 100)), (2, h(&[0, 1, 0, 0], 50))]));
+        let first = d.step(HashMap::from([
+            (1, h(&[1, 2, 0, 0], 100)),
+            (2, h(&[0, 1, 0, 0], 50)),
+        ]));
         assert_eq!(first.slots, [1, 3]);
         assert_eq!((first.count, first.sum_ns, first.processes), (4, 150, 2));
-        let second = d.step(HashMap::from([(1, h(&[1, 2, 5, 0], 900)), (2, h(&[0, 0, 0, 1], 10))]));
+        let second = d.step(HashMap::from([
+            (1, h(&[1, 2, 5, 0], 900)),
+            (2, h(&[0, 0, 0, 1], 10)),
+        ]));
         // pid 2 went down: a new process under an old pid, counted from zero.
         assert_eq!(second.slots, [0, 0, 5, 1]);
         assert_eq!(second.sum_ns, 800 + 10);
@@ -430,7 +528,11 @@ other_metric 3
         assert_eq!(m["game"], (15.0, 7.0));
         assert_eq!(m["odd \"name\""], (1.0, 0.0));
         let mut d = PoolDelta::default();
-        assert_eq!(d.step(m.clone())[0].arrivals, 0.0, "no rate from one reading");
+        assert_eq!(
+            d.step(m.clone())[0].arrivals,
+            0.0,
+            "no rate from one reading"
+        );
         let mut later = m;
         later.insert("game".into(), (40.0, 2.0));
         let pts = d.step(later);

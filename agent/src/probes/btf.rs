@@ -38,10 +38,14 @@ pub struct Btf {
 }
 
 fn u16_at(b: &[u8], off: usize) -> Result<u16> {
-    Ok(u16::from_le_bytes(b.get(off..off + 2).context("BTF truncated")?.try_into()?))
+    Ok(u16::from_le_bytes(
+        b.get(off..off + 2).context("BTF truncated")?.try_into()?,
+    ))
 }
 fn u32_at(b: &[u8], off: usize) -> Result<u32> {
-    Ok(u32::from_le_bytes(b.get(off..off + 4).context("BTF truncated")?.try_into()?))
+    Ok(u32::from_le_bytes(
+        b.get(off..off + 4).context("BTF truncated")?.try_into()?,
+    ))
 }
 
 impl Btf {
@@ -62,7 +66,9 @@ impl Btf {
         let type_len = u32_at(b, 12)? as usize;
         let str_off = u32_at(b, 16)? as usize;
         let str_len = u32_at(b, 20)? as usize;
-        let strings = b.get(hdr_len + str_off..hdr_len + str_off + str_len).context("BTF strings out of range")?;
+        let strings = b
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .context("BTF strings out of range")?;
         let name = |off: u32| -> String {
             let s = &strings[(off as usize).min(strings.len())..];
             let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
@@ -82,7 +88,7 @@ impl Btf {
             let mut members = Vec::new();
             let mut array = None;
             let extra = match kind {
-                1 | 14 | 17 => 4,               // INT, VAR, DECL_TAG
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
                 3 => {
                     array = Some((u32_at(b, p)?, u32_at(b, p + 8)?));
                     12
@@ -94,23 +100,36 @@ impl Btf {
                         members.push(Member {
                             name: name(u32_at(b, m)?),
                             type_id: u32_at(b, m + 4)?,
-                            bit_offset: if kind_flag { raw_off & 0xff_ffff } else { raw_off },
+                            bit_offset: if kind_flag {
+                                raw_off & 0xff_ffff
+                            } else {
+                                raw_off
+                            },
                         });
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,             // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12,           // DATASEC, ENUM64
-                2 | 7..=12 | 16 | 18 => 0,      // PTR, FWD, TYPEDEF..FUNC, FLOAT, TYPE_TAG
+                6 | 13 => vlen * 8,        // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12,      // DATASEC, ENUM64
+                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF..FUNC, FLOAT, TYPE_TAG
                 k => bail!("unknown BTF kind {k}"),
             };
             p += extra;
-            types.push(Type { kind, name: name(name_off), size_or_type, members, array });
+            types.push(Type {
+                kind,
+                name: name(name_off),
+                size_or_type,
+                members,
+                array,
+            });
         }
         let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
         for (i, t) in types.iter().enumerate() {
             if !t.name.is_empty() && (t.kind == KIND_STRUCT || t.kind == KIND_UNION) {
-                by_name.entry(t.name.clone()).or_default().push(i as u32 + 1);
+                by_name
+                    .entry(t.name.clone())
+                    .or_default()
+                    .push(i as u32 + 1);
             }
         }
         Ok(Self { types, by_name })
@@ -125,7 +144,9 @@ impl Btf {
         for _ in 0..32 {
             let t = self.ty(id)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_or_type
+                }
                 _ => return Some(t),
             }
         }
@@ -135,7 +156,11 @@ impl Btf {
     /// Byte offset and size of `member` in struct `name`, looking through anonymous structs and
     /// unions (where the kernel hides many fields).
     pub fn member(&self, name: &str, member: &str) -> Option<(u32, u32)> {
-        let id = *self.by_name.get(name)?.iter().find(|&&id| self.ty(id).is_some_and(|t| t.kind == KIND_STRUCT))?;
+        let id = *self
+            .by_name
+            .get(name)?
+            .iter()
+            .find(|&&id| self.ty(id).is_some_and(|t| t.kind == KIND_STRUCT))?;
         let (bits, type_id) = self.find(self.ty(id)?, member, 0)?;
         let size = self.size_of(type_id)?;
         Some((bits / 8, size))
@@ -148,7 +173,10 @@ impl Btf {
             }
         }
         for m in t.members.iter().filter(|m| m.name.is_empty()) {
-            if let Some(inner) = self.resolve(m.type_id).filter(|i| i.kind == KIND_STRUCT || i.kind == KIND_UNION) {
+            if let Some(inner) = self
+                .resolve(m.type_id)
+                .filter(|i| i.kind == KIND_STRUCT || i.kind == KIND_UNION)
+            {
                 if let Some(found) = self.find(inner, member, base_bits + m.bit_offset) {
                     return Some(found);
                 }
@@ -161,7 +189,7 @@ impl Btf {
         let t = self.resolve(id)?;
         match t.kind {
             1 | KIND_STRUCT | KIND_UNION | 6 | 16 | 19 => Some(t.size_or_type), // INT, STRUCT, UNION, ENUM, FLOAT, ENUM64
-            2 => Some(8),                                                          // PTR
+            2 => Some(8),                                                       // PTR
             3 => {
                 let (elem, n) = t.array?;
                 self.size_of(elem)?.checked_mul(n)

@@ -64,7 +64,12 @@ const TRACEPOINTS: [(&str, &str, &str); 7] = [
 
 /// BTF tracepoints (program = tracepoint name): the scheduler path is hot, so these take typed
 /// arguments directly instead of a formatted trace record.
-const BTF_TRACEPOINTS: [&str; 4] = ["sched_wakeup", "sched_wakeup_new", "sched_switch", "sched_process_exit"];
+const BTF_TRACEPOINTS: [&str; 4] = [
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "sched_switch",
+    "sched_process_exit",
+];
 
 /// Per-process run-queue histogram: counts per log2 slot, and the sum of delays.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,15 +91,23 @@ pub struct Probes {
 fn task_layout() -> Result<TaskLayout> {
     let btf = btf::Btf::from_sys_fs()?;
     let field = |name: &str| {
-        btf.member("task_struct", name)
-            .with_context(|| format!("kernel BTF has no task_struct.{name}; this kernel is not supported"))
+        btf.member("task_struct", name).with_context(|| {
+            format!("kernel BTF has no task_struct.{name}; this kernel is not supported")
+        })
     };
     let (pid, _) = field("pid")?;
     let (tgid, _) = field("tgid")?;
     let (comm, _) = field("comm")?;
     // `state` became `__state` (unsigned int) in 5.14.
     let (state, state_size) = field("__state").or_else(|_| field("state"))?;
-    Ok(TaskLayout { pid, tgid, state, state_size, comm, _pad: 0 })
+    Ok(TaskLayout {
+        pid,
+        tgid,
+        state,
+        state_size,
+        comm,
+        _pad: 0,
+    })
 }
 
 fn check_ring_size(flag: &str, bytes: u32) -> Result<()> {
@@ -156,7 +169,8 @@ impl Probes {
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the object"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("the verifier rejected {program}"))?;
+            prog.load()
+                .with_context(|| format!("the verifier rejected {program}"))?;
             prog.attach(category, name)
                 .with_context(|| format!("attaching to tracepoint {category}:{name} failed"))?;
         }
@@ -168,10 +182,13 @@ impl Probes {
                 .try_into()?;
             prog.load(name, &kernel_btf)
                 .with_context(|| format!("loading BTF tracepoint {name} failed"))?;
-            prog.attach().with_context(|| format!("attaching BTF tracepoint {name} failed"))?;
+            prog.attach()
+                .with_context(|| format!("attaching BTF tracepoint {name} failed"))?;
         }
 
-        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).with_context(|| format!("{name} map"))
+        };
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
         let runq_watch = BpfHashMap::try_from(take(&mut ebpf, "RUNQ_WATCH")?)?;
         let runq_hist = PerCpuHashMap::try_from(take(&mut ebpf, "RUNQ_HIST")?)?;
@@ -181,7 +198,14 @@ impl Probes {
             programs = TRACEPOINTS.len() + BTF_TRACEPOINTS.len(),
             "probes attached"
         );
-        Ok(Self { ebpf, counters, runq_config, runq_watch, runq_hist, runq_tid })
+        Ok(Self {
+            ebpf,
+            counters,
+            runq_config,
+            runq_watch,
+            runq_hist,
+            runq_tid,
+        })
     }
 
     /// The in-kernel lossless counters, summed over CPUs, indexed by [`Counter`].
@@ -199,19 +223,27 @@ impl Probes {
 
     /// Takes the TCP event ring (once) for a [`ring`] reader.
     pub fn take_tcp_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("TCP_EVENTS").context("TCP_EVENTS already taken")?;
+        let map = self
+            .ebpf
+            .take_map("TCP_EVENTS")
+            .context("TCP_EVENTS already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Takes the run-queue event ring (once).
     pub fn take_runq_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("RUNQ_EVENTS").context("RUNQ_EVENTS already taken")?;
+        let map = self
+            .ebpf
+            .take_map("RUNQ_EVENTS")
+            .context("RUNQ_EVENTS already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Starts measuring run-queue latency for process `tgid`.
     pub fn watch(&mut self, tgid: u32) -> Result<()> {
-        self.runq_watch.insert(tgid, 1, 0).with_context(|| format!("watching pid {tgid}"))
+        self.runq_watch
+            .insert(tgid, 1, 0)
+            .with_context(|| format!("watching pid {tgid}"))
     }
 
     pub fn unwatch(&mut self, tgid: u32) -> Result<()> {
@@ -228,7 +260,11 @@ impl Probes {
     }
 
     pub fn set_runq_config(&mut self, watch_all: bool, event_threshold_ns: u64) -> Result<()> {
-        let cfg = RunqConfig { watch_all: u32::from(watch_all), _pad: 0, event_threshold_ns };
+        let cfg = RunqConfig {
+            watch_all: u32::from(watch_all),
+            _pad: 0,
+            event_threshold_ns,
+        };
         Ok(self.runq_config.set(0, cfg, 0)?)
     }
 
@@ -237,7 +273,10 @@ impl Probes {
         let mut out = HashMap::new();
         for item in self.runq_hist.iter() {
             let (tgid, per_cpu) = item?;
-            let mut h = RunqHistogram { slots: vec![0; RunqHist::ZERO.slots.len()], sum_ns: 0 };
+            let mut h = RunqHistogram {
+                slots: vec![0; RunqHist::ZERO.slots.len()],
+                sum_ns: 0,
+            };
             for v in per_cpu.iter() {
                 for (acc, n) in h.slots.iter_mut().zip(v.slots) {
                     *acc += n;
@@ -252,10 +291,12 @@ impl Probes {
     /// Cumulative run-queue delay of one thread, summed over CPUs (max over CPUs).
     pub fn runq_totals(&self, tid: u32) -> Result<Option<RunqTotals>> {
         match self.runq_tid.get(&tid, 0) {
-            Ok(values) => Ok(Some(values.iter().fold(RunqTotals::default(), |acc, v| RunqTotals {
-                total_ns: acc.total_ns + v.total_ns,
-                count: acc.count + v.count,
-                max_ns: acc.max_ns.max(v.max_ns),
+            Ok(values) => Ok(Some(values.iter().fold(RunqTotals::default(), |acc, v| {
+                RunqTotals {
+                    total_ns: acc.total_ns + v.total_ns,
+                    count: acc.count + v.count,
+                    max_ns: acc.max_ns.max(v.max_ns),
+                }
             }))),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),

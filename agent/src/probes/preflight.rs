@@ -46,7 +46,9 @@ pub fn check_btf() -> Result<()> {
     if std::path::Path::new(VMLINUX).exists() {
         Ok(())
     } else {
-        bail!("kernel BTF is missing ({VMLINUX}); a kernel built with CONFIG_DEBUG_INFO_BTF=y is required")
+        bail!(
+            "kernel BTF is missing ({VMLINUX}); a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"
+        )
     }
 }
 

@@ -18,7 +18,9 @@ impl Tracefs {
     pub fn locate(explicit: Option<&Path>) -> Result<Self> {
         if let Some(root) = explicit {
             if root.join("events").is_dir() {
-                return Ok(Self { root: root.to_owned() });
+                return Ok(Self {
+                    root: root.to_owned(),
+                });
             }
             bail!(
                 "tracefs not found at {} (no events/ directory); mount it with `mount -t tracefs nodev {}`",
@@ -33,7 +35,9 @@ impl Tracefs {
         }
         if try_mount(CANDIDATES[0]).is_ok() && Path::new(CANDIDATES[0]).join("events").is_dir() {
             tracing::info!(path = CANDIDATES[0], "mounted tracefs");
-            return Ok(Self { root: CANDIDATES[0].into() });
+            return Ok(Self {
+                root: CANDIDATES[0].into(),
+            });
         }
         bail!(
             "tracefs is not mounted and could not be mounted; run `mount -t tracefs nodev /sys/kernel/tracing` (in Kubernetes, mount the host's /sys/kernel/tracing)"
@@ -46,9 +50,17 @@ impl Tracefs {
 
     /// The record layout of `category:name`, or an error naming the missing tracepoint.
     pub fn format(&self, category: &str, name: &str) -> Result<Format> {
-        let path = self.root.join("events").join(category).join(name).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("kernel lacks tracepoint {category}:{name} ({} unreadable)", path.display())
+            format!(
+                "kernel lacks tracepoint {category}:{name} ({} unreadable)",
+                path.display()
+            )
         })?;
         Format::parse(&text).with_context(|| format!("cannot parse {}", path.display()))
     }
@@ -59,7 +71,11 @@ fn try_mount(target: &str) -> std::io::Result<()> {
     let (src, tgt, fs) = (c("nodev"), c(target), c("tracefs"));
     // SAFETY: valid NUL-terminated strings, no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +96,9 @@ impl Format {
         let mut fields = Vec::new();
         for line in text.lines() {
             let line = line.trim();
-            let Some(rest) = line.strip_prefix("field:") else { continue };
+            let Some(rest) = line.strip_prefix("field:") else {
+                continue;
+            };
             // "field:__u8 saddr[4];\toffset:22;\tsize:4;\tsigned:0;"
             let mut decl = None;
             let mut offset = None;
@@ -97,7 +115,10 @@ impl Format {
             let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
                 bail!("malformed field line: {line}");
             };
-            let ident = decl.rsplit(|c: char| c == ' ' || c == '*').next().unwrap_or(decl);
+            let ident = decl
+                .rsplit(|c: char| c == ' ' || c == '*')
+                .next()
+                .unwrap_or(decl);
             let name = ident.split('[').next().unwrap_or(ident).to_owned();
             fields.push(Field { name, offset, size });
         }
@@ -117,8 +138,9 @@ impl Format {
 
     /// Offset of a field we cannot work without.
     pub fn require(&self, tp: &str, name: &str) -> Result<u16> {
-        self.offset(name)
-            .with_context(|| format!("tracepoint {tp} has no field `{name}`; this kernel's layout is not supported"))
+        self.offset(name).with_context(|| {
+            format!("tracepoint {tp} has no field `{name}`; this kernel's layout is not supported")
+        })
     }
 }
 
@@ -131,7 +153,14 @@ mod tests {
     #[test]
     fn parses_pointer_enum_and_array_fields() {
         let f = Format::parse(SEND_RESET).unwrap();
-        assert_eq!(f.field("skaddr"), Some(&Field { name: "skaddr".into(), offset: 16, size: 8 }));
+        assert_eq!(
+            f.field("skaddr"),
+            Some(&Field {
+                name: "skaddr".into(),
+                offset: 16,
+                size: 8
+            })
+        );
         assert_eq!(f.offset("reason"), Some(28));
         assert_eq!(f.field("saddr").unwrap().size, 28);
         assert_eq!(f.offset("common_type"), Some(0));

@@ -29,7 +29,12 @@ impl Selectors {
 
     /// The tgids that match now, read from `proc` (normally /proc) and the cgroup fs.
     pub fn resolve(&self, proc: &Path) -> BTreeSet<u32> {
-        let mut out: BTreeSet<u32> = self.pids.iter().copied().filter(|p| proc.join(p.to_string()).exists()).collect();
+        let mut out: BTreeSet<u32> = self
+            .pids
+            .iter()
+            .copied()
+            .filter(|p| proc.join(p.to_string()).exists())
+            .collect();
         if !self.comms.is_empty() {
             for pid in list_pids(proc) {
                 if let Ok(comm) = std::fs::read_to_string(proc.join(pid.to_string()).join("comm")) {
@@ -40,7 +45,11 @@ impl Selectors {
             }
         }
         for cg in &self.cgroups {
-            let dir = if cg.is_absolute() { cg.clone() } else { Path::new("/sys/fs/cgroup").join(cg) };
+            let dir = if cg.is_absolute() {
+                cg.clone()
+            } else {
+                Path::new("/sys/fs/cgroup").join(cg)
+            };
             collect_cgroup_procs(&dir, &mut out, 0);
         }
         out
@@ -70,7 +79,12 @@ fn collect_cgroup_procs(dir: &Path, out: &mut BTreeSet<u32>, depth: usize) {
 }
 
 /// Brings the kernel's watch set to what the selectors match, every `every`.
-pub async fn keep_current(probes: Arc<Mutex<Probes>>, sel: Selectors, every: Duration, gauge: prometheus::IntGauge) {
+pub async fn keep_current(
+    probes: Arc<Mutex<Probes>>,
+    sel: Selectors,
+    every: Duration,
+    gauge: prometheus::IntGauge,
+) {
     let mut tick = tokio::time::interval(every);
     // A late reconcile is as good as an on-time one; don't burst to catch up.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,7 +92,9 @@ pub async fn keep_current(probes: Arc<Mutex<Probes>>, sel: Selectors, every: Dur
         tick.tick().await;
         let wanted = {
             let sel = sel.clone();
-            tokio::task::spawn_blocking(move || sel.resolve(Path::new("/proc"))).await.unwrap_or_default()
+            tokio::task::spawn_blocking(move || sel.resolve(Path::new("/proc")))
+                .await
+                .unwrap_or_default()
         };
         let mut p = probes.lock().await;
         let current: BTreeSet<u32> = p.watched().into_iter().collect();
@@ -104,10 +120,23 @@ mod tests {
     #[test]
     fn resolves_pids_and_comms_from_proc() {
         let me = std::process::id();
-        let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap().trim_end().to_owned();
-        let by_pid = Selectors { pids: vec![me, u32::MAX - 1], ..Default::default() };
-        assert_eq!(by_pid.resolve(Path::new("/proc")), BTreeSet::from([me]), "dead pids are dropped");
-        let by_comm = Selectors { comms: vec![comm], ..Default::default() };
+        let comm = std::fs::read_to_string(format!("/proc/{me}/comm"))
+            .unwrap()
+            .trim_end()
+            .to_owned();
+        let by_pid = Selectors {
+            pids: vec![me, u32::MAX - 1],
+            ..Default::default()
+        };
+        assert_eq!(
+            by_pid.resolve(Path::new("/proc")),
+            BTreeSet::from([me]),
+            "dead pids are dropped"
+        );
+        let by_comm = Selectors {
+            comms: vec![comm],
+            ..Default::default()
+        };
         assert!(by_comm.resolve(Path::new("/proc")).contains(&me));
     }
 
@@ -115,8 +144,16 @@ mod tests {
     fn resolves_our_own_cgroup() {
         let me = std::process::id();
         let line = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let path = line.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/').to_owned();
-        let sel = Selectors { cgroups: vec![PathBuf::from(path)], ..Default::default() };
+        let path = line
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .trim_start_matches('/')
+            .to_owned();
+        let sel = Selectors {
+            cgroups: vec![PathBuf::from(path)],
+            ..Default::default()
+        };
         assert!(sel.resolve(Path::new("/proc")).contains(&me));
     }
 }

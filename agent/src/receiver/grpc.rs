@@ -3,7 +3,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
-use tonic::{Request, Response, Status, codec::CompressionEncoding, transport::server::TcpIncoming};
+use tonic::{
+    Request, Response, Status, codec::CompressionEncoding, transport::server::TcpIncoming,
+};
 
 use crate::correlator::Intake;
 
@@ -13,16 +15,28 @@ struct Receiver {
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
-    async fn export(&self, req: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         self.intake.submit(req.into_inner(), "grpc");
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, intake: Intake, max_bytes: usize) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    intake: Intake,
+    max_bytes: usize,
+) -> anyhow::Result<()> {
     let svc = TraceServiceServer::new(Receiver { intake })
         .max_decoding_message_size(max_bytes)
         .accept_compressed(CompressionEncoding::Gzip);
-    tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpIncoming::from(listener)).await?;
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming(TcpIncoming::from(listener))
+        .await?;
     Ok(())
 }

@@ -10,7 +10,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message as _;
 
 use crate::correlator::Intake;
@@ -25,10 +27,17 @@ pub fn router(intake: Intake, max_bytes: usize) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .layer(DefaultBodyLimit::max(max_bytes))
-        .with_state(St { intake, max: max_bytes })
+        .with_state(St {
+            intake,
+            max: max_bytes,
+        })
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, intake: Intake, max_bytes: usize) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    intake: Intake,
+    max_bytes: usize,
+) -> anyhow::Result<()> {
     axum::serve(listener, router(intake, max_bytes)).await?;
     Ok(())
 }
@@ -38,11 +47,20 @@ fn bad(status: StatusCode, msg: String) -> Response {
 }
 
 async fn traces(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Response {
-    let header = |h| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let header = |h| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
     let ctype = header(header::CONTENT_TYPE);
     let json = ctype.starts_with("application/json");
     if !json && !ctype.starts_with("application/x-protobuf") && !ctype.is_empty() {
-        return bad(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported content type {ctype:?}"));
+        return bad(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported content type {ctype:?}"),
+        );
     }
     let body: Vec<u8> = match header(header::CONTENT_ENCODING).as_str() {
         "" | "identity" => body.to_vec(),
@@ -54,11 +72,19 @@ async fn traces(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Respon
                 return reject(&st, format!("bad gzip body: {e}"));
             }
             if out.len() > st.max {
-                return bad(StatusCode::PAYLOAD_TOO_LARGE, format!("request inflates past {} bytes", st.max));
+                return bad(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request inflates past {} bytes", st.max),
+                );
             }
             out
         }
-        other => return bad(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported content encoding {other:?}")),
+        other => {
+            return bad(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content encoding {other:?}"),
+            );
+        }
     };
     let req = if json {
         serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
@@ -73,12 +99,19 @@ async fn traces(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Respon
     if json {
         ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
     } else {
-        let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+        let resp = ExportTraceServiceResponse {
+            partial_success: None,
+        }
+        .encode_to_vec();
         ([(header::CONTENT_TYPE, "application/x-protobuf")], resp).into_response()
     }
 }
 
 fn reject(st: &St, msg: String) -> Response {
-    st.intake.metrics().requests_rejected.with_label_values(&["http"]).inc();
+    st.intake
+        .metrics()
+        .requests_rejected
+        .with_label_values(&["http"])
+        .inc();
     bad(StatusCode::BAD_REQUEST, msg)
 }

@@ -12,7 +12,10 @@ use anyhow::Context as _;
 use crate::correlator::{CorrelationArgs, Intake};
 
 /// Binds both listeners (so a taken port is reported at startup) and serves them.
-pub async fn start(args: &CorrelationArgs, intake: Intake) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+pub async fn start(
+    args: &CorrelationArgs,
+    intake: Intake,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let grpc = tokio::net::TcpListener::bind(args.otlp_grpc_addr)
         .await
         .with_context(|| format!("cannot listen for OTLP/gRPC on {}", args.otlp_grpc_addr))?;

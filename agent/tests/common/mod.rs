@@ -21,7 +21,11 @@ pub fn require_root() {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `kernelsight-agent`, killed on drop.
@@ -51,7 +55,10 @@ impl Agent {
             if let Some((200, _)) = http_get(addr, "/readyz") {
                 return agent;
             }
-            assert!(Instant::now() < deadline, "agent did not become ready within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "agent did not become ready within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -78,7 +85,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -89,7 +99,10 @@ pub struct Metrics(pub HashMap<String, f64>);
 impl Metrics {
     pub fn parse(text: &str) -> Self {
         let mut m = HashMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             if let Some((series, value)) = line.rsplit_once(' ') {
                 m.insert(series.to_owned(), value.parse().unwrap_or(f64::NAN));
             }
@@ -106,7 +119,11 @@ impl Metrics {
         self.0
             .iter()
             .filter(|(k, _)| k.split('{').next() == Some(name))
-            .filter(|(k, _)| labels.iter().all(|(l, v)| k.contains(&format!("{l}=\"{v}\""))))
+            .filter(|(k, _)| {
+                labels
+                    .iter()
+                    .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
+            })
             .map(|(_, v)| v)
             .sum()
     }
@@ -118,7 +135,10 @@ pub fn tcp_mib() -> HashMap<String, u64> {
     let lines: Vec<_> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
     let names = lines[0].split_whitespace().skip(1);
     let values = lines[1].split_whitespace().skip(1);
-    names.zip(values).map(|(n, v)| (n.to_owned(), v.parse().unwrap_or(0))).collect()
+    names
+        .zip(values)
+        .map(|(n, v)| (n.to_owned(), v.parse().unwrap_or(0)))
+        .collect()
 }
 
 /// Polls `f` until it returns true or `timeout` passes; returns the last answer.
@@ -154,7 +174,11 @@ impl Netns {
     pub fn enter(&self) {
         use std::os::fd::AsRawFd as _;
         let f = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        assert_eq!(
+            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
     }
 
     /// Runs an nft script inside the namespace.
@@ -164,14 +188,24 @@ impl Netns {
             .stdin(Stdio::piped())
             .spawn()
             .expect("nft (nftables) must be installed; `cargo xtask setup` installs it");
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success(), "nft script failed:\n{script}");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "nft script failed:\n{script}"
+        );
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 

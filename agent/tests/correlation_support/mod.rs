@@ -30,7 +30,10 @@ use tonic::{
 };
 
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,15 +129,33 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(dump: &Path) -> Sink {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let svc = SinkSvc { got: got.clone(), dump: Arc::new(Mutex::new(File::create(dump).unwrap())) };
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let svc = SinkSvc {
+            got: got.clone(),
+            dump: Arc::new(Mutex::new(File::create(dump).unwrap())),
+        };
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move {
-            tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpIncoming::from(listener)).await.unwrap();
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpIncoming::from(listener))
+                .await
+                .unwrap();
         });
-        Sink { addr, dump: dump.to_owned(), got, _rt: rt }
+        Sink {
+            addr,
+            dump: dump.to_owned(),
+            got,
+            _rt: rt,
+        }
     }
 
     /// Every span received so far, decoded.
@@ -143,7 +164,11 @@ impl Sink {
             .lock()
             .unwrap()
             .iter()
-            .flat_map(|b| ExportTraceServiceRequest::decode(&b[..]).expect("a valid request").resource_spans)
+            .flat_map(|b| {
+                ExportTraceServiceRequest::decode(&b[..])
+                    .expect("a valid request")
+                    .resource_spans
+            })
             .flat_map(|r| r.scope_spans)
             .flat_map(|s| s.spans)
             .collect()
@@ -158,11 +183,20 @@ impl Sink {
 // Spans.
 
 pub fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }) }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+    }
 }
 
 pub fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
-    s.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()
+    s.attributes
+        .iter()
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()
 }
 
 pub fn attr_i(s: &Span, key: &str) -> Option<i64> {
@@ -193,7 +227,15 @@ pub fn hex(b: &[u8]) -> String {
 }
 
 /// A connection span as the game server emits it, from `local`'s side.
-pub fn conn_span(name: &str, n: u64, start: u64, end: u64, local: SocketAddr, peer: SocketAddr, failed: bool) -> Span {
+pub fn conn_span(
+    name: &str,
+    n: u64,
+    start: u64,
+    end: u64,
+    local: SocketAddr,
+    peer: SocketAddr,
+    failed: bool,
+) -> Span {
     let (trace_id, span_id) = ids(n);
     Span {
         trace_id: trace_id.to_vec(),
@@ -203,14 +245,26 @@ pub fn conn_span(name: &str, n: u64, start: u64, end: u64, local: SocketAddr, pe
         start_time_unix_nano: start,
         end_time_unix_nano: end,
         attributes: vec![
-            kv("network.peer.address", Value::StringValue(peer.ip().to_string())),
+            kv(
+                "network.peer.address",
+                Value::StringValue(peer.ip().to_string()),
+            ),
             kv("network.peer.port", Value::IntValue(i64::from(peer.port()))),
-            kv("network.local.address", Value::StringValue(local.ip().to_string())),
-            kv("network.local.port", Value::IntValue(i64::from(local.port()))),
+            kv(
+                "network.local.address",
+                Value::StringValue(local.ip().to_string()),
+            ),
+            kv(
+                "network.local.port",
+                Value::IntValue(i64::from(local.port())),
+            ),
             kv("network.transport", Value::StringValue("tcp".into())),
             kv("session.id", Value::StringValue(format!("s{n}"))),
         ],
-        status: failed.then(|| Status { code: StatusCode::Error as i32, message: "connection reset".into() }),
+        status: failed.then(|| Status {
+            code: StatusCode::Error as i32,
+            message: "connection reset".into(),
+        }),
         ..Default::default()
     }
 }
@@ -242,12 +296,21 @@ pub fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
-                    kv("service.name", Value::StringValue("correlation-test".into())),
-                    kv("process.pid", Value::IntValue(i64::from(std::process::id()))),
+                    kv(
+                        "service.name",
+                        Value::StringValue("correlation-test".into()),
+                    ),
+                    kv(
+                        "process.pid",
+                        Value::IntValue(i64::from(std::process::id())),
+                    ),
                 ],
                 ..Default::default()
             }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             schema_url: String::new(),
         }],
     }
@@ -255,9 +318,14 @@ pub fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
 
 /// Exports over OTLP/gRPC with the generated client.
 pub fn send_grpc(addr: SocketAddr, req: ExportTraceServiceRequest) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut c = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect to the agent's OTLP/gRPC");
+        let mut c = TraceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to the agent's OTLP/gRPC");
         c.export(req).await.expect("export accepted");
     });
 }
@@ -265,13 +333,17 @@ pub fn send_grpc(addr: SocketAddr, req: ExportTraceServiceRequest) {
 /// Exports over OTLP/HTTP (protobuf); returns the HTTP status.
 pub fn send_http(addr: SocketAddr, req: &ExportTraceServiceRequest) -> u16 {
     let body = req.encode_to_vec();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to the agent's OTLP/HTTP");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .expect("connect to the agent's OTLP/HTTP");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
     s.write_all(&body).unwrap();
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
-    resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,7 +354,10 @@ pub fn send_http(addr: SocketAddr, req: &ExportTraceServiceRequest) -> u16 {
 pub fn service_listener() -> TcpListener {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
     let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-    (1024..low).rev().find_map(|p| TcpListener::bind(("127.0.0.1", p)).ok()).expect("a free port below the ephemeral range")
+    (1024..low)
+        .rev()
+        .find_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// One connection that the server aborts with SO_LINGER 0 (an RST sent by the server, received
@@ -294,11 +369,15 @@ pub fn aborted_connection(listener: &TcpListener) -> (SocketAddr, SocketAddr, u6
     let mut buf = [0u8; 5];
     server.read_exact(&mut buf).unwrap();
     let (srv, cli) = (server.local_addr().unwrap(), server.peer_addr().unwrap());
-    SockRef::from(&server).set_linger(Some(Duration::ZERO)).unwrap();
+    SockRef::from(&server)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     let before = now_ns();
     drop(server);
     let after = now_ns();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let err = client.read(&mut buf).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     (srv, cli, before, after)
@@ -317,10 +396,23 @@ pub fn python() -> PathBuf {
 /// Runs correlation_decode.py over the dump; panics with its output if a check fails.
 pub fn python_decode(dump: &Path, checks: &[String]) -> String {
     let py = python();
-    assert!(py.exists(), "{} missing: run `cargo xtask setup` (it builds the venv from xtask/python-requirements.txt)", py.display());
+    assert!(
+        py.exists(),
+        "{} missing: run `cargo xtask setup` (it builds the venv from xtask/python-requirements.txt)",
+        py.display()
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/correlation_decode.py");
-    let out = Command::new(&py).arg(script).arg(dump).args(checks).output().expect("run python");
+    let out = Command::new(&py)
+        .arg(script)
+        .arg(dump)
+        .args(checks)
+        .output()
+        .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "python decoder failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python decoder failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }

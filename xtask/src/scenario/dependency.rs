@@ -23,13 +23,19 @@ impl Dependency {
         let resetting = Arc::new(AtomicBool::new(false));
         let resets = Arc::new(AtomicU64::new(0));
         let (r, n) = (resetting.clone(), resets.clone());
-        std::thread::Builder::new().name("dependency".into()).spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (r, n) = (r.clone(), n.clone());
-                std::thread::spawn(move || serve(conn, &r, &n));
-            }
-        })?;
-        Ok(Self { addr, resetting, resets })
+        std::thread::Builder::new()
+            .name("dependency".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let (r, n) = (r.clone(), n.clone());
+                    std::thread::spawn(move || serve(conn, &r, &n));
+                }
+            })?;
+        Ok(Self {
+            addr,
+            resetting,
+            resets,
+        })
     }
 
     pub fn set_resetting(&self, on: bool) {
@@ -45,12 +51,25 @@ fn reset(conn: TcpStream, resets: &AtomicU64) {
 
 fn socket_linger_zero(conn: &TcpStream) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let linger = libc_linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc_linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: a valid fd and a correctly sized option value.
     let rc = unsafe {
-        setsockopt(conn.as_raw_fd(), 1 /* SOL_SOCKET */, 13 /* SO_LINGER */, (&linger as *const libc_linger).cast(), size_of::<libc_linger>() as u32)
+        setsockopt(
+            conn.as_raw_fd(),
+            1,  /* SOL_SOCKET */
+            13, /* SO_LINGER */
+            (&linger as *const libc_linger).cast(),
+            size_of::<libc_linger>() as u32,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[repr(C)]
@@ -65,7 +84,9 @@ unsafe extern "C" {
 
 fn serve(conn: TcpStream, resetting: &AtomicBool, resets: &AtomicU64) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = conn.try_clone() else { return };
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     loop {

@@ -16,7 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::{setup::Env, util::{Proc, http, run as run_cmd, step, wait_ready}};
+use crate::{
+    setup::Env,
+    util::{Proc, http, run as run_cmd, step, wait_ready},
+};
 use dependency::Dependency;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -34,7 +37,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Calm, Kind::Surge, Kind::RstStorm, Kind::PacketLoss, Kind::NoisyNeighbour];
+    const ALL: [Kind; 5] = [
+        Kind::Calm,
+        Kind::Surge,
+        Kind::RstStorm,
+        Kind::PacketLoss,
+        Kind::NoisyNeighbour,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -111,11 +120,21 @@ fn bins(env: &Env, debug: bool, no_build: bool) -> Result<Bins> {
         }
         run_cmd(&mut cmd)?;
     }
-    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| env.root.join("target")).join(profile);
-    let bins = Bins { agent: dir.join("kernelsight-agent"), server: dir.join("game-server"), bots: dir.join("bots") };
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env.root.join("target"))
+        .join(profile);
+    let bins = Bins {
+        agent: dir.join("kernelsight-agent"),
+        server: dir.join("game-server"),
+        bots: dir.join("bots"),
+    };
     for b in [&bins.agent, &bins.server, &bins.bots] {
         if !b.exists() {
-            bail!("{} is missing; build it (cargo build -p agent -p game-server)", b.display());
+            bail!(
+                "{} is missing; build it (cargo build -p agent -p game-server)",
+                b.display()
+            );
         }
     }
     Ok(bins)
@@ -126,7 +145,10 @@ fn free_addr() -> Result<SocketAddr> {
 }
 
 fn now_unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
 }
 
 /// An incident as first seen in the agent's listing.
@@ -140,26 +162,31 @@ struct Seen {
 }
 
 /// Polls /incidents and remembers when each incident first appeared.
-fn watch_incidents(agent: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec<Seen>>>) -> std::thread::JoinHandle<()> {
+fn watch_incidents(
+    agent: SocketAddr,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             if let Ok((200, body)) = http(agent, "GET", "/incidents", None)
-                && let Ok(v) = serde_json::from_str::<Value>(&body) {
-                    let now = now_unix_ns();
-                    let mut seen = seen.lock().expect("not poisoned");
-                    for inc in v["incidents"].as_array().into_iter().flatten() {
-                        let id = inc["id"].as_str().unwrap_or_default().to_owned();
-                        if !seen.iter().any(|s| s.id == id) {
-                            seen.push(Seen {
-                                id,
-                                class: inc["class"].as_str().unwrap_or_default().to_owned(),
-                                subject: inc["subject"].as_str().unwrap_or_default().to_owned(),
-                                summary: inc["summary"].as_str().unwrap_or_default().to_owned(),
-                                first_seen_unix_ns: now,
-                            });
-                        }
+                && let Ok(v) = serde_json::from_str::<Value>(&body)
+            {
+                let now = now_unix_ns();
+                let mut seen = seen.lock().expect("not poisoned");
+                for inc in v["incidents"].as_array().into_iter().flatten() {
+                    let id = inc["id"].as_str().unwrap_or_default().to_owned();
+                    if !seen.iter().any(|s| s.id == id) {
+                        seen.push(Seen {
+                            id,
+                            class: inc["class"].as_str().unwrap_or_default().to_owned(),
+                            subject: inc["subject"].as_str().unwrap_or_default().to_owned(),
+                            summary: inc["summary"].as_str().unwrap_or_default().to_owned(),
+                            first_seen_unix_ns: now,
+                        });
                     }
                 }
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
     })
@@ -187,8 +214,16 @@ impl Drop for Fault {
 }
 
 fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().context("nft (nftables)")?;
-    child.stdin.take().context("stdin")?.write_all(script.as_bytes())?;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("nft (nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(script.as_bytes())?;
     if !child.wait()?.success() {
         bail!("nft failed on:\n{script}");
     }
@@ -215,7 +250,11 @@ struct RunReport {
 
 impl RunReport {
     fn ttd_s(&self) -> Option<f64> {
-        self.detected.as_ref().map(|d| d.first_seen_unix_ns.saturating_sub(self.fault_start_unix_ns) as f64 / 1e9)
+        self.detected.as_ref().map(|d| {
+            d.first_seen_unix_ns
+                .saturating_sub(self.fault_start_unix_ns) as f64
+                / 1e9
+        })
     }
 
     fn json(&self) -> Value {
@@ -239,16 +278,28 @@ impl RunReport {
 
 fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     let dep = Arc::new(Dependency::start()?);
-    let (agent_http, otlp_grpc, otlp_http, game) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
-    let data = std::env::temp_dir().join(format!("ks-scenario-{}-{}", std::process::id(), kind.name()));
+    let (agent_http, otlp_grpc, otlp_http, game) =
+        (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    let data = std::env::temp_dir().join(format!(
+        "ks-scenario-{}-{}",
+        std::process::id(),
+        kind.name()
+    ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
-    let logs = |name: &str| -> Result<std::fs::File> { Ok(std::fs::File::create(data.join(format!("{name}.log")))?) };
+    let logs = |name: &str| -> Result<std::fs::File> {
+        Ok(std::fs::File::create(data.join(format!("{name}.log")))?)
+    };
 
     let mut agent = Proc(
         Command::new(&bins.agent)
             .args(["--http-addr", &agent_http.to_string()])
-            .args(["--otlp-grpc-addr", &otlp_grpc.to_string(), "--otlp-http-addr", &otlp_http.to_string()])
+            .args([
+                "--otlp-grpc-addr",
+                &otlp_grpc.to_string(),
+                "--otlp-http-addr",
+                &otlp_http.to_string(),
+            ])
             .args(["--comm", "game-server"])
             .env("RUST_LOG", "info")
             .stderr(logs("agent")?)
@@ -277,7 +328,12 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     let bots = Proc(
         Command::new(&bins.bots)
             .args(["--url", &format!("ws://{game}/ws")])
-            .args(["--sessions", &a.sessions.to_string(), "--rooms", &a.rooms.to_string()])
+            .args([
+                "--sessions",
+                &a.sessions.to_string(),
+                "--rooms",
+                &a.rooms.to_string(),
+            ])
             .args(["--rate", "10", "--duration", &total.to_string(), "--json"])
             .stdout(Stdio::piped())
             .stderr(logs("bots")?)
@@ -304,7 +360,10 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         }
         Kind::RstStorm => {
             dep.set_resetting(true);
-            (Fault::Resetting(dep.clone()), Some(format!("ep:{}", dep.addr)))
+            (
+                Fault::Resetting(dep.clone()),
+                Some(format!("ep:{}", dep.addr)),
+            )
         }
         Kind::PacketLoss => {
             nft(&format!(
@@ -316,11 +375,17 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             (Fault::Nft, Some("ep:127.0.0.1".to_owned()))
         }
         Kind::NoisyNeighbour => {
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
             let xtask = std::env::current_exe()?;
             let hogs = (0..=cores)
                 .map(|_| -> Result<Proc> {
-                    Ok(Proc(Command::new(&xtask).args(["hog", "--seconds", &a.fault.to_string()]).spawn()?))
+                    Ok(Proc(
+                        Command::new(&xtask)
+                            .args(["hog", "--seconds", &a.fault.to_string()])
+                            .spawn()?,
+                    ))
                 })
                 .collect::<Result<Vec<_>>>()?;
             (Fault::Hogs(hogs), Some(format!("pid:{server_pid}")))
@@ -348,26 +413,53 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     let matches = |s: &Seen| {
         Some(s.class.as_str()) == expected
             && s.first_seen_unix_ns + slack_ns >= fault_start_unix_ns
-            && expected_subject.as_deref().is_none_or(|p| s.subject.starts_with(p))
+            && expected_subject
+                .as_deref()
+                .is_none_or(|p| s.subject.starts_with(p))
     };
-    let detected = seen.iter().filter(|s| matches(s)).min_by_key(|s| s.first_seen_unix_ns).cloned();
+    let detected = seen
+        .iter()
+        .filter(|s| matches(s))
+        .min_by_key(|s| s.first_seen_unix_ns)
+        .cloned();
     let ours = |s: &Seen| -> bool {
         if let Some(ep) = s.subject.strip_prefix("ep:") {
             let port = ep.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-            return port.is_some_and(|p| [game, dep.addr, agent_http, otlp_grpc, otlp_http].iter().any(|a| a.port() == p));
+            return port.is_some_and(|p| {
+                [game, dep.addr, agent_http, otlp_grpc, otlp_http]
+                    .iter()
+                    .any(|a| a.port() == p)
+            });
         }
         if let Some(pid) = s.subject.strip_prefix("pid:") {
             return pid == server_pid.to_string();
         }
         true
     };
-    let false_alarms = seen.iter().filter(|s| !matches(s) && ours(s)).cloned().collect();
-    let unrelated = seen.iter().filter(|s| !matches(s) && !ours(s)).cloned().collect();
+    let false_alarms = seen
+        .iter()
+        .filter(|s| !matches(s) && ours(s))
+        .cloned()
+        .collect();
+    let unrelated = seen
+        .iter()
+        .filter(|s| !matches(s) && !ours(s))
+        .cloned()
+        .collect();
     // The bots print one (pretty) JSON document.
     let bots = serde_json::from_str(bots_out.trim()).unwrap_or(Value::Null);
     let _ = std::fs::remove_dir_all(&data);
     let dependency_resets = dep.resets.load(Ordering::Relaxed);
-    Ok(RunReport { kind, fault_start_unix_ns, expected_subject, detected, false_alarms, unrelated, bots, dependency_resets })
+    Ok(RunReport {
+        kind,
+        fault_start_unix_ns,
+        expected_subject,
+        detected,
+        false_alarms,
+        unrelated,
+        bots,
+        dependency_resets,
+    })
 }
 
 pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
@@ -377,7 +469,9 @@ pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
     let kinds: Vec<Kind> = match (a.kind, a.all) {
         (Some(k), _) => vec![k],
         (None, true) => Kind::ALL.to_vec(),
-        (None, false) => bail!("name a scenario (calm, surge, rst-storm, packet-loss, noisy-neighbour) or pass --all"),
+        (None, false) => bail!(
+            "name a scenario (calm, surge, rst-storm, packet-loss, noisy-neighbour) or pass --all"
+        ),
     };
     let bins = bins(env, a.debug, a.no_build)?;
     let mut reports = Vec::new();
@@ -388,7 +482,10 @@ pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
         }
     }
     if a.json {
-        println!("{}", Value::Array(reports.iter().map(RunReport::json).collect()));
+        println!(
+            "{}",
+            Value::Array(reports.iter().map(RunReport::json).collect())
+        );
     } else {
         print_table(&reports);
     }
@@ -408,33 +505,64 @@ fn print_table(reports: &[RunReport]) {
             r.kind.name(),
             r.kind.expected_class().unwrap_or("nothing"),
             r.detected.as_ref().map(|d| d.class.as_str()).unwrap_or("-"),
-            r.detected.as_ref().map(|d| d.subject.as_str()).unwrap_or("-"),
-            r.ttd_s().map(|t| format!("{t:.1} s")).unwrap_or_else(|| "-".into()),
+            r.detected
+                .as_ref()
+                .map(|d| d.subject.as_str())
+                .unwrap_or("-"),
+            r.ttd_s()
+                .map(|t| format!("{t:.1} s"))
+                .unwrap_or_else(|| "-".into()),
             r.false_alarms.len()
         );
         for f in &r.false_alarms {
             let at = (f.first_seen_unix_ns as f64 - r.fault_start_unix_ns as f64) / 1e9;
-            println!("|   false alarm | | {} | {} | {at:+.1} s | {} |", f.class, f.subject, f.summary.replace('|', "/"));
+            println!(
+                "|   false alarm | | {} | {} | {at:+.1} s | {} |",
+                f.class,
+                f.subject,
+                f.summary.replace('|', "/")
+            );
         }
         for f in &r.unrelated {
-            println!("|   (unrelated: other traffic) | | {} | {} | | {} |", f.class, f.subject, f.summary.replace('|', "/"));
+            println!(
+                "|   (unrelated: other traffic) | | {} | {} | | {} |",
+                f.class,
+                f.subject,
+                f.summary.replace('|', "/")
+            );
         }
     }
     // Precision: raised incidents that were right; recall: faults that were found.
-    let faults = reports.iter().filter(|r| r.kind.expected_class().is_some()).count();
+    let faults = reports
+        .iter()
+        .filter(|r| r.kind.expected_class().is_some())
+        .count();
     let found = reports.iter().filter(|r| r.detected.is_some()).count();
-    let raised: usize = reports.iter().map(|r| r.false_alarms.len() + usize::from(r.detected.is_some())).sum();
+    let raised: usize = reports
+        .iter()
+        .map(|r| r.false_alarms.len() + usize::from(r.detected.is_some()))
+        .sum();
     let mut ttd: Vec<f64> = reports.iter().filter_map(RunReport::ttd_s).collect();
     ttd.sort_by(f64::total_cmp);
     println!();
     if raised > 0 {
-        println!("precision {:.2} ({found} right of {raised} raised)", found as f64 / raised as f64);
+        println!(
+            "precision {:.2} ({found} right of {raised} raised)",
+            found as f64 / raised as f64
+        );
     }
     if faults > 0 {
-        println!("recall    {:.2} ({found} of {faults} faults found)", found as f64 / faults as f64);
+        println!(
+            "recall    {:.2} ({found} of {faults} faults found)",
+            found as f64 / faults as f64
+        );
     }
     if !ttd.is_empty() {
-        println!("time to detect: median {:.1} s, max {:.1} s", ttd[ttd.len() / 2], ttd[ttd.len() - 1]);
+        println!(
+            "time to detect: median {:.1} s, max {:.1} s",
+            ttd[ttd.len() / 2],
+            ttd[ttd.len() - 1]
+        );
     }
 }
 

@@ -77,7 +77,8 @@ impl UiArgs {
     /// on the page).
     pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(t) = &self.trace_url_template
-            && (!(t.starts_with("http://") || t.starts_with("https://")) || !t.contains("{trace_id}"))
+            && (!(t.starts_with("http://") || t.starts_with("https://"))
+                || !t.contains("{trace_id}"))
         {
             bail!("--trace-url-template must be an http(s) URL containing {{trace_id}}, got {t:?}");
         }
@@ -97,7 +98,9 @@ struct HttpUrl {
 
 impl HttpUrl {
     fn parse(u: &str) -> anyhow::Result<Self> {
-        let rest = u.strip_prefix("http://").context("only http:// URLs are supported")?;
+        let rest = u
+            .strip_prefix("http://")
+            .context("only http:// URLs are supported")?;
         let (host_port, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/metrics"),
@@ -105,12 +108,19 @@ impl HttpUrl {
         if host_port.is_empty() {
             bail!("no host");
         }
-        let host_port = if host_port.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !host_port.ends_with(']') {
+        let host_port = if host_port
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !host_port.ends_with(']')
+        {
             host_port.to_owned()
         } else {
             format!("{host_port}:80")
         };
-        Ok(Self { host_port, path: path.to_owned() })
+        Ok(Self {
+            host_port,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -137,13 +147,19 @@ pub struct Ui {
 }
 
 fn now_unix_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Ui {
     pub fn new(args: &UiArgs, correlation: Option<&Correlation>, forwarding: bool) -> Arc<Self> {
         Arc::new(Self {
-            timeline: Arc::new(Timeline::new(args.timeline_seconds, EphemeralPorts::from_sysctl())),
+            timeline: Arc::new(Timeline::new(
+                args.timeline_seconds,
+                EphemeralPorts::from_sysctl(),
+            )),
             args: args.clone(),
             started: Instant::now(),
             otlp: correlation.map(|c| (c.grpc_addr, c.http_addr)),
@@ -172,21 +188,37 @@ pub fn start(
     Ok(ui)
 }
 
-async fn sampler(ui: Arc<Ui>, probes: Option<Arc<AsyncMutex<Probes>>>, spans: Option<CorrelationMetrics>, metrics: Arc<Metrics>) {
-    let pool_url = ui.args.pool_metrics_url.as_deref().and_then(|u| HttpUrl::parse(u).ok());
+async fn sampler(
+    ui: Arc<Ui>,
+    probes: Option<Arc<AsyncMutex<Probes>>>,
+    spans: Option<CorrelationMetrics>,
+    metrics: Arc<Metrics>,
+) {
+    let pool_url = ui
+        .args
+        .pool_metrics_url
+        .as_deref()
+        .and_then(|u| HttpUrl::parse(u).ok());
     let mut runq = RunqDelta::default();
     let mut pools = PoolDelta::default();
     let mut last_counters: Option<[u64; COUNTER_MAX as usize]> = None;
     let mut last_spans: Option<(u64, u64)> = None;
     // Tick just after each wall-clock second, so a sample covers one second of events.
-    let into_second = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let first = tokio::time::Instant::now() + Duration::from_nanos(u64::from(1_000_000_000 - into_second) + 5_000_000);
+    let into_second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let first = tokio::time::Instant::now()
+        + Duration::from_nanos(u64::from(1_000_000_000 - into_second) + 5_000_000);
     let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
         let t = now_unix_s().saturating_sub(1);
-        let mut sample = Sample { t, ..Default::default() };
+        let mut sample = Sample {
+            t,
+            ..Default::default()
+        };
         let mut probes_error = None;
         if let Some(p) = &probes {
             let p = p.lock().await;
@@ -209,8 +241,14 @@ async fn sampler(ui: Arc<Ui>, probes: Option<Arc<AsyncMutex<Probes>>>, spans: Op
             }
         }
         if let Some(m) = &spans {
-            let received: u64 = ["grpc", "http"].iter().map(|t| m.spans_received.with_label_values(&[t]).get()).sum();
-            let joined: u64 = ["runq", "tcp"].iter().map(|j| m.spans_joined.with_label_values(&[j]).get()).sum();
+            let received: u64 = ["grpc", "http"]
+                .iter()
+                .map(|t| m.spans_received.with_label_values(&[t]).get())
+                .sum();
+            let joined: u64 = ["runq", "tcp"]
+                .iter()
+                .map(|j| m.spans_joined.with_label_values(&[j]).get())
+                .sum();
             let (r0, j0) = last_spans.unwrap_or((received, joined));
             sample.spans = Some(received.saturating_sub(r0));
             sample.spans_enriched = joined.saturating_sub(j0);
@@ -226,7 +264,8 @@ async fn sampler(ui: Arc<Ui>, probes: Option<Arc<AsyncMutex<Probes>>>, spans: Op
                 Err(e) => Err(format!("{e:#}")),
             });
         }
-        let had_kernel = ui.timeline.events_this_second() > 0 || sample.runq.as_ref().is_some_and(|r| r.count > 0);
+        let had_kernel = ui.timeline.events_this_second() > 0
+            || sample.runq.as_ref().is_some_and(|r| r.count > 0);
         {
             let mut s = ui.sources.lock().expect("ui lock");
             if had_kernel {
@@ -258,8 +297,13 @@ async fn sampler(ui: Arc<Ui>, probes: Option<Arc<AsyncMutex<Probes>>>, spans: Op
 async fn scrape(url: &HttpUrl) -> anyhow::Result<String> {
     const MAX: u64 = 8 << 20;
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(&url.host_port).await.with_context(|| format!("connecting to {}", url.host_port))?;
-        let req = format!("GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n\r\n", url.path, url.host_port);
+        let mut s = tokio::net::TcpStream::connect(&url.host_port)
+            .await
+            .with_context(|| format!("connecting to {}", url.host_port))?;
+        let req = format!(
+            "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n\r\n",
+            url.path, url.host_port
+        );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         (&mut s).take(MAX).read_to_end(&mut buf).await?;
@@ -271,16 +315,33 @@ async fn scrape(url: &HttpUrl) -> anyhow::Result<String> {
         }
         Ok(body.to_owned())
     };
-    tokio::time::timeout(Duration::from_millis(800), fut).await.context("timed out after 800 ms")?
+    tokio::time::timeout(Duration::from_millis(800), fut)
+        .await
+        .context("timed out after 800 ms")?
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }))
-        .route("/ui/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
-        .route("/ui/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
-        .route("/ui/favicon.svg", get(|| async { asset(FAVICON_SVG, "image/svg+xml") }))
-        .route("/favicon.ico", get(|| async { asset(FAVICON_SVG, "image/svg+xml") }))
+        .route(
+            "/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/ui/app.css",
+            get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/ui/favicon.svg",
+            get(|| async { asset(FAVICON_SVG, "image/svg+xml") }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { asset(FAVICON_SVG, "image/svg+xml") }),
+        )
         .route("/api/status", get(status))
         .route("/api/timeline", get(timeline))
         .route("/api/incidents/{id}", get(incident))
@@ -291,15 +352,25 @@ fn asset(body: &'static str, ctype: &'static str) -> Response {
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
 fn no_store<T: Serialize>(v: T) -> Response {
     let mut r = Json(v).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -311,7 +382,12 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
     let (open, total) = match &st.incidents {
         Some(b) => {
             let b = b.lock().expect("board lock");
-            (b.incidents().filter(|i| i.state == crate::detect::incident::IncidentState::Open).count(), b.incidents().count())
+            (
+                b.incidents()
+                    .filter(|i| i.state == crate::detect::incident::IncidentState::Open)
+                    .count(),
+                b.incidents().count(),
+            )
         }
         None => (0, 0),
     };
@@ -367,9 +443,15 @@ struct RunqOut<'a> {
 
 async fn timeline(State(st): State<Arc<AppState>>, Query(q): Query<TimelineQuery>) -> Response {
     let Some(ui) = &st.ui else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the timeline is not running\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the timeline is not running\n",
+        )
+            .into_response();
     };
-    let samples = ui.timeline.since(q.since.unwrap_or(0), q.seconds.unwrap_or(usize::MAX));
+    let samples = ui
+        .timeline
+        .since(q.since.unwrap_or(0), q.seconds.unwrap_or(usize::MAX));
     let samples: Vec<serde_json::Value> = samples
         .iter()
         .map(|s| {
@@ -404,17 +486,29 @@ async fn timeline(State(st): State<Arc<AppState>>, Query(q): Query<TimelineQuery
             .collect(),
         None => Vec::new(),
     };
-    no_store(serde_json::json!({ "now_unix_s": now_unix_s(), "samples": samples, "incidents": incidents }))
+    no_store(
+        serde_json::json!({ "now_unix_s": now_unix_s(), "samples": samples, "incidents": incidents }),
+    )
 }
 
 /// Whether an enriched span touched an incident's subject (used before the incident closes and
 /// its span links are final).
 fn touches(subject: &str, attrs: &serde_json::Map<String, serde_json::Value>) -> bool {
-    let s = |k: &str| attrs.get(k).and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_i64().map(|i| i.to_string())));
+    let s = |k: &str| {
+        attrs.get(k).and_then(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .or_else(|| v.as_i64().map(|i| i.to_string()))
+        })
+    };
     if let Some(ep) = subject.strip_prefix("ep:") {
-        let ep = ep.rsplit_once(':').and_then(|(a, p)| Endpoint::parse(a, p.parse().ok()?));
+        let ep = ep
+            .rsplit_once(':')
+            .and_then(|(a, p)| Endpoint::parse(a, p.parse().ok()?));
         let side = |a: &str, p: &str| Endpoint::parse(&s(a)?, s(p)?.parse().ok()?);
-        return ep.is_some() && (side("network.peer.address", "network.peer.port") == ep || side("network.local.address", "network.local.port") == ep);
+        return ep.is_some()
+            && (side("network.peer.address", "network.peer.port") == ep
+                || side("network.local.address", "network.local.port") == ep);
     }
     if let Some(pool) = subject.strip_prefix("pool:") {
         return s("pool.name").as_deref() == Some(pool);
@@ -428,25 +522,44 @@ async fn incident(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Re
     };
     let b = board.lock().expect("board lock");
     let Some(inc) = b.incidents().find(|i| i.id == id) else {
-        return (StatusCode::NOT_FOUND, format!("no incident {id} (the agent keeps the last ones only)\n")).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no incident {id} (the agent keeps the last ones only)\n"),
+        )
+            .into_response();
     };
     let mut v = serde_json::to_value(inc).unwrap_or_default();
-    let affected: Vec<&super::incidents::SpanSummary> = inc.links.iter().filter_map(|l| b.span(&l.trace_id, &l.span_id)).collect();
+    let affected: Vec<&super::incidents::SpanSummary> = inc
+        .links
+        .iter()
+        .filter_map(|l| b.span(&l.trace_id, &l.span_id))
+        .collect();
     v["affected_spans"] = serde_json::to_value(&affected).unwrap_or_default();
     v["links_missing"] = serde_json::json!(inc.links.len() - affected.len());
     // Until the incident closes its links are not gathered: show the enriched spans that touched
     // the subject inside the incident's window so far.
     let mut related = Vec::new();
     if inc.links.is_empty() {
-        let listing = b.listing(&ListQuery { limit: Some(0), spans: Some(usize::MAX), ..Default::default() });
-        let (lo, hi) = (inc.start_unix_ns.saturating_sub(2_000_000_000), inc.end_unix_ns + 2_000_000_000);
+        let listing = b.listing(&ListQuery {
+            limit: Some(0),
+            spans: Some(usize::MAX),
+            ..Default::default()
+        });
+        let (lo, hi) = (
+            inc.start_unix_ns.saturating_sub(2_000_000_000),
+            inc.end_unix_ns + 2_000_000_000,
+        );
         if let Some(spans) = listing["recent_enriched_spans"].as_array() {
             related = spans
                 .iter()
                 .filter(|s| {
                     let start = s["start_unix_ns"].as_u64().unwrap_or(0);
                     let end = s["end_unix_ns"].as_u64().unwrap_or(0);
-                    start <= hi && end >= lo && s["attributes"].as_object().is_some_and(|a| touches(&inc.subject, a))
+                    start <= hi
+                        && end >= lo
+                        && s["attributes"]
+                            .as_object()
+                            .is_some_and(|a| touches(&inc.subject, a))
                 })
                 .take(50)
                 .cloned()
@@ -468,49 +581,100 @@ mod tests {
 
     #[test]
     fn urls_and_templates_are_checked() {
-        assert_eq!(HttpUrl::parse("http://127.0.0.1:7000/metrics").unwrap(), HttpUrl { host_port: "127.0.0.1:7000".into(), path: "/metrics".into() });
-        assert_eq!(HttpUrl::parse("http://game").unwrap(), HttpUrl { host_port: "game:80".into(), path: "/metrics".into() });
+        assert_eq!(
+            HttpUrl::parse("http://127.0.0.1:7000/metrics").unwrap(),
+            HttpUrl {
+                host_port: "127.0.0.1:7000".into(),
+                path: "/metrics".into()
+            }
+        );
+        assert_eq!(
+            HttpUrl::parse("http://game").unwrap(),
+            HttpUrl {
+                host_port: "game:80".into(),
+                path: "/metrics".into()
+            }
+        );
         assert!(HttpUrl::parse("https://x/metrics").is_err());
-        let ok = UiArgs { trace_url_template: Some("http://localhost:16686/trace/{trace_id}".into()), ..Default::default() };
+        let ok = UiArgs {
+            trace_url_template: Some("http://localhost:16686/trace/{trace_id}".into()),
+            ..Default::default()
+        };
         assert!(ok.validate().is_ok());
-        for bad in ["javascript:alert({trace_id})", "http://jaeger/trace/", "//x/{trace_id}"] {
-            assert!(UiArgs { trace_url_template: Some(bad.into()), ..Default::default() }.validate().is_err(), "{bad}");
+        for bad in [
+            "javascript:alert({trace_id})",
+            "http://jaeger/trace/",
+            "//x/{trace_id}",
+        ] {
+            assert!(
+                UiArgs {
+                    trace_url_template: Some(bad.into()),
+                    ..Default::default()
+                }
+                .validate()
+                .is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn spans_touch_an_endpoint_from_either_side() {
         let attrs = |v: serde_json::Value| v.as_object().unwrap().clone();
-        let a = attrs(serde_json::json!({"network.peer.address": "::ffff:127.0.0.1", "network.peer.port": 1023, "network.local.address": "127.0.0.1", "network.local.port": 40000}));
+        let a = attrs(
+            serde_json::json!({"network.peer.address": "::ffff:127.0.0.1", "network.peer.port": 1023, "network.local.address": "127.0.0.1", "network.local.port": 40000}),
+        );
         assert!(touches("ep:127.0.0.1:1023", &a));
         assert!(touches("ep:127.0.0.1:40000", &a));
         assert!(!touches("ep:127.0.0.1:1024", &a));
-        assert!(touches("pool:game", &attrs(serde_json::json!({"pool.name": "game"}))));
+        assert!(touches(
+            "pool:game",
+            &attrs(serde_json::json!({"pool.name": "game"}))
+        ));
         assert!(!touches("pid:1", &a));
     }
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut buf = String::new();
         s.read_to_string(&mut buf).await.unwrap();
         let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-        (head.split_whitespace().nth(1).unwrap().parse().unwrap(), head.to_ascii_lowercase(), body.to_owned())
+        (
+            head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+            head.to_ascii_lowercase(),
+            body.to_owned(),
+        )
     }
 
     /// Without probes, correlation or the timeline (states the binary does not reach today, but
     /// the listener supports), every route still answers and says what is missing.
     #[tokio::test]
     async fn routes_answer_and_say_what_is_missing() {
-        let state = Arc::new(AppState { metrics: Arc::new(Metrics::new()), probes: None, incidents: None, ui: None });
+        let state = Arc::new(AppState {
+            metrics: Arc::new(Metrics::new()),
+            probes: None,
+            incidents: None,
+            ui: None,
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, super::super::http::router(state)).await });
         let (code, head, body) = get(addr, "/").await;
         assert_eq!(code, 200);
-        assert!(head.contains("content-security-policy: default-src 'self'") && head.contains("text/html"), "{head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'self'")
+                && head.contains("text/html"),
+            "{head}"
+        );
         assert!(body.contains("/ui/app.js"));
-        for (path, ctype) in [("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css"), ("/ui/favicon.svg", "image/svg+xml")] {
+        for (path, ctype) in [
+            ("/ui/app.js", "text/javascript"),
+            ("/ui/app.css", "text/css"),
+            ("/ui/favicon.svg", "image/svg+xml"),
+        ] {
             let (code, head, _) = get(addr, path).await;
             assert!(code == 200 && head.contains(ctype), "{path}: {head}");
         }
@@ -527,12 +691,33 @@ mod tests {
     /// path on the agent itself.
     #[test]
     fn assets_reference_only_the_agent() {
-        for (name, text) in [("index.html", INDEX_HTML), ("app.js", APP_JS), ("app.css", APP_CSS)] {
-            for needle in ["src=\"http", "href=\"http", "src=\"//", "href=\"//", "@import", "url(http", "cdn"] {
-                assert!(!text.to_ascii_lowercase().contains(needle), "{name} contains {needle}");
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("app.css", APP_CSS),
+        ] {
+            for needle in [
+                "src=\"http",
+                "href=\"http",
+                "src=\"//",
+                "href=\"//",
+                "@import",
+                "url(http",
+                "cdn",
+            ] {
+                assert!(
+                    !text.to_ascii_lowercase().contains(needle),
+                    "{name} contains {needle}"
+                );
             }
         }
-        assert!(!INDEX_HTML.contains("<script>"), "no inline script (the CSP forbids it)");
-        assert!(INDEX_HTML.contains("src=\"/ui/app.js\"") && INDEX_HTML.contains("href=\"/ui/app.css\""));
+        assert!(
+            !INDEX_HTML.contains("<script>"),
+            "no inline script (the CSP forbids it)"
+        );
+        assert!(
+            INDEX_HTML.contains("src=\"/ui/app.js\"")
+                && INDEX_HTML.contains("href=\"/ui/app.css\"")
+        );
     }
 }
