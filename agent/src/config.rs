@@ -1,9 +1,20 @@
-//! Command line and environment.
-use std::{net::SocketAddr, path::PathBuf};
+//! Command line and environment, and what each stage is told from them.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use anyhow::{Context as _, bail};
 use clap::Parser;
 
-use crate::probes::{ProbeConfig, watch::Selectors};
+use crate::{
+    sinks::forward::ForwardConfig,
+    sources::{
+        kernel::{ProbeConfig, watch::Selectors},
+        pool::HttpUrl,
+    },
+    transforms::{
+        correlate::{CorrelateConfig, join::JoinConfig},
+        detect::DetectConfig,
+    },
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,11 +70,11 @@ pub struct Config {
 
     /// OTLP receivers, joins, detection and forwarding.
     #[command(flatten)]
-    pub correlation: crate::correlator::CorrelationArgs,
+    pub correlation: CorrelationArgs,
 
     /// The page at / (timeline, incidents, trace links).
     #[command(flatten)]
-    pub ui: crate::export::ui::UiArgs,
+    pub ui: UiArgs,
 }
 
 impl Config {
@@ -83,6 +94,193 @@ impl Config {
             runq_event_threshold_ns: self.runq_event_threshold_us.saturating_mul(1000),
             sock_owner_entries: self.sock_owner_entries,
             tracefs: self.tracefs.clone(),
+        }
+    }
+}
+
+/// Command-line options of the correlation half (flattened into the agent's [`Config`]).
+#[derive(Clone, Debug, clap::Args)]
+pub struct CorrelationArgs {
+    /// OTLP/gRPC trace receiver address.
+    #[arg(
+        long,
+        env = "KERNELSIGHT_OTLP_GRPC_ADDR",
+        default_value = "127.0.0.1:4317"
+    )]
+    pub otlp_grpc_addr: SocketAddr,
+
+    /// OTLP/HTTP trace receiver address (POST /v1/traces, protobuf or JSON).
+    #[arg(
+        long,
+        env = "KERNELSIGHT_OTLP_HTTP_ADDR",
+        default_value = "127.0.0.1:4318"
+    )]
+    pub otlp_http_addr: SocketAddr,
+
+    /// Forward spans (enriched, passed-through and incident spans) to this OTLP/gRPC endpoint,
+    /// e.g. http://jaeger:4317. Without it the agent keeps the last incidents and enriched spans
+    /// in memory for /incidents.
+    #[arg(long, env = "KERNELSIGHT_OTLP_FORWARD")]
+    pub otlp_forward: Option<String>,
+
+    /// Spans the forwarder's retry queue holds before it drops the oldest.
+    #[arg(long, env = "KERNELSIGHT_FORWARD_QUEUE_SPANS", default_value_t = 65536)]
+    pub forward_queue_spans: usize,
+
+    /// Spans held for joining at most (queued plus waiting); beyond it spans pass unenriched.
+    #[arg(long, env = "KERNELSIGHT_SPAN_STORE_CAP", default_value_t = 65536)]
+    pub span_store_cap: usize,
+
+    /// How long after a span ends the agent waits for kernel evidence before joining (also the
+    /// tail of a connection span's window).
+    #[arg(long, env = "KERNELSIGHT_SPAN_WAIT_MS", default_value_t = 1000)]
+    pub span_wait_ms: u64,
+
+    /// Largest OTLP request accepted, in bytes.
+    #[arg(long, env = "KERNELSIGHT_OTLP_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub otlp_max_request_bytes: usize,
+
+    /// Re-measure the monotonic → Unix clock offset this often (seconds).
+    #[arg(long, env = "KERNELSIGHT_CLOCK_RESYNC_SECS", default_value_t = 10)]
+    pub clock_resync_secs: u64,
+
+    /// Run-queue waits at least this long (µs) become span events on the task spans.
+    #[arg(long, env = "KERNELSIGHT_SLOW_WAKEUP_US", default_value_t = 1000)]
+    pub slow_wakeup_us: u64,
+
+    /// Incidents kept for /incidents.
+    #[arg(long, env = "KERNELSIGHT_INCIDENTS_KEEP", default_value_t = 200)]
+    pub incidents_keep: usize,
+
+    /// Enriched spans kept in memory for /incidents.
+    #[arg(long, env = "KERNELSIGHT_ENRICHED_SPANS_KEEP", default_value_t = 1000)]
+    pub enriched_spans_keep: usize,
+
+    /// Span links per incident span (the rest are counted).
+    #[arg(long, env = "KERNELSIGHT_INCIDENT_MAX_LINKS", default_value_t = 32)]
+    pub incident_max_links: usize,
+
+    /// connection_fault: fewest connections reset toward one endpoint in a second.
+    #[arg(long, env = "KERNELSIGHT_FAULT_MIN_RESETS", default_value_t = 5.0)]
+    pub fault_min_resets: f64,
+
+    /// task_surge: fewest task arrivals per second in a pool.
+    #[arg(long, env = "KERNELSIGHT_SURGE_MIN_RATE", default_value_t = 20.0)]
+    pub surge_min_rate: f64,
+
+    /// cpu_contention: least run-queue delay (ms per second) in a process.
+    #[arg(long, env = "KERNELSIGHT_CONTENTION_MIN_MS", default_value_t = 50.0)]
+    pub contention_min_ms: f64,
+}
+
+impl CorrelationArgs {
+    pub fn join_config(&self) -> JoinConfig {
+        JoinConfig {
+            conn_tail_ns: self.span_wait_ms * 1_000_000,
+            slow_wakeup_ns: self.slow_wakeup_us * 1_000,
+            ..JoinConfig::default()
+        }
+    }
+
+    pub fn correlate_config(&self) -> CorrelateConfig {
+        CorrelateConfig {
+            join: self.join_config(),
+            detect: self.detect_config(),
+            span_wait_ms: self.span_wait_ms,
+            clock_resync: Duration::from_secs(self.clock_resync_secs.max(1)),
+        }
+    }
+
+    /// `None` without `--otlp-forward`.
+    pub fn forward_config(&self) -> Option<ForwardConfig> {
+        self.otlp_forward.as_ref().map(|endpoint| ForwardConfig {
+            endpoint: endpoint.clone(),
+            queue_spans: self.forward_queue_spans,
+            timeout: Duration::from_secs(10),
+            max_attempts: 10,
+        })
+    }
+
+    pub fn detect_config(&self) -> DetectConfig {
+        DetectConfig {
+            // Joined spans reach the detector `span_wait` after they end; half a second more
+            // covers the ring-buffer latency and the correlator's tick.
+            settle_min_ns: (self.span_wait_ms + 500) * 1_000_000,
+            max_links: self.incident_max_links,
+            fault_min_resets: self.fault_min_resets,
+            surge_min_rate: self.surge_min_rate,
+            contention_min_ms: self.contention_min_ms,
+            ..DetectConfig::default()
+        }
+    }
+}
+
+/// Options of the page (flattened into the agent's command line).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct UiArgs {
+    /// Link each trace on the incident page to the trace backend: `{trace_id}` (and
+    /// `{span_id}`) are replaced, e.g. 'http://localhost:16686/trace/{trace_id}' for Jaeger.
+    #[arg(long, env = "KERNELSIGHT_TRACE_URL_TEMPLATE")]
+    pub trace_url_template: Option<String>,
+
+    /// The game server's Prometheus endpoint (http://host:port/path), scraped once a second for
+    /// the timeline's task arrivals and queue depth (`pool_submitted_total`, `pool_queue_depth`).
+    #[arg(long, env = "KERNELSIGHT_POOL_METRICS_URL")]
+    pub pool_metrics_url: Option<String>,
+
+    /// Seconds of history the timeline keeps (one sample per second).
+    #[arg(long, env = "KERNELSIGHT_TIMELINE_SECONDS", default_value_t = 900)]
+    pub timeline_seconds: usize,
+}
+
+impl UiArgs {
+    /// Refuses a template that is not an http(s) URL with `{trace_id}` in it (it becomes a link
+    /// on the page).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(t) = &self.trace_url_template
+            && (!(t.starts_with("http://") || t.starts_with("https://"))
+                || !t.contains("{trace_id}"))
+        {
+            bail!("--trace-url-template must be an http(s) URL containing {{trace_id}}, got {t:?}");
+        }
+        self.pool_url()?;
+        Ok(())
+    }
+
+    /// The pool metrics URL, checked.
+    pub fn pool_url(&self) -> anyhow::Result<Option<HttpUrl>> {
+        self.pool_metrics_url
+            .as_deref()
+            .map(|u| HttpUrl::parse(u).with_context(|| format!("--pool-metrics-url {u:?}")))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_checked() {
+        let ok = UiArgs {
+            trace_url_template: Some("http://localhost:16686/trace/{trace_id}".into()),
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        for bad in [
+            "javascript:alert({trace_id})",
+            "http://jaeger/trace/",
+            "//x/{trace_id}",
+        ] {
+            assert!(
+                UiArgs {
+                    trace_url_template: Some(bad.into()),
+                    ..Default::default()
+                }
+                .validate()
+                .is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -1,16 +1,7 @@
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::process::ExitCode;
 
-use agent::{
-    attribution::CgroupCache,
-    config::Config,
-    export::{
-        http::{self, AppState},
-        metrics::Metrics,
-    },
-    probes::{Probes, events::KernelEvent, ring, watch},
-};
+use agent::config::Config;
 use clap::Parser as _;
-use tokio::sync::{Mutex, mpsc};
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
@@ -25,7 +16,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cfg)) {
+    match rt.block_on(agent::topology::run(cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line that says what is missing; the chain is joined with ": ".
@@ -33,79 +24,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run(cfg: Config) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let mut probes = Probes::load(&cfg.probe_config())?;
-    let (tx, mut rx) = mpsc::channel(65536);
-    spawn_ring(
-        "tcp",
-        probes.take_tcp_ring()?,
-        KernelEvent::decode_tcp,
-        tx.clone(),
-        metrics.ring("tcp"),
-    );
-    spawn_ring(
-        "runq",
-        probes.take_runq_ring()?,
-        KernelEvent::decode_runq,
-        tx,
-        metrics.ring("runq"),
-    );
-    let probes = Arc::new(Mutex::new(probes));
-    tokio::spawn(watch::keep_current(
-        probes.clone(),
-        cfg.selectors(),
-        Duration::from_secs(1),
-        metrics.runq_watched.clone(),
-    ));
-    let correlation = agent::correlator::start(&cfg.correlation, &metrics.registry).await?;
-    let feed = correlation.feed.clone();
-    let forwarding = cfg.correlation.otlp_forward.is_some();
-    let ui = agent::export::ui::start(
-        &cfg.ui,
-        Some(probes.clone()),
-        Some(&correlation),
-        forwarding,
-        metrics.clone(),
-    )?;
-    let timeline = ui.timeline.clone();
-    let pipeline_metrics = metrics.clone();
-    tokio::spawn(async move {
-        let mut cgroups = CgroupCache::default();
-        while let Some(mut ev) = rx.recv().await {
-            if let KernelEvent::Runq(rec) = &mut ev {
-                rec.cgroup_id = cgroups.get(rec.pid);
-            }
-            pipeline_metrics.observe(&ev);
-            feed.push(&ev);
-            timeline.observe(&ev);
-        }
-    });
-    let state = Arc::new(AppState {
-        metrics,
-        probes: Some(probes),
-        incidents: Some(correlation.board.clone()),
-        ui: Some(ui),
-    });
-    let served = http::serve(cfg.http_addr, state, shutdown_signal()).await;
-    correlation.shutdown(Duration::from_secs(3)).await;
-    served
-}
-
-fn spawn_ring(
-    name: &'static str,
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    decode: fn(&[u8]) -> Option<KernelEvent>,
-    tx: mpsc::Sender<KernelEvent>,
-    stats: ring::RingStats,
-) {
-    tokio::spawn(async move {
-        if let Err(e) = ring::run(ring, decode, tx, stats).await {
-            tracing::error!(ring = name, error = %e, "ring reader stopped");
-        }
-    });
 }
 
 async fn shutdown_signal() {

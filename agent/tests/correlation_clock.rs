@@ -10,11 +10,11 @@ use std::{
 };
 
 use agent::{
-    correlator::clock::Clock,
-    probes::{
-        ProbeConfig, Probes,
-        events::{KernelEvent, TcpRecord},
+    shared::{
+        clock::Clock,
+        event::{KernelEvent, TcpRecord},
     },
+    sources::kernel::{ProbeConfig, Probes},
 };
 use agent_common::TcpEventKind;
 use common::{drain, require_root};

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use agent::probes::{ProbeConfig, Probes, events::KernelEvent};
+use agent::{
+    shared::event::KernelEvent,
+    sources::kernel::{ProbeConfig, Probes},
+};
 use agent_common::TcpEventKind;
 use common::{Netns, drain, require_root, tcp_mib};
 

@@ -4,7 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use agent::probes::{ProbeConfig, Probes, events::KernelEvent};
+use agent::{
+    shared::event::KernelEvent,
+    sources::kernel::{ProbeConfig, Probes},
+};
 use agent_common::Counter;
 use common::{drain, require_root};
 

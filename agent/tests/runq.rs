@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use agent::probes::{ProbeConfig, Probes, RunqHistogram, events::KernelEvent};
+use agent::{
+    shared::event::{KernelEvent, RunqHistogram},
+    sources::kernel::{ProbeConfig, Probes},
+};
 use common::{drain, require_root};
 
 struct Kill(Child);

@@ -12,7 +12,6 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo/ .cargo/
 COPY agent/ agent/
-COPY agent-common/ agent-common/
 COPY agent-ebpf/ agent-ebpf/
 COPY game-server/ game-server/
 COPY xtask/ xtask/

@@ -1,19 +1,30 @@
-//! The agent's one HTTP listener: /metrics, /healthz, /readyz (and later /incidents and the UI).
+//! The agent's one HTTP listener: /metrics, /healthz, /readyz, /incidents and the page. Routes
+//! only read the sinks' handles.
+pub mod ui;
+
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
-use tokio::sync::Mutex;
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::header,
+    response::IntoResponse,
+    routing::get,
+};
 
-use super::metrics::Metrics;
-use crate::probes::Probes;
+use crate::sinks::{
+    board::{ListQuery, SharedBoard},
+    prometheus::Metrics,
+};
 
 pub struct AppState {
     pub metrics: Arc<Metrics>,
-    pub probes: Option<Arc<Mutex<Probes>>>,
+    /// Whether the kernel probes are loaded (/readyz).
+    pub probes_loaded: bool,
     /// The incident listing (None when correlation is not running).
-    pub incidents: Option<super::incidents::SharedBoard>,
+    pub incidents: Option<SharedBoard>,
     /// The page and its timeline (None: only the JSON endpoints above).
-    pub ui: Option<Arc<super::ui::Ui>>,
+    pub ui: Option<ui::Page>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -21,25 +32,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/incidents", get(super::incidents::handler))
-        .merge(super::ui::routes())
+        .route("/incidents", get(incidents))
+        .merge(ui::routes())
         .with_state(state)
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    let mut extra = Vec::new();
-    if let Some(probes) = &st.probes {
-        let p = probes.lock().await;
-        match p.counters() {
-            Ok(now) => st.metrics.sync_kernel(&now),
-            Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
-        }
-        match p.runq_histograms() {
-            Ok(h) => extra.push(super::metrics::runq_histograms(&h, comm_of)),
-            Err(e) => tracing::warn!(error = %e, "reading run-queue histograms failed"),
-        }
-    }
-    match st.metrics.encode(&extra) {
+    match st.metrics.render() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -56,14 +55,19 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
-fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_owned())
-        .unwrap_or_else(|_| "exited".into())
+async fn incidents(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> impl IntoResponse {
+    let body = match &st.incidents {
+        Some(board) => board.lock().expect("board lock").listing(&q),
+        None => serde_json::json!({ "incidents": [], "note": "correlation is not running" }),
+    };
+    Json(body)
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    if st.probes.is_some() {
+    if st.probes_loaded {
         (axum::http::StatusCode::OK, "ready\n")
     } else {
         (

@@ -1,7 +1,12 @@
-//! Decoded kernel events, in the agent's own types.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+//! Decoded kernel events, in the agent's own types; what the kernel aggregates in place, and the
+//! read handles through which stages ask for it (and for who a pid is) without importing the
+//! stage that answers.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
-use agent_common::{AF_INET, AF_INET6, RunqEvent, SockOwner, TcpEvent, TcpEventKind};
+use agent_common::{AF_INET, AF_INET6, COUNTER_MAX, RunqEvent, SockOwner, TcpEvent, TcpEventKind};
 
 /// The process that owns a socket (or ran a thread), as the kernel saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -128,4 +133,35 @@ impl KernelEvent {
 pub enum KernelEvent {
     Tcp(TcpRecord),
     Runq(RunqRecord),
+}
+
+/// Per-process run-queue histogram: counts per log2 slot, and the sum of delays.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunqHistogram {
+    pub slots: Vec<u64>,
+    pub sum_ns: u64,
+}
+
+/// The in-kernel lossless counters, summed over CPUs, indexed by [`agent_common::Counter`].
+pub type KernelCounters = [u64; COUNTER_MAX as usize];
+
+/// What the kernel aggregates in place, read on demand (a scrape, the page's sampler). The
+/// kernel source implements it; readers need not know it.
+pub trait KernelMaps: Send + Sync {
+    fn counters(&self) -> anyhow::Result<KernelCounters>;
+    /// Per-process run-queue histograms, summed over CPUs.
+    fn runq_histograms(&self) -> anyhow::Result<HashMap<u32, RunqHistogram>>;
+}
+
+/// Who a pid is. Answered by attribution from its one /proc cache, for every stage that needs
+/// it (metric labels, the span joins).
+pub trait Identify: Send + Sync {
+    /// The command name (`/proc/PID/comm`), `exited` when the process is gone.
+    fn comm(&self, pid: u32) -> String;
+    /// The cgroup v2 id, as `bpf_get_current_cgroup_id()` reports it (0: unknown).
+    fn cgroup_id(&self, pid: u32) -> u64;
+    /// The Kubernetes pod UID ("" outside Kubernetes).
+    fn pod_uid(&self, pid: u32) -> String;
+    /// Whether `tid` is a thread of process `pid` now.
+    fn is_thread(&self, pid: u32, tid: u32) -> bool;
 }

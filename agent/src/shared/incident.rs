@@ -8,8 +8,18 @@ use opentelemetry_proto::tonic::{
 };
 use serde::Serialize;
 
-use super::baseline::Verdict;
-use crate::correlator::span::{SpanRef, hex, kv_f, kv_i, kv_s};
+use super::{
+    clock::Clock,
+    span::{SpanRef, SpanSummary, hex, kv_f, kv_i, kv_s},
+};
+
+/// Where correlate hands what it found: incidents as they open, grow and close, and the spans
+/// that got kernel evidence (the incident board implements it).
+pub trait IncidentOutput: Send + Sync {
+    /// Adds an incident or replaces the one with the same id.
+    fn incident(&self, inc: Incident);
+    fn enriched_span(&self, s: SpanSummary);
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +50,17 @@ impl Class {
 pub enum IncidentState {
     Open,
     Closed,
+}
+
+/// What a value was compared with: reported with every incident.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub observed: f64,
+    pub mean: f64,
+    pub stddev: f64,
+    pub threshold: f64,
+    pub samples: u64,
+    pub anomalous: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -82,7 +103,7 @@ fn random_id<const N: usize>() -> [u8; N] {
     // enough for one agent.
     if getrandom::fill(&mut b).is_err() || b.iter().all(|&x| x == 0) {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let t = crate::correlator::clock::Clock::now_unix_ns()
+        let t = Clock::now_unix_ns()
             ^ SEQ
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 .rotate_left(32);

@@ -2,6 +2,7 @@
 //! Spans stay in their wire types (`opentelemetry-proto`) from receipt to forwarding: the agent
 //! adds to them, it never rebuilds them.
 use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value},
     trace::v1::{Span, span::Event, status::StatusCode},
 };
@@ -191,6 +192,41 @@ impl SpanFacts {
     pub fn is_pool_task(&self) -> bool {
         self.name == "pool.task"
     }
+}
+
+/// A span the agent enriched, as shown beside the incidents that link to it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SpanSummary {
+    pub trace_id: String,
+    pub span_id: String,
+    pub name: String,
+    pub service: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// The join keys and everything the agent added (`kernelsight.*`).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The kernel events added as span events: (name, time).
+    pub events: Vec<(String, u64)>,
+}
+
+/// Where a receiver hands each decoded export request. Never blocks the sender: when the agent
+/// cannot keep up, spans go on unenriched (and counted), never back as an error.
+pub trait SpanIntake: Send + Sync {
+    fn submit(&self, req: ExportTraceServiceRequest, transport: &'static str);
+}
+
+/// Where spans go on to (joined, passed through, or an incident's own); never blocks.
+pub trait SpanOutput: Send + Sync {
+    fn push(&self, req: ExportTraceServiceRequest);
+}
+
+/// Spans in an export request.
+pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
+    req.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
 }
 
 #[cfg(test)]

@@ -1,9 +1,29 @@
-//! The correlation half's Prometheus metrics, registered in the agent's one registry.
+//! The agent's own metrics that several stages write or read (Vector calls them internal
+//! events): each stage is handed its counters; all of them live in the one registry that the
+//! Prometheus sink serves.
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::{detect::incident::Class, export::otlp::ForwardMetrics};
+use super::incident::Class;
 
-const NS: &str = "kernelsight";
+/// Counts of what happened to ring-buffer records after they left the kernel.
+#[derive(Clone)]
+pub struct RingStats {
+    pub decoded: prometheus::IntCounter,
+    pub malformed: prometheus::IntCounter,
+    /// Records dropped because the agent's pipeline was full.
+    pub pipeline_full: prometheus::IntCounter,
+}
+
+/// The OTLP forwarder's counters.
+#[derive(Clone)]
+pub struct ForwardMetrics {
+    pub forwarded: IntCounter,
+    pub dropped: IntCounterVec,
+    pub errors: IntCounter,
+    pub queued: IntGauge,
+}
+
+pub const NS: &str = "kernelsight";
 
 #[derive(Clone)]
 pub struct CorrelationMetrics {

@@ -6,30 +6,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use axum::{
-    Json,
-    extract::{Query, State},
-    response::IntoResponse,
+use serde::Deserialize;
+
+use crate::shared::{
+    incident::{Incident, IncidentOutput, IncidentState},
+    span::SpanSummary,
 };
-use serde::{Deserialize, Serialize};
-
-use super::http::AppState;
-use crate::detect::incident::{Incident, IncidentState};
-
-/// A span the agent enriched, as shown beside the incidents that link to it.
-#[derive(Clone, Debug, Serialize)]
-pub struct SpanSummary {
-    pub trace_id: String,
-    pub span_id: String,
-    pub name: String,
-    pub service: String,
-    pub start_unix_ns: u64,
-    pub end_unix_ns: u64,
-    /// The join keys and everything the agent added (`kernelsight.*`).
-    pub attributes: serde_json::Map<String, serde_json::Value>,
-    /// The kernel events added as span events: (name, time).
-    pub events: Vec<(String, u64)>,
-}
 
 pub struct Board {
     incidents: VecDeque<Incident>,
@@ -104,6 +86,11 @@ impl Board {
         self.spans.get(&(trace_id.to_owned(), span_id.to_owned()))
     }
 
+    /// The enriched spans kept, newest first.
+    pub fn recent_spans(&self) -> impl Iterator<Item = &SpanSummary> {
+        self.order.iter().rev().filter_map(|k| self.spans.get(k))
+    }
+
     pub fn listing(&self, q: &ListQuery) -> serde_json::Value {
         let limit = q.limit.unwrap_or(100);
         let incidents: Vec<serde_json::Value> = self
@@ -131,13 +118,7 @@ impl Board {
                 v
             })
             .collect();
-        let recent: Vec<&SpanSummary> = self
-            .order
-            .iter()
-            .rev()
-            .take(q.spans.unwrap_or(20))
-            .filter_map(|k| self.spans.get(k))
-            .collect();
+        let recent: Vec<&SpanSummary> = self.recent_spans().take(q.spans.unwrap_or(20)).collect();
         serde_json::json!({
             "incidents": incidents,
             "incidents_kept": self.incidents.len(),
@@ -159,24 +140,20 @@ pub struct ListQuery {
     pub spans: Option<usize>,
 }
 
-pub async fn handler(
-    State(st): State<Arc<AppState>>,
-    Query(q): Query<ListQuery>,
-) -> impl IntoResponse {
-    let body = match &st.incidents {
-        Some(board) => board.lock().expect("board lock").listing(&q),
-        None => serde_json::json!({ "incidents": [], "note": "correlation is not running" }),
-    };
-    Json(body)
+impl IncidentOutput for Mutex<Board> {
+    fn incident(&self, inc: Incident) {
+        self.lock().expect("board lock").upsert(inc);
+    }
+
+    fn enriched_span(&self, s: SpanSummary) {
+        self.lock().expect("board lock").record_span(s);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{
-        baseline::Verdict,
-        incident::{Class, Incident},
-    };
+    use crate::shared::incident::{Class, Incident, Verdict};
 
     fn inc(n: u64, state: IncidentState) -> Incident {
         let v = Verdict {

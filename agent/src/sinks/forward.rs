@@ -10,9 +10,13 @@ use std::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
 };
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::Notify;
 use tonic::{Code, transport::Endpoint};
+
+use crate::shared::{
+    span::{SpanOutput, span_count},
+    telemetry::ForwardMetrics,
+};
 
 #[derive(Clone, Debug)]
 pub struct ForwardConfig {
@@ -24,14 +28,6 @@ pub struct ForwardConfig {
     pub timeout: Duration,
     /// Attempts per request before it is dropped (with backoff, ~30 s in all).
     pub max_attempts: u32,
-}
-
-#[derive(Clone)]
-pub struct ForwardMetrics {
-    pub forwarded: IntCounter,
-    pub dropped: IntCounterVec,
-    pub errors: IntCounter,
-    pub queued: IntGauge,
 }
 
 struct Queue {
@@ -54,17 +50,13 @@ pub struct Forwarder {
     inner: Arc<Inner>,
 }
 
-pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
-    req.resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum()
-}
-
 impl Forwarder {
-    /// Starts the forwarding task (the connection is made lazily, and re-made as needed).
-    pub fn start(cfg: ForwardConfig, m: ForwardMetrics) -> anyhow::Result<Self> {
+    /// The forwarder's handle and its task, for the caller to spawn (the connection is made
+    /// lazily, and re-made as needed).
+    pub fn new(
+        cfg: ForwardConfig,
+        m: ForwardMetrics,
+    ) -> anyhow::Result<(Self, impl Future<Output = ()> + Send + 'static)> {
         let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
             .map_err(|e| anyhow::anyhow!("--otlp-forward {}: {e}", cfg.endpoint))?
             .connect_timeout(Duration::from_secs(5))
@@ -80,12 +72,40 @@ impl Forwarder {
             cap: cfg.queue_spans.max(1),
             m,
         });
-        tokio::spawn(run(inner.clone(), client, cfg));
-        Ok(Self { inner })
+        Ok((
+            Self {
+                inner: inner.clone(),
+            },
+            run(inner, client, cfg),
+        ))
     }
 
+    pub fn queued_spans(&self) -> usize {
+        self.inner.q.lock().expect("forward queue lock").spans
+            + self
+                .inner
+                .inflight
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until everything queued has been delivered (or dropped), or `deadline`; true if
+    /// nothing is left.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            if self.queued_spans() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl SpanOutput for Forwarder {
     /// Queues a request; never blocks. Drops the oldest queued spans if the queue is full.
-    pub fn push(&self, req: ExportTraceServiceRequest) {
+    fn push(&self, req: ExportTraceServiceRequest) {
         let n = span_count(&req);
         if n == 0 {
             return;
@@ -115,28 +135,6 @@ impl Forwarder {
         self.inner.m.queued.set(q.spans as i64);
         drop(q);
         self.inner.notify.notify_one();
-    }
-
-    pub fn queued_spans(&self) -> usize {
-        self.inner.q.lock().expect("forward queue lock").spans
-            + self
-                .inner
-                .inflight
-                .load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Waits until everything queued has been delivered (or dropped), or `deadline`; true if
-    /// nothing is left.
-    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
-        loop {
-            if self.queued_spans() == 0 {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 

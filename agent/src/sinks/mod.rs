@@ -1,7 +1,6 @@
-//! Agent → the outside world: Prometheus metrics and the HTTP listener.
-pub mod http;
-pub mod incidents;
-pub mod metrics;
-pub mod otlp;
+//! Where the agent's output goes: Prometheus metrics, OTLP forwarding, the incident board and the
+//! page's timeline. Each hands out a read handle for the HTTP routes.
+pub mod board;
+pub mod forward;
+pub mod prometheus;
 pub mod timeline;
-pub mod ui;

@@ -1,6 +1,9 @@
 //! Prometheus metrics. Totals that the kernel keeps losslessly (per-CPU counters) are synced at
 //! scrape time; per-owner detail comes from the event stream, whose losses are exported beside it.
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use agent_common::{COUNTER_MAX, Counter, TcpEventKind};
 use prometheus::{
@@ -8,12 +11,10 @@ use prometheus::{
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use crate::{
-    attribution::PidCache,
-    probes::{RunqHistogram, events::KernelEvent, ring::RingStats},
+use crate::shared::{
+    event::{Identify, KernelEvent, KernelMaps, RunqHistogram},
+    telemetry::{NS, RingStats},
 };
-
-const NS: &str = "kernelsight";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -24,8 +25,10 @@ pub struct Metrics {
     owner_unknown: IntCounter,
     tcp_events_by_owner: IntCounterVec,
     runq_slow_events: IntCounterVec,
-    /// pid → pod UID, so the cgroup file is read once per process.
-    pods: Mutex<PidCache<String>>,
+    /// Who a pid is (pod UID labels; comm for the histograms).
+    identify: Option<Arc<dyn Identify>>,
+    /// Read at scrape time: the kernel's lossless counters and run-queue histograms.
+    kernel: Option<Arc<dyn KernelMaps>>,
     pub runq_watched: IntGauge,
     runq_events: IntCounter,
     ring_records: IntCounterVec,
@@ -99,7 +102,8 @@ impl Metrics {
                 "Run-queue delays at or above the event threshold, by process.",
                 &["comm", "pid", "pod_uid"],
             ),
-            pods: Mutex::new(crate::attribution::pod_cache()),
+            identify: None,
+            kernel: None,
             runq_watched: {
                 let g = IntGauge::with_opts(
                     Opts::new(
@@ -140,6 +144,17 @@ impl Metrics {
         }
     }
 
+    /// Labels from `identify`; the kernel's aggregates read from `kernel` at every scrape.
+    pub fn reading(
+        mut self,
+        kernel: Option<Arc<dyn KernelMaps>>,
+        identify: Arc<dyn Identify>,
+    ) -> Self {
+        self.kernel = kernel;
+        self.identify = Some(identify);
+        self
+    }
+
     /// Counters for one ring's reader.
     pub fn ring(&self, ring: &str) -> RingStats {
         RingStats {
@@ -174,7 +189,26 @@ impl Metrics {
     }
 
     fn pod_of(&self, pid: u32) -> String {
-        self.pods.lock().expect("not poisoned").get(pid)
+        self.identify
+            .as_ref()
+            .map(|i| i.pod_uid(pid))
+            .unwrap_or_default()
+    }
+
+    /// The exposition text of everything, the kernel's aggregates read now.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut extra = Vec::new();
+        if let Some(k) = &self.kernel {
+            match k.counters() {
+                Ok(now) => self.sync_kernel(&now),
+                Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+            }
+            match k.runq_histograms() {
+                Ok(h) => extra.push(self.runq_histograms(&h)),
+                Err(e) => tracing::warn!(error = %e, "reading run-queue histograms failed"),
+            }
+        }
+        self.encode(&extra)
     }
 
     pub fn observe(&self, ev: &KernelEvent) {
@@ -216,53 +250,55 @@ impl Metrics {
         TextEncoder::new().encode(&families, &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
-}
 
-/// `kernelsight_runq_latency_seconds`, one histogram per process, straight from the kernel's
-/// log2 slots: slot `i` counts delays in [2^i, 2^(i+1)) µs, so its upper bound is 2^(i+1) µs.
-/// (Prometheus buckets are `le`; a delay of exactly 2^(i+1) µs lands one bucket higher — a
-/// nanosecond-wide edge we accept to keep runqlat's slots.)
-pub fn runq_histograms(
-    hists: &HashMap<u32, RunqHistogram>,
-    comm_of: impl Fn(u32) -> String,
-) -> MetricFamily {
-    let mut family = MetricFamily::default();
-    family.set_name(format!("{NS}_runq_latency_seconds"));
-    family.set_help("Run-queue latency (wakeup or preemption to on-CPU) of watched processes, measured in the kernel.".into());
-    family.set_field_type(MetricType::HISTOGRAM);
-    let mut pids: Vec<_> = hists.keys().copied().collect();
-    pids.sort_unstable();
-    let mut metrics = Vec::new();
-    for pid in pids {
-        let h = &hists[&pid];
-        let mut buckets = Vec::new();
-        let mut cumulative = 0;
-        for (i, n) in h.slots.iter().enumerate() {
-            cumulative += n;
-            let mut b = Bucket::default();
-            b.set_upper_bound((1u64 << (i + 1)) as f64 * 1e-6);
-            b.set_cumulative_count(cumulative);
-            buckets.push(b);
+    /// `kernelsight_runq_latency_seconds`, one histogram per process, straight from the kernel's
+    /// log2 slots: slot `i` counts delays in [2^i, 2^(i+1)) µs, so its upper bound is 2^(i+1)
+    /// µs. (Prometheus buckets are `le`; a delay of exactly 2^(i+1) µs lands one bucket higher —
+    /// a nanosecond-wide edge we accept to keep runqlat's slots.)
+    fn runq_histograms(&self, hists: &HashMap<u32, RunqHistogram>) -> MetricFamily {
+        let mut family = MetricFamily::default();
+        family.set_name(format!("{NS}_runq_latency_seconds"));
+        family.set_help("Run-queue latency (wakeup or preemption to on-CPU) of watched processes, measured in the kernel.".into());
+        family.set_field_type(MetricType::HISTOGRAM);
+        let mut pids: Vec<_> = hists.keys().copied().collect();
+        pids.sort_unstable();
+        let mut metrics = Vec::new();
+        for pid in pids {
+            let h = &hists[&pid];
+            let mut buckets = Vec::new();
+            let mut cumulative = 0;
+            for (i, n) in h.slots.iter().enumerate() {
+                cumulative += n;
+                let mut b = Bucket::default();
+                b.set_upper_bound((1u64 << (i + 1)) as f64 * 1e-6);
+                b.set_cumulative_count(cumulative);
+                buckets.push(b);
+            }
+            let mut hist = Histogram::default();
+            hist.set_sample_count(cumulative);
+            hist.set_sample_sum(h.sum_ns as f64 * 1e-9);
+            hist.set_bucket(buckets);
+            let label = |name: &str, value: String| {
+                let mut l = LabelPair::default();
+                l.set_name(name.into());
+                l.set_value(value);
+                l
+            };
+            let mut m = Metric::default();
+            let comm = self
+                .identify
+                .as_ref()
+                .map_or_else(|| "exited".to_owned(), |i| i.comm(pid));
+            let mut labels = vec![label("comm", comm), label("pid", pid.to_string())];
+            let uid = self.pod_of(pid);
+            if !uid.is_empty() {
+                labels.push(label("pod_uid", uid));
+            }
+            m.set_label(labels);
+            m.set_histogram(hist);
+            metrics.push(m);
         }
-        let mut hist = Histogram::default();
-        hist.set_sample_count(cumulative);
-        hist.set_sample_sum(h.sum_ns as f64 * 1e-9);
-        hist.set_bucket(buckets);
-        let label = |name: &str, value: String| {
-            let mut l = LabelPair::default();
-            l.set_name(name.into());
-            l.set_value(value);
-            l
-        };
-        let mut m = Metric::default();
-        let mut labels = vec![label("comm", comm_of(pid)), label("pid", pid.to_string())];
-        if let Some(uid) = crate::attribution::pod_uid_of(pid) {
-            labels.push(label("pod_uid", uid));
-        }
-        m.set_label(labels);
-        m.set_histogram(hist);
-        metrics.push(m);
+        family.set_metric(metrics);
+        family
     }
-    family.set_metric(metrics);
-    family
 }

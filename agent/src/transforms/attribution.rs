@@ -1,6 +1,16 @@
 //! Who a pid is: its command name and cgroup (and, in Kubernetes, the pod the cgroup belongs
 //! to). Kernel events name pids; people think in services and pods.
-use std::{collections::HashMap, path::Path};
+//!
+//! Every /proc look-up of the pipeline is here, behind one bounded cache ([`Attribution`]): the
+//! transform fills in what the kernel could not know, and the other stages ask through
+//! [`Identify`].
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Mutex, PoisonError},
+};
+
+use crate::shared::event::{Identify, KernelEvent};
 
 /// The cgroup v2 id of `pid`: the inode number of its cgroup directory, which is what the
 /// kernel's `bpf_get_current_cgroup_id()` reports.
@@ -61,18 +71,76 @@ impl<V: Clone> PidCache<V> {
     }
 }
 
-/// pid → cgroup id (0 when unknown).
-pub type CgroupCache = PidCache<u64>;
+/// (pid, tid) verdicts kept between /proc checks; cleared when full (a thread's answer does
+/// not change while it lives, and re-checking is one stat).
+const THREADS_MAX: usize = 65536;
 
-impl Default for CgroupCache {
+/// The pipeline's one /proc cache.
+pub struct Attribution {
+    /// pid → cgroup id (0 when unknown).
+    cgroups: Mutex<PidCache<u64>>,
+    /// pid → pod UID ("" outside Kubernetes), so the cgroup file is read once per process.
+    pods: Mutex<PidCache<String>>,
+    /// (pid, tid) → is that a thread of that process.
+    threads: Mutex<HashMap<(u32, u32), bool>>,
+}
+
+impl Default for Attribution {
     fn default() -> Self {
-        Self::new(|pid| cgroup_id_of(pid).unwrap_or(0))
+        Self::new()
     }
 }
 
-/// pid → pod UID ("" outside Kubernetes).
-pub fn pod_cache() -> PidCache<String> {
-    PidCache::new(|pid| pod_uid_of(pid).unwrap_or_default())
+impl Attribution {
+    pub fn new() -> Self {
+        Self {
+            cgroups: Mutex::new(PidCache::new(|pid| cgroup_id_of(pid).unwrap_or(0))),
+            pods: Mutex::new(PidCache::new(|pid| pod_uid_of(pid).unwrap_or_default())),
+            threads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The transform: a run-queue event names the thread switched in, which is not `current`,
+    /// so the kernel could not read its cgroup; it comes from /proc (cached) here.
+    pub fn apply(&self, ev: &mut KernelEvent) {
+        if let KernelEvent::Runq(rec) = ev {
+            rec.cgroup_id = self.cgroup_id(rec.pid);
+        }
+    }
+}
+
+impl Identify for Attribution {
+    /// Not cached: a comm is one small read, a process may rename itself, and a cached name
+    /// would outlive its pid.
+    fn comm(&self, pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_else(|_| "exited".into())
+    }
+
+    fn cgroup_id(&self, pid: u32) -> u64 {
+        self.cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid)
+    }
+
+    fn pod_uid(&self, pid: u32) -> String {
+        self.pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid)
+    }
+
+    fn is_thread(&self, pid: u32, tid: u32) -> bool {
+        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        if threads.len() >= THREADS_MAX {
+            threads.clear();
+        }
+        *threads
+            .entry((pid, tid))
+            .or_insert_with(|| Path::new(&format!("/proc/{pid}/task/{tid}")).exists())
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +177,6 @@ mod tests {
         // The same inode the kernel reports for us; non-zero on any cgroup v2 system.
         let id = cgroup_id_of(std::process::id()).unwrap();
         assert!(id > 0);
-        assert_eq!(CgroupCache::default().get(std::process::id()), id);
+        assert_eq!(Attribution::new().cgroup_id(std::process::id()), id);
     }
 }

@@ -217,8 +217,8 @@ fn sh(cmd: &mut Command) {
 /// Everything currently in a ring, decoded.
 pub fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    decode: fn(&[u8]) -> Option<agent::probes::events::KernelEvent>,
-) -> Vec<agent::probes::events::KernelEvent> {
+    decode: fn(&[u8]) -> Option<agent::shared::event::KernelEvent>,
+) -> Vec<agent::shared::event::KernelEvent> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         out.push(decode(&item).expect("every record decodes"));

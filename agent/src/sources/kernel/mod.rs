@@ -1,7 +1,7 @@
 //! Kernel → agent: loading the eBPF object, attaching its programs, and reading what they report.
 pub mod btf;
-pub mod events;
 pub mod layout;
+pub mod maps;
 pub mod preflight;
 pub mod ring;
 pub mod tracefs;
@@ -18,6 +18,7 @@ use aya::{
 };
 
 use self::tracefs::Tracefs;
+pub use crate::shared::event::RunqHistogram;
 
 /// The eBPF object built by build.rs from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -70,13 +71,6 @@ const BTF_TRACEPOINTS: [&str; 4] = [
     "sched_switch",
     "sched_process_exit",
 ];
-
-/// Per-process run-queue histogram: counts per log2 slot, and the sum of delays.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RunqHistogram {
-    pub slots: Vec<u64>,
-    pub sum_ns: u64,
-}
 
 /// Loaded and attached probes. Dropping it detaches everything.
 pub struct Probes {

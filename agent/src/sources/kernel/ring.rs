@@ -3,16 +3,7 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use super::events::KernelEvent;
-
-/// Counts of what happened to records after they left the kernel.
-#[derive(Clone)]
-pub struct RingStats {
-    pub decoded: prometheus::IntCounter,
-    pub malformed: prometheus::IntCounter,
-    /// Records dropped because the agent's pipeline was full.
-    pub pipeline_full: prometheus::IntCounter,
-}
+use crate::shared::{event::KernelEvent, telemetry::RingStats};
 
 /// Reads `ring` until the receiver is gone, decoding each record with `decode`.
 pub async fn run(

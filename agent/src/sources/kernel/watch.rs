@@ -4,11 +4,9 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
-
-use tokio::sync::Mutex;
 
 use super::Probes;
 
@@ -96,7 +94,9 @@ pub async fn keep_current(
                 .await
                 .unwrap_or_default()
         };
-        let mut p = probes.lock().await;
+        let mut p = probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current: BTreeSet<u32> = p.watched().into_iter().collect();
         for &pid in wanted.difference(&current) {
             match p.watch(pid) {

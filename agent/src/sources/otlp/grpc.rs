@@ -7,10 +7,12 @@ use tonic::{
     Request, Response, Status, codec::CompressionEncoding, transport::server::TcpIncoming,
 };
 
-use crate::correlator::Intake;
+use std::sync::Arc;
+
+use crate::shared::span::SpanIntake;
 
 struct Receiver {
-    intake: Intake,
+    intake: Arc<dyn SpanIntake>,
 }
 
 #[tonic::async_trait]
@@ -28,7 +30,7 @@ impl TraceService for Receiver {
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    intake: Intake,
+    intake: Arc<dyn SpanIntake>,
     max_bytes: usize,
 ) -> anyhow::Result<()> {
     let svc = TraceServiceServer::new(Receiver { intake })

@@ -1,6 +1,6 @@
 //! OTLP/HTTP: `POST /v1/traces` with `application/x-protobuf` or `application/json`, plain or
 //! `Content-Encoding: gzip`.
-use std::io::Read as _;
+use std::{io::Read as _, sync::Arc};
 
 use axum::{
     Router,
@@ -13,32 +13,37 @@ use axum::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use prometheus::IntCounterVec;
 use prost::Message as _;
 
-use crate::correlator::Intake;
+use crate::shared::span::SpanIntake;
 
 #[derive(Clone)]
 struct St {
-    intake: Intake,
+    intake: Arc<dyn SpanIntake>,
+    /// Requests that could not be decoded, by transport.
+    rejected: IntCounterVec,
     max: usize,
 }
 
-pub fn router(intake: Intake, max_bytes: usize) -> Router {
+pub fn router(intake: Arc<dyn SpanIntake>, rejected: IntCounterVec, max_bytes: usize) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(St {
             intake,
+            rejected,
             max: max_bytes,
         })
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    intake: Intake,
+    intake: Arc<dyn SpanIntake>,
+    rejected: IntCounterVec,
     max_bytes: usize,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(intake, max_bytes)).await?;
+    axum::serve(listener, router(intake, rejected, max_bytes)).await?;
     Ok(())
 }
 
@@ -108,10 +113,6 @@ async fn traces(State(st): State<St>, headers: HeaderMap, body: Bytes) -> Respon
 }
 
 fn reject(st: &St, msg: String) -> Response {
-    st.intake
-        .metrics()
-        .requests_rejected
-        .with_label_values(&["http"])
-        .inc();
+    st.rejected.with_label_values(&["http"]).inc();
     bad(StatusCode::BAD_REQUEST, msg)
 }

@@ -6,53 +6,10 @@
 //! retention are pruned). A query says when evidence inside its window may have been dropped.
 use std::{collections::HashMap, collections::VecDeque, hash::Hash};
 
-use agent_common::TcpEventKind;
-
-use super::netkey::{ConnKey, Endpoint};
-
-pub trait Timed {
-    /// Unix nanoseconds at which the entry stops being "current" (end of the wait, time of
-    /// the segment).
-    fn ts(&self) -> u64;
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunqEntry {
-    /// Unix ns when the thread got on the CPU.
-    pub end_ns: u64,
-    pub delay_ns: u64,
-    pub pid: u32,
-    pub cpu: u32,
-}
-
-impl RunqEntry {
-    pub fn start_ns(&self) -> u64 {
-        self.end_ns.saturating_sub(self.delay_ns)
-    }
-}
-
-impl Timed for RunqEntry {
-    fn ts(&self) -> u64 {
-        self.end_ns
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TcpEntry {
-    pub ts_ns: u64,
-    pub kind: TcpEventKind,
-    /// The socket this was observed on: `local` is that socket's own side.
-    pub local: Endpoint,
-    pub peer: Endpoint,
-    pub segs: u32,
-    pub state: u8,
-}
-
-impl Timed for TcpEntry {
-    fn ts(&self) -> u64 {
-        self.ts_ns
-    }
-}
+use crate::shared::{
+    evidence::{RunqEntry, TcpEntry, Timed},
+    netkey::ConnKey,
+};
 
 #[derive(Clone, Debug)]
 pub struct Window<T> {

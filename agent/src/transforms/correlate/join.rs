@@ -18,8 +18,9 @@
 use agent_common::TcpEventKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use super::{
-    evidence::{RunqEntry, TcpEntry, Windows},
+use super::evidence::Windows;
+use crate::shared::{
+    evidence::{Dir, RunqEntry, RunqJoin, TcpEntry, TcpHit, TcpJoin, tcp_state_name},
     netkey::{ConnKey, Oriented},
     span::{event, kv_b, kv_f, kv_i, kv_s},
 };
@@ -62,18 +63,6 @@ pub const A_TCP_OMITTED: &str = "kernelsight.tcp.events_omitted";
 pub const E_TCP_RETRANS: &str = "kernelsight.tcp.retransmit";
 pub const E_TCP_RST: &str = "kernelsight.tcp.reset";
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RunqJoin {
-    /// Run-queue time inside the window, summed and the longest single part.
-    pub total_ns: u64,
-    pub max_ns: u64,
-    /// Waits with some part inside the window.
-    pub count: u64,
-    /// Those of them that were slow (whole wait ≥ the threshold), oldest first.
-    pub slow: Vec<RunqEntry>,
-    pub truncated: bool,
-}
-
 pub fn join_runq(
     w: &Windows<u32, RunqEntry>,
     tid: u32,
@@ -105,42 +94,6 @@ pub fn join_runq(
     }
     j.slow.sort_by_key(|e| e.end_ns);
     j
-}
-
-/// Direction from the span's side of the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dir {
-    Sent,
-    Received,
-}
-
-impl Dir {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dir::Sent => "sent",
-            Dir::Received => "received",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct TcpHit {
-    pub ts_ns: u64,
-    pub kind: TcpEventKind,
-    pub dir: Dir,
-    /// Seen on the span side's own socket (else on the peer's socket, on this node).
-    pub own_socket: bool,
-    pub segs: u32,
-    pub state: u8,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TcpJoin {
-    pub retransmits: u64,
-    pub resets_sent: u64,
-    pub resets_received: u64,
-    pub hits: Vec<TcpHit>,
-    pub truncated: bool,
 }
 
 /// How close in time a mirror observation must be to the local one to be the same RST. On one
@@ -249,25 +202,6 @@ pub fn apply_runq(span: &mut Span, j: &RunqJoin, cfg: &JoinConfig) {
     }
 }
 
-/// Linux `TCP_*` state names, for span events.
-pub fn tcp_state_name(s: u8) -> &'static str {
-    match s {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
-}
-
 /// Writes a TCP join onto the span.
 pub fn apply_tcp(span: &mut Span, j: &TcpJoin, cfg: &JoinConfig) {
     span.attributes
@@ -320,10 +254,12 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::correlator::{
-        evidence::Bounds,
-        netkey::Endpoint,
-        span::{attr_f64, attr_i64},
+    use crate::{
+        shared::{
+            netkey::Endpoint,
+            span::{attr_f64, attr_i64},
+        },
+        transforms::correlate::evidence::Bounds,
     };
 
     fn ep(s: &str) -> Endpoint {

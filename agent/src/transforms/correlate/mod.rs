@@ -1,26 +1,22 @@
-//! Correlation: kernel evidence joined to OTLP spans, then detection, then export.
+//! Correlation: kernel evidence joined to OTLP spans, and detection run on what was joined.
 //!
 //! ```text
-//! receiver (gRPC 4317, HTTP 4318) ─ Intake ─┐ bounded (spans)          ┌─► Forwarder (OTLP/gRPC, bounded retry queue)
-//!                                           ├─► Correlator task ───────┤
-//! pipeline (kernel events) ─── KernelFeed ──┘   store → joins → detect └─► Board (/incidents, last N)
+//! OTLP receivers ──── Intake ─────┐ bounded (spans)          ┌─► Outputs::spans (forwarder)
+//!                                 ├─► Correlator task ───────┤
+//! attributed kernel events ─ KernelFeed ┘ store → joins → detect └─► Outputs::incidents (board)
 //! ```
 //!
 //! One task owns the span store, the evidence windows and the detector, so none of them needs a
 //! lock. Everything it holds is bounded; when spans come faster than it can hold them for the
 //! join, they are passed on unenriched and counted (`kernelsight_spans_unenriched_total`); the
 //! sender is never blocked and never refused for it.
-pub mod clock;
 pub mod evidence;
 pub mod join;
-pub mod metrics;
-pub mod netkey;
-pub mod span;
 pub mod store;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,126 +25,42 @@ use opentelemetry_proto::tonic::{
     common::v1::{KeyValue, any_value::Value},
     trace::v1::ResourceSpans,
 };
-use prometheus::Registry;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use self::{
-    clock::Clock,
-    evidence::{Bounds, Evidence, RunqEntry, TcpEntry, Windows},
+    evidence::{Bounds, Evidence, Windows},
     join::{JoinConfig, apply_runq, apply_tcp, join_runq, join_tcp},
-    metrics::CorrelationMetrics,
-    netkey::EphemeralPorts,
-    span::{SpanFacts, SpanRef, hex, kv_i, kv_s},
     store::{Batch, SpanBudget, SpanStore},
 };
-use crate::{
-    detect::{DetectConfig, Detector, incident::Incident},
-    export::{
-        incidents::{Board, SharedBoard, SpanSummary},
-        otlp::{ForwardConfig, Forwarder, span_count},
-    },
-    probes::events::KernelEvent,
-    receiver,
+use super::detect::{DetectConfig, Detector};
+use crate::shared::{
+    clock::Clock,
+    event::{Identify, KernelEvent},
+    evidence::{RunqEntry, TcpEntry},
+    incident::{Incident, IncidentOutput},
+    netkey::{self, EphemeralPorts},
+    span::{SpanFacts, SpanIntake, SpanOutput, SpanRef, SpanSummary, hex, kv_i, kv_s, span_count},
+    telemetry::CorrelationMetrics,
 };
 
-/// Command-line options of the correlation half (flattened into the agent's [`Config`]).
-///
-/// [`Config`]: crate::config::Config
-#[derive(Clone, Debug, clap::Args)]
-pub struct CorrelationArgs {
-    /// OTLP/gRPC trace receiver address.
-    #[arg(
-        long,
-        env = "KERNELSIGHT_OTLP_GRPC_ADDR",
-        default_value = "127.0.0.1:4317"
-    )]
-    pub otlp_grpc_addr: SocketAddr,
-
-    /// OTLP/HTTP trace receiver address (POST /v1/traces, protobuf or JSON).
-    #[arg(
-        long,
-        env = "KERNELSIGHT_OTLP_HTTP_ADDR",
-        default_value = "127.0.0.1:4318"
-    )]
-    pub otlp_http_addr: SocketAddr,
-
-    /// Forward spans (enriched, passed-through and incident spans) to this OTLP/gRPC endpoint,
-    /// e.g. http://jaeger:4317. Without it the agent keeps the last incidents and enriched spans
-    /// in memory for /incidents.
-    #[arg(long, env = "KERNELSIGHT_OTLP_FORWARD")]
-    pub otlp_forward: Option<String>,
-
-    /// Spans the forwarder's retry queue holds before it drops the oldest.
-    #[arg(long, env = "KERNELSIGHT_FORWARD_QUEUE_SPANS", default_value_t = 65536)]
-    pub forward_queue_spans: usize,
-
-    /// Spans held for joining at most (queued plus waiting); beyond it spans pass unenriched.
-    #[arg(long, env = "KERNELSIGHT_SPAN_STORE_CAP", default_value_t = 65536)]
-    pub span_store_cap: usize,
-
-    /// How long after a span ends the agent waits for kernel evidence before joining (also the
-    /// tail of a connection span's window).
-    #[arg(long, env = "KERNELSIGHT_SPAN_WAIT_MS", default_value_t = 1000)]
+/// What the correlator is told at start.
+#[derive(Clone, Debug)]
+pub struct CorrelateConfig {
+    pub join: JoinConfig,
+    pub detect: DetectConfig,
+    /// How long after a span ends the correlator waits for kernel evidence before joining.
     pub span_wait_ms: u64,
-
-    /// Largest OTLP request accepted, in bytes.
-    #[arg(long, env = "KERNELSIGHT_OTLP_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
-    pub otlp_max_request_bytes: usize,
-
-    /// Re-measure the monotonic → Unix clock offset this often (seconds).
-    #[arg(long, env = "KERNELSIGHT_CLOCK_RESYNC_SECS", default_value_t = 10)]
-    pub clock_resync_secs: u64,
-
-    /// Run-queue waits at least this long (µs) become span events on the task spans.
-    #[arg(long, env = "KERNELSIGHT_SLOW_WAKEUP_US", default_value_t = 1000)]
-    pub slow_wakeup_us: u64,
-
-    /// Incidents kept for /incidents.
-    #[arg(long, env = "KERNELSIGHT_INCIDENTS_KEEP", default_value_t = 200)]
-    pub incidents_keep: usize,
-
-    /// Enriched spans kept in memory for /incidents.
-    #[arg(long, env = "KERNELSIGHT_ENRICHED_SPANS_KEEP", default_value_t = 1000)]
-    pub enriched_spans_keep: usize,
-
-    /// Span links per incident span (the rest are counted).
-    #[arg(long, env = "KERNELSIGHT_INCIDENT_MAX_LINKS", default_value_t = 32)]
-    pub incident_max_links: usize,
-
-    /// connection_fault: fewest connections reset toward one endpoint in a second.
-    #[arg(long, env = "KERNELSIGHT_FAULT_MIN_RESETS", default_value_t = 5.0)]
-    pub fault_min_resets: f64,
-
-    /// task_surge: fewest task arrivals per second in a pool.
-    #[arg(long, env = "KERNELSIGHT_SURGE_MIN_RATE", default_value_t = 20.0)]
-    pub surge_min_rate: f64,
-
-    /// cpu_contention: least run-queue delay (ms per second) in a process.
-    #[arg(long, env = "KERNELSIGHT_CONTENTION_MIN_MS", default_value_t = 50.0)]
-    pub contention_min_ms: f64,
+    /// Re-measure the monotonic → Unix clock offset this often.
+    pub clock_resync: Duration,
 }
 
-impl CorrelationArgs {
-    pub fn join_config(&self) -> JoinConfig {
-        JoinConfig {
-            conn_tail_ns: self.span_wait_ms * 1_000_000,
-            slow_wakeup_ns: self.slow_wakeup_us * 1_000,
-            ..JoinConfig::default()
-        }
-    }
-
-    pub fn detect_config(&self) -> DetectConfig {
-        DetectConfig {
-            // Joined spans reach the detector `span_wait` after they end; half a second more
-            // covers the ring-buffer latency and the correlator's tick.
-            settle_min_ns: (self.span_wait_ms + 500) * 1_000_000,
-            max_links: self.incident_max_links,
-            fault_min_resets: self.fault_min_resets,
-            surge_min_rate: self.surge_min_rate,
-            contention_min_ms: self.contention_min_ms,
-            ..DetectConfig::default()
-        }
-    }
+/// Where the correlator's results go.
+#[derive(Clone)]
+pub struct Outputs {
+    /// Every span (joined, or passed through unenriched) and every closed incident's own span;
+    /// `None` without a trace backend.
+    pub spans: Option<Arc<dyn SpanOutput>>,
+    pub incidents: Arc<dyn IncidentOutput>,
 }
 
 // Evidence bounds. A TCP entry is ~64 bytes and a run-queue entry 24: these cap evidence at
@@ -168,9 +80,6 @@ const RUNQ_BOUNDS: Bounds = Bounds {
     per_key: 128,
     retention_ns: 60_000_000_000,
 };
-/// (pid, tid) verdicts cached between /proc checks; cleared when full (a thread's answer
-/// does not change while it lives, and re-checking is one stat).
-const TID_CACHE: usize = 65536;
 /// Correlator tick: how often held spans are checked for readiness.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -214,6 +123,10 @@ pub struct KernelFeed {
 }
 
 impl KernelFeed {
+    pub fn new(tx: mpsc::Sender<Ingested>, clock: Clock, m: CorrelationMetrics) -> Self {
+        Self { tx, clock, m }
+    }
+
     pub fn push(&self, ev: &KernelEvent) {
         if self
             .tx
@@ -230,12 +143,43 @@ impl KernelFeed {
 pub struct Intake {
     tx: mpsc::Sender<Batch>,
     budget: SpanBudget,
-    fwd: Option<Forwarder>,
+    /// Spans the correlator cannot take go straight on.
+    pass_to: Option<Arc<dyn SpanOutput>>,
     m: CorrelationMetrics,
 }
 
 impl Intake {
-    pub fn submit(&self, req: ExportTraceServiceRequest, transport: &str) {
+    pub fn new(
+        tx: mpsc::Sender<Batch>,
+        budget: SpanBudget,
+        pass_to: Option<Arc<dyn SpanOutput>>,
+        m: CorrelationMetrics,
+    ) -> Self {
+        Self {
+            tx,
+            budget,
+            pass_to,
+            m,
+        }
+    }
+
+    fn pass(&self, req: ExportTraceServiceRequest, n: usize, reason: &str) {
+        self.m
+            .spans_unenriched
+            .with_label_values(&[reason])
+            .inc_by(n as u64);
+        if let Some(f) = &self.pass_to {
+            f.push(req);
+        }
+    }
+
+    pub fn budget(&self) -> &SpanBudget {
+        &self.budget
+    }
+}
+
+impl SpanIntake for Intake {
+    fn submit(&self, req: ExportTraceServiceRequest, transport: &'static str) {
         let n = span_count(&req);
         if n == 0 {
             return;
@@ -257,108 +201,20 @@ impl Intake {
             self.pass(batch.req, n, reason);
         }
     }
-
-    fn pass(&self, req: ExportTraceServiceRequest, n: usize, reason: &str) {
-        self.m
-            .spans_unenriched
-            .with_label_values(&[reason])
-            .inc_by(n as u64);
-        if let Some(f) = &self.fwd {
-            f.push(req);
-        }
-    }
-
-    pub fn budget(&self) -> &SpanBudget {
-        &self.budget
-    }
-
-    pub fn metrics(&self) -> &CorrelationMetrics {
-        &self.m
-    }
 }
 
-/// Handles for the rest of the agent.
-pub struct Correlation {
-    pub feed: KernelFeed,
-    pub board: SharedBoard,
-    pub intake: Intake,
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    drain: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
-    fwd: Option<Forwarder>,
-}
+/// Asks the correlator task to join what it holds and close open incidents (shutdown).
+#[derive(Clone)]
+pub struct Drain(pub mpsc::Sender<oneshot::Sender<()>>);
 
-impl Correlation {
-    /// Clean shutdown: joins what is held now (with the evidence there is), closes open
-    /// incidents, and gives the forwarder up to `grace` to deliver everything queued.
-    pub async fn shutdown(&self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        let (done, drained) = tokio::sync::oneshot::channel();
-        if self.drain.send(done).await.is_ok() {
+impl Drain {
+    /// Waits until the correlator has drained, or `deadline`.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        let (done, drained) = oneshot::channel();
+        if self.0.send(done).await.is_ok() {
             let _ = tokio::time::timeout_at(deadline, drained).await;
         }
-        if let Some(f) = &self.fwd
-            && !f.flush(deadline).await
-        {
-            tracing::warn!(
-                spans = f.queued_spans(),
-                "shutting down with spans not yet forwarded"
-            );
-        }
     }
-}
-
-/// Binds the receivers, starts the forwarder (if configured) and the correlator task.
-pub async fn start(args: &CorrelationArgs, registry: &Registry) -> anyhow::Result<Correlation> {
-    let m = CorrelationMetrics::new(registry);
-    let clock = Clock::new();
-    let fwd = match &args.otlp_forward {
-        Some(endpoint) => Some(Forwarder::start(
-            ForwardConfig {
-                endpoint: endpoint.clone(),
-                queue_spans: args.forward_queue_spans,
-                timeout: Duration::from_secs(10),
-                max_attempts: 10,
-            },
-            m.forward.clone(),
-        )?),
-        None => None,
-    };
-    let board = Board::shared(args.incidents_keep, args.enriched_spans_keep);
-    let budget = SpanBudget::new(args.span_store_cap, m.clone());
-    // The budget bounds what the channel holds in spans; the channel's own bound only limits
-    // requests (a request can be one span).
-    let (span_tx, span_rx) = mpsc::channel(args.span_store_cap.clamp(1, 65536));
-    let (kernel_tx, kernel_rx) = mpsc::channel(65536);
-    let intake = Intake {
-        tx: span_tx,
-        budget: budget.clone(),
-        fwd: fwd.clone(),
-        m: m.clone(),
-    };
-    let (grpc_addr, http_addr) = receiver::start(args, intake.clone()).await?;
-    let intake_fwd = fwd.clone();
-    let correlator = Correlator::new(args, clock.clone(), budget, fwd, board.clone(), m.clone());
-    let (drain_tx, drain_rx) = mpsc::channel(1);
-    tokio::spawn(correlator.run(
-        span_rx,
-        kernel_rx,
-        drain_rx,
-        Duration::from_secs(args.clock_resync_secs.max(1)),
-    ));
-    Ok(Correlation {
-        feed: KernelFeed {
-            tx: kernel_tx,
-            clock,
-            m,
-        },
-        board,
-        intake,
-        grpc_addr,
-        http_addr,
-        drain: drain_tx,
-        fwd: intake_fwd,
-    })
 }
 
 /// The state the correlator task owns.
@@ -372,10 +228,8 @@ pub struct Correlator {
     /// Processes with run-queue evidence, and when last seen: their threads' spans get
     /// run-queue attributes even when zero (zero is then a measurement, not an absence).
     runq_pids: HashMap<u32, u64>,
-    /// (pid, tid) → is that a thread of that process (see `is_linux_tid`).
-    tid_cache: HashMap<(u32, u32), bool>,
-    fwd: Option<Forwarder>,
-    board: SharedBoard,
+    identify: Arc<dyn Identify>,
+    out: Outputs,
     resource: Vec<KeyValue>,
     m: CorrelationMetrics,
     last_prune: Instant,
@@ -383,11 +237,11 @@ pub struct Correlator {
 
 impl Correlator {
     pub fn new(
-        args: &CorrelationArgs,
+        cfg: &CorrelateConfig,
         clock: Clock,
         budget: SpanBudget,
-        fwd: Option<Forwarder>,
-        board: SharedBoard,
+        out: Outputs,
+        identify: Arc<dyn Identify>,
         m: CorrelationMetrics,
     ) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -395,22 +249,21 @@ impl Correlator {
         m.clock_offset.set(o.offset_ns as f64 / 1e9);
         m.clock_uncertainty.set(o.uncertainty_ns as f64 / 1e9);
         Self {
-            join: args.join_config(),
-            wait_ns: args.span_wait_ms * 1_000_000,
+            join: cfg.join.clone(),
+            wait_ns: cfg.span_wait_ms * 1_000_000,
             store: SpanStore::new(budget),
             evidence: Evidence {
                 runq: Windows::new(RUNQ_BOUNDS),
                 tcp: Windows::new(TCP_BOUNDS),
             },
             detector: Detector::new(
-                args.detect_config(),
+                cfg.detect.clone(),
                 EphemeralPorts::from_sysctl(),
                 Clock::now_unix_ns(),
             ),
             runq_pids: HashMap::new(),
-            tid_cache: HashMap::new(),
-            fwd,
-            board,
+            identify,
+            out,
             resource: vec![
                 kv_s("service.name", "kernelsight-agent"),
                 kv_s("host.name", host.trim()),
@@ -426,7 +279,7 @@ impl Correlator {
         mut self,
         mut spans: mpsc::Receiver<Batch>,
         mut kernel: mpsc::Receiver<Ingested>,
-        mut drain: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+        mut drain: mpsc::Receiver<oneshot::Sender<()>>,
         resync: Duration,
     ) {
         let mut tick = tokio::time::interval(TICK);
@@ -504,10 +357,10 @@ impl Correlator {
                 .with_label_values(&[inc.class.as_str()])
                 .inc();
             tracing::warn!(incident = %inc.id, class = inc.class.as_str(), "{}", inc.summary);
-            self.board.lock().expect("board lock").upsert(inc);
+            self.out.incidents.incident(inc);
         }
         for inc in ch.updated {
-            self.board.lock().expect("board lock").upsert(inc);
+            self.out.incidents.incident(inc);
         }
         for inc in ch.closed {
             self.emit_closed(inc);
@@ -524,12 +377,12 @@ impl Correlator {
             .with_label_values(&[inc.class.as_str()])
             .dec();
         tracing::info!(incident = %inc.id, links = inc.links.len(), of = inc.links_total, "incident closed");
-        if let Some(f) = &self.fwd {
+        if let Some(f) = &self.out.spans {
             f.push(ExportTraceServiceRequest {
                 resource_spans: vec![inc.to_otlp(&self.resource)],
             });
         }
-        self.board.lock().expect("board lock").upsert(inc);
+        self.out.incidents.incident(inc);
     }
 
     /// Closes every open incident and hands everything held on (shutdown).
@@ -631,10 +484,7 @@ impl Correlator {
                     let evidence = runq.as_ref().is_some_and(|j| j.count > 0)
                         || tcp.as_ref().is_some_and(|j| !j.hits.is_empty());
                     if evidence {
-                        self.board
-                            .lock()
-                            .expect("board lock")
-                            .record_span(summary(span, &facts));
+                        self.out.incidents.enriched_span(summary(span, &facts));
                     }
                     self.detector
                         .on_span(&facts, r, runq.as_ref(), tcp.as_ref(), received_unix_ns);
@@ -642,7 +492,7 @@ impl Correlator {
             }
         }
         self.store.release(spans);
-        if let Some(f) = &self.fwd {
+        if let Some(f) = &self.out.spans {
             f.push(req);
         }
     }
@@ -662,14 +512,7 @@ impl Correlator {
         if let Some(ok) = seen {
             return ok;
         }
-        let Some(pid) = pid else { return false };
-        if self.tid_cache.len() >= TID_CACHE {
-            self.tid_cache.clear();
-        }
-        *self
-            .tid_cache
-            .entry((pid, tid))
-            .or_insert_with(|| std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists())
+        pid.is_some_and(|pid| self.identify.is_thread(pid, tid))
     }
 
     pub fn detector(&self) -> &Detector {

@@ -15,7 +15,7 @@ use std::{
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use super::{clock::Clock, metrics::CorrelationMetrics};
+use crate::shared::{clock::Clock, telemetry::CorrelationMetrics};
 
 pub struct Batch {
     pub req: ExportTraceServiceRequest,

@@ -5,7 +5,7 @@
 //! burst (seconds). While a series is anomalous its mean still adapts, ten times slower, and its
 //! variance not at all: a surge that lasts becomes the new normal eventually (minutes, not
 //! seconds), and one that ends has barely moved the baseline.
-use serde::Serialize;
+use crate::shared::incident::Verdict;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Ewma {
@@ -27,17 +27,6 @@ pub struct Rule {
     /// Buckets of history before the baseline is trusted (0: a zero baseline is a fine prior,
     /// as for resets: normally there are none).
     pub warmup: u64,
-}
-
-/// What a value was compared with: reported with every incident.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Verdict {
-    pub observed: f64,
-    pub mean: f64,
-    pub stddev: f64,
-    pub threshold: f64,
-    pub samples: u64,
-    pub anomalous: bool,
 }
 
 /// Slower adaptation while anomalous (see the module docs).

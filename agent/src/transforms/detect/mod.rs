@@ -16,20 +16,16 @@
 //!   anomalous for that endpoint; says which side sent the resets and links the spans that were
 //!   hurt (failed, or carrying the kernel evidence).
 pub mod baseline;
-pub mod incident;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use agent_common::TcpEventKind;
 use serde_json::json;
 
-use self::{
-    baseline::{Ewma, Rule, Verdict},
-    incident::{Class, Incident, IncidentState, LinkRef},
-};
-use crate::correlator::{
-    evidence::{RunqEntry, TcpEntry},
-    join::{RunqJoin, TcpJoin},
+use self::baseline::{Ewma, Rule};
+use crate::shared::{
+    evidence::{RunqEntry, RunqJoin, TcpEntry, TcpJoin, tcp_state_name},
+    incident::{Class, Incident, IncidentState, LinkRef, Verdict},
     netkey::{ConnKey, Endpoint, EphemeralPorts, Oriented},
     span::{SpanFacts, SpanRef, hex},
 };
@@ -351,9 +347,7 @@ impl Detector {
                 if a.resets.len() < MAX_CONNS_PER_ENDPOINT {
                     a.resets.insert((key, by_service));
                 }
-                *a.states
-                    .entry(crate::correlator::join::tcp_state_name(e.state))
-                    .or_default() += 1;
+                *a.states.entry(tcp_state_name(e.state)).or_default() += 1;
                 if let Some((session, _, _)) = live
                     && a.sessions.len() < MAX_SESSIONS_PER_ENDPOINT
                 {

@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use agent_common::TcpEventKind;
 
 use super::*;
-use crate::correlator::{
-    evidence::{RunqEntry, TcpEntry},
-    join::{RunqJoin, TcpJoin},
+use crate::shared::{
+    evidence::{RunqEntry, RunqJoin, TcpEntry, TcpJoin},
     netkey::{Endpoint, EphemeralPorts, Oriented},
     span::{SpanFacts, SpanRef},
 };

@@ -1,0 +1,23 @@
+//! The kernel's in-place aggregates, read through [`KernelMaps`] by whoever is handed the probes.
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
+use super::Probes;
+use crate::shared::event::{KernelCounters, KernelMaps, RunqHistogram};
+
+/// The probes are shared with the watch-set task, which changes a map; readers only read.
+impl KernelMaps for Mutex<Probes> {
+    fn counters(&self) -> anyhow::Result<KernelCounters> {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counters()
+    }
+
+    fn runq_histograms(&self) -> anyhow::Result<HashMap<u32, RunqHistogram>> {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .runq_histograms()
+    }
+}

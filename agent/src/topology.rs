@@ -1,0 +1,207 @@
+//! The one place that builds the pipeline: it creates every channel between the stages, spawns
+//! every task, and orders shutdown. The stages know only the handles they are given (see
+//! `lib.rs` for the picture).
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    config::Config,
+    http::{self, AppState, ui::Page},
+    shared::{
+        clock::Clock,
+        event::{Identify, KernelEvent, KernelMaps},
+        netkey::EphemeralPorts,
+        span::{SpanIntake, SpanOutput},
+        telemetry::{CorrelationMetrics, RingStats},
+    },
+    sinks::{board::Board, forward::Forwarder, prometheus::Metrics, timeline::Timeline},
+    sources::{
+        kernel::{Probes, ring, watch},
+        otlp::{self, Listeners},
+        sampler::Sampler,
+    },
+    transforms::{
+        attribution::Attribution,
+        correlate::{Correlator, Drain, Intake, KernelFeed, Outputs, store::SpanBudget},
+    },
+};
+
+/// Kernel events between the ring readers and attribution; full means dropped and counted.
+const KERNEL_CHANNEL: usize = 65536;
+/// How long shutdown waits for the correlator to drain and the forwarder to deliver.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs the agent until `shutdown` resolves, then shuts down in order: the listener stops, the
+/// correlator joins what it holds and closes open incidents, and the forwarder delivers.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Sources first: a missing privilege or kernel feature is reported before anything binds.
+    let mut probes = Probes::load(&cfg.probe_config())?;
+    let (tcp_ring, runq_ring) = (probes.take_tcp_ring()?, probes.take_runq_ring()?);
+    let probes = Arc::new(Mutex::new(probes));
+    let kernel: Arc<dyn KernelMaps> = probes.clone();
+    let attribution = Arc::new(Attribution::new());
+    let identify: Arc<dyn Identify> = attribution.clone();
+
+    let metrics = Metrics::new().reading(Some(kernel.clone()), identify.clone());
+    let cm = CorrelationMetrics::new(&metrics.registry);
+    let metrics = Arc::new(metrics);
+
+    // kernel rings → attribution → (prometheus, correlate, timeline)
+    let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelEvent>(KERNEL_CHANNEL);
+    spawn_ring(
+        "tcp",
+        tcp_ring,
+        KernelEvent::decode_tcp,
+        kernel_tx.clone(),
+        metrics.ring("tcp"),
+    );
+    spawn_ring(
+        "runq",
+        runq_ring,
+        KernelEvent::decode_runq,
+        kernel_tx,
+        metrics.ring("runq"),
+    );
+    tokio::spawn(watch::keep_current(
+        probes,
+        cfg.selectors(),
+        Duration::from_secs(1),
+        metrics.runq_watched.clone(),
+    ));
+
+    // Sinks the correlator writes to.
+    let args = &cfg.correlation;
+    let forwarder = match args.forward_config() {
+        Some(fc) => {
+            let (f, task) = Forwarder::new(fc, cm.forward.clone())?;
+            tokio::spawn(task);
+            Some(f)
+        }
+        None => None,
+    };
+    let spans_out = forwarder
+        .clone()
+        .map(|f| Arc::new(f) as Arc<dyn SpanOutput>);
+    let board = Board::shared(args.incidents_keep, args.enriched_spans_keep);
+
+    // OTLP receivers → intake → correlator (joins, detect) → forwarder, board
+    let clock = Clock::new();
+    let budget = SpanBudget::new(args.span_store_cap, cm.clone());
+    // The budget bounds what the channel holds in spans; the channel's own bound only limits
+    // requests (a request can be one span).
+    let (span_tx, span_rx) = mpsc::channel(args.span_store_cap.clamp(1, 65536));
+    let (feed_tx, feed_rx) = mpsc::channel(KERNEL_CHANNEL);
+    let (drain_tx, drain_rx) = mpsc::channel(1);
+    let intake: Arc<dyn SpanIntake> = Arc::new(Intake::new(
+        span_tx,
+        budget.clone(),
+        spans_out.clone(),
+        cm.clone(),
+    ));
+    let listeners = Listeners::bind(args.otlp_grpc_addr, args.otlp_http_addr).await?;
+    let otlp_addrs = listeners.addrs()?;
+    let max = args.otlp_max_request_bytes;
+    let (grpc_intake, rejected) = (intake.clone(), cm.requests_rejected.clone());
+    tokio::spawn(async move {
+        if let Err(e) = otlp::grpc::serve(listeners.grpc, grpc_intake, max).await {
+            tracing::error!(error = %e, "OTLP/gRPC receiver stopped");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = otlp::http::serve(listeners.http, intake, rejected, max).await {
+            tracing::error!(error = %e, "OTLP/HTTP receiver stopped");
+        }
+    });
+    let correlate = args.correlate_config();
+    let correlator = Correlator::new(
+        &correlate,
+        clock.clone(),
+        budget,
+        Outputs {
+            spans: spans_out,
+            incidents: board.clone(),
+        },
+        identify,
+        cm.clone(),
+    );
+    tokio::spawn(correlator.run(span_rx, feed_rx, drain_rx, correlate.clock_resync));
+    let feed = KernelFeed::new(feed_tx, clock, cm.clone());
+
+    // The page: sampler → timeline.
+    cfg.ui.validate()?;
+    let timeline = Arc::new(Timeline::new(
+        cfg.ui.timeline_seconds,
+        EphemeralPorts::from_sysctl(),
+    ));
+    let (second_tx, second_rx) = mpsc::channel(4);
+    let sampler = Sampler {
+        kernel: Some(kernel),
+        spans: Some(cm),
+        watched: metrics.runq_watched.clone(),
+        pool: cfg.ui.pool_url()?,
+    };
+    tokio::spawn(sampler.run(second_tx));
+    let t = timeline.clone();
+    tokio::spawn(async move { t.run(second_rx).await });
+
+    // The fan-out: every kernel event, attributed, to each stage that takes it.
+    let (m, t) = (metrics.clone(), timeline.clone());
+    tokio::spawn(async move {
+        while let Some(mut ev) = kernel_rx.recv().await {
+            attribution.apply(&mut ev);
+            m.observe(&ev);
+            feed.push(&ev);
+            t.observe(&ev);
+        }
+    });
+
+    let state = Arc::new(AppState {
+        metrics,
+        probes_loaded: true,
+        incidents: Some(board),
+        ui: Some(Page {
+            timeline,
+            trace_url_template: cfg.ui.trace_url_template.clone(),
+            pool_metrics_url: cfg.ui.pool_metrics_url.clone(),
+            started: Instant::now(),
+            otlp: Some(otlp_addrs),
+            forwarding: forwarder.is_some(),
+        }),
+    });
+    let served = http::serve(cfg.http_addr, state, shutdown).await;
+
+    // Shutdown: join what is held (with the evidence there is), close open incidents, and
+    // give the forwarder what is left of the grace to deliver everything queued.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    Drain(drain_tx).drain(deadline).await;
+    if let Some(f) = &forwarder
+        && !f.flush(deadline).await
+    {
+        tracing::warn!(
+            spans = f.queued_spans(),
+            "shutting down with spans not yet forwarded"
+        );
+    }
+    served
+}
+
+fn spawn_ring(
+    name: &'static str,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    decode: fn(&[u8]) -> Option<KernelEvent>,
+    tx: mpsc::Sender<KernelEvent>,
+    stats: RingStats,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = ring::run(ring, decode, tx, stats).await {
+            tracing::error!(ring = name, error = %e, "ring reader stopped");
+        }
+    });
+}
