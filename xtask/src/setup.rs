@@ -116,8 +116,17 @@ fn nightly_with_rust_src() -> Result<()> {
 fn bpf_linker(tools: &Path) -> Result<PathBuf> {
     let bin = tools.join("bin");
     let linker = bin.join("bpf-linker");
-    if let Some(v) = output(Command::new(&linker).arg("--version"))
-        && v.contains(BPF_LINKER_VERSION)
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+            .context("cannot ask nightly rustc for its sysroot")?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    // The linker loads nightly's libLLVM at run time (aya-build runs it under `rustup run`,
+    // which puts the toolchain's lib/ on the library path); ask it the same way.
+    if let Some(v) = output(
+        Command::new(&linker)
+            .arg("--version")
+            .env("LD_LIBRARY_PATH", &sysroot_lib),
+    ) && v.contains(BPF_LINKER_VERSION)
     {
         step(format!(
             "bpf-linker {BPF_LINKER_VERSION}: present in {}",
@@ -125,10 +134,6 @@ fn bpf_linker(tools: &Path) -> Result<PathBuf> {
         ));
         return Ok(bin);
     }
-    let sysroot =
-        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
-            .context("cannot ask nightly rustc for its sysroot")?;
-    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
     // libLLVM-22-rust-*.so is a linker script; the real library is libLLVM.so.22.1-rust-*.
     let real = std::fs::read_dir(&sysroot_lib)?
         .filter_map(|e| e.ok())
