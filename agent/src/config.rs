@@ -27,6 +27,16 @@ pub struct Config {
     #[arg(long, env = "KERNELSIGHT_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: SocketAddr,
 
+    /// Log lines on stderr as text (coloured only on a terminal) or as one JSON object per
+    /// line, for a log pipeline. RUST_LOG sets the level (default info).
+    #[arg(
+        long,
+        env = "KERNELSIGHT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+
     /// Size of the TCP event ring buffer in bytes (power of two, ≥ 4096).
     #[arg(long, env = "KERNELSIGHT_TCP_RING_BYTES", default_value_t = 256 * 1024)]
     pub tcp_ring_bytes: u32,
@@ -77,7 +87,34 @@ pub struct Config {
     pub ui: UiArgs,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 impl Config {
+    /// Installs the log subscriber: stderr, RUST_LOG (default info), in `--log-format`. Colour
+    /// only when stderr is a terminal (and NO_COLOR is unset): a node's log collector would
+    /// store the escape sequences.
+    pub fn init_logs(&self) {
+        use std::io::IsTerminal as _;
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => logs
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                )
+                .init(),
+            LogFormat::Json => logs.json().init(),
+        }
+    }
+
     pub fn selectors(&self) -> Selectors {
         Selectors {
             pids: self.pids.clone(),

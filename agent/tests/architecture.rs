@@ -46,7 +46,10 @@ fn the_checker_finds_cycles_and_stray_imports() {
     let dir = std::env::temp_dir().join(format!("ks-arch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let files: &[(&str, &str)] = &[
-        ("lib.rs", "pub mod shared;\npub mod sinks;\npub mod sources;\n"),
+        (
+            "lib.rs",
+            "pub mod shared;\npub mod sinks;\npub mod sources;\n",
+        ),
         ("shared/mod.rs", "pub mod a;\npub mod b;\n"),
         // a -> b through a nested use tree, b -> a through an inline path: a cycle.
         (
@@ -58,7 +61,10 @@ fn the_checker_finds_cycles_and_stray_imports() {
             "// crate::sinks::x in a comment is no import\npub struct B(pub super::a::A);\n",
         ),
         ("sinks/mod.rs", "pub mod x;\n"),
-        ("sinks/x.rs", "pub fn f() -> crate::shared::a::A { todo!() }\n"),
+        (
+            "sinks/x.rs",
+            "pub fn f() -> crate::shared::a::A { todo!() }\n",
+        ),
         ("sources/mod.rs", "pub mod y;\n"),
         (
             "sources/y.rs",
@@ -126,7 +132,10 @@ fn check(src: &Path) -> Vec<String> {
         }
     }
     for cycle in cycles(&files) {
-        problems.push(format!("import cycle between files: {}", cycle.join(" -> ")));
+        problems.push(format!(
+            "import cycle between files: {}",
+            cycle.join(" -> ")
+        ));
     }
     // Components: the first two levels (`transforms::correlate`), whatever file inside.
     let mut parts: Graph = BTreeMap::new();

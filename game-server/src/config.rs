@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "game-server", about = "Real-time WebSocket game server")]
 pub struct Config {
@@ -15,6 +22,10 @@ pub struct Config {
     /// Directory holding the SQLite player store.
     #[arg(long, env = "GAME_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Log lines on stderr as text (coloured only on a terminal) or as one JSON object per
+    /// line, for a log pipeline. RUST_LOG sets the level (default info).
+    #[arg(long, env = "GAME_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Allowed browser Origins (repeatable or comma-separated). Requests without an
     /// Origin header (non-browser clients) are accepted if their token is valid.
     #[arg(

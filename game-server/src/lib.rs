@@ -1,5 +1,5 @@
 //! kernelsight's game server: the workload the kernel agent watches.
-//! See ARCHITECTURE.md ("The game server") and PROTOCOL.md.
+//! See README.md (layout, flags, telemetry, persistence) and PROTOCOL.md (the wire protocol).
 
 pub mod background;
 pub mod batch;

@@ -8,7 +8,7 @@ fn main() -> anyhow::Result<()> {
         .thread_name("game-rt")
         .build()?;
     let result = rt.block_on(async {
-        let telemetry = game_server::telemetry::init("game-server")?;
+        let telemetry = game_server::telemetry::init("game-server", cfg.log_format)?;
         let r = game_server::server::run(cfg).await;
         // The batch exporter blocks while flushing; keep it off the async workers.
         tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;

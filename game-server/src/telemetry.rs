@@ -2,6 +2,8 @@
 //! OTLP span export over HTTP (`http/protobuf` by default, `http/json` if
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` says so). Without the variable nothing is exported.
 
+use std::io::IsTerminal as _;
+
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -10,6 +12,8 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
 
 /// Keeps the exporter alive; `shutdown` flushes buffered spans.
 pub struct Telemetry {
@@ -43,11 +47,18 @@ fn otlp_protocol() -> anyhow::Result<Protocol> {
     }
 }
 
-pub fn init(service_name: &'static str) -> anyhow::Result<Telemetry> {
+/// Logs to stderr in `format` (text is coloured only on a terminal, and without NO_COLOR: a
+/// log collector would store the escape sequences), plus span export as above.
+pub fn init(service_name: &'static str, format: LogFormat) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    }
+    .with_filter(filter);
 
     let endpoint_set = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();

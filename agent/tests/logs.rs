@@ -1,0 +1,91 @@
+//! Logs as a DaemonSet's users need them: stderr that is a pipe (what a node's log collector
+//! reads) gets no colour escape sequences, and `--log-format json` (or KERNELSIGHT_LOG_FORMAT)
+//! gives one JSON object per line.
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::{free_port, require_root};
+
+/// The agent's stderr lines from start until it listens (then it is stopped).
+fn startup_lines(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kernelsight-agent"))
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("KERNELSIGHT_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let done = line.contains("http listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("http listening")),
+        "the agent never said it listens:\n{}",
+        lines.join("\n")
+    );
+    lines
+}
+
+#[test]
+fn text_logs_into_a_pipe_carry_no_colour_codes() {
+    require_root();
+    let lines = startup_lines(&[], &[]);
+    assert!(lines.iter().any(|l| l.contains("probes attached")));
+    for l in &lines {
+        assert!(!l.contains('\x1b'), "escape sequence in {l:?}");
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_by_flag_or_environment() {
+    require_root();
+    for lines in [
+        startup_lines(&["--log-format", "json"], &[]),
+        startup_lines(&[], &[("KERNELSIGHT_LOG_FORMAT", "json")]),
+    ] {
+        let mut messages = Vec::new();
+        for l in &lines {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+            messages.push(v["fields"]["message"].as_str().unwrap_or("").to_owned());
+        }
+        assert!(
+            messages.iter().any(|m| m == "probes attached"),
+            "{messages:?}"
+        );
+    }
+}
