@@ -51,6 +51,7 @@ fn quietly(capture: &Path, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Re
     // SAFETY: plain descriptor calls on fds this process owns; fd 1 is restored below before
     // anything else writes to stdout.
     let saved = unsafe { libc::dup(1) };
+    // SAFETY: as above; `file` outlives the redirection.
     if saved < 0 || unsafe { libc::dup2(file.as_raw_fd(), 1) } < 0 {
         return Err(std::io::Error::last_os_error()).context("redirecting stdout");
     }

@@ -422,7 +422,7 @@ fn absolute(here: &[String], path: &[String]) -> Option<Vec<String>> {
         "self" | "super" => here.to_vec(),
         _ => return None,
     };
-    let mut rest = &path[..];
+    let mut rest = path;
     if rest[0] == "crate" || rest[0] == "self" {
         rest = &rest[1..];
     }

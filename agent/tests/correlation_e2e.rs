@@ -246,10 +246,12 @@ fn resets_reach_connection_spans_and_a_burst_is_an_incident_linked_to_them() {
 
 /// gettid(2).
 fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() as u32 }
 }
 
 fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid, and it outlives the call that reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
@@ -406,6 +408,7 @@ fn a_clean_shutdown_delivers_held_spans_and_closes_open_incidents() {
     let held = conn_span("ws.session", 7, start, now_ns(), srv, cli, true);
     send_grpc(grpc, request(vec![held.clone()]));
 
+    // SAFETY: signalling our own child, which we have not waited for yet.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
     let mut status = None;
     assert!(eventually(Duration::from_secs(10), || {

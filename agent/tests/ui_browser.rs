@@ -175,6 +175,7 @@ fn a_connection_fault_on_the_page_click_shows_its_evidence_and_a_screenshot_is_s
             while !stop.load(Ordering::Relaxed) {
                 let start = now_ns();
                 std::thread::sleep(Duration::from_millis(40));
+                // SAFETY: gettid has no preconditions.
                 let tid = unsafe { libc::gettid() } as u32;
                 let spans = (0..3)
                     .map(|i| task_span(n + i, start, now_ns(), tid, std::process::id(), "save"))

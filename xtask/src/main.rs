@@ -23,8 +23,10 @@ enum Cmd {
     Build,
     /// Start the game server and the agent on this machine (needs root for the agent).
     Run(tasks::RunArgs),
-    /// Run the whole test suite (set-up included).
+    /// Run the whole test suite (set-up included; formatting and lints first).
     Test(tasks::TestArgs),
+    /// Check formatting (rustfmt.toml) and lints (clippy, warnings are errors).
+    Lint,
     /// Run server + agent + bots on loopback, inject one fault, compare detection to ground truth.
     Scenario(scenario::ScenarioArgs),
     /// Burn one CPU for a while (the noisy-neighbour scenario's hog; internal).
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Build => setup::run().and_then(|env| tasks::build(&env)),
         Cmd::Run(args) => setup::run().and_then(|env| tasks::run(&env, args)),
         Cmd::Test(args) => setup::run().and_then(|env| tasks::test(&env, args)),
+        Cmd::Lint => setup::run().and_then(|env| tasks::lint(&env)),
         Cmd::Bench(args) => setup::run().and_then(|env| bench::run(&env, args)),
         Cmd::SchedWorkload { seconds } => bench::sched_workload(seconds),
         // With --no-build (the test suite) the set-up has been done by whoever built the binaries.

@@ -74,6 +74,7 @@ pub fn run() -> Result<Env> {
     let tools = root.join(".tools");
     std::fs::create_dir_all(&tools)?;
     nightly_with_rust_src()?;
+    stable_components()?;
     let tools_bin = bpf_linker(&tools)?;
     debian_packages()?;
     let python = python_venv(&root, &tools)?;
@@ -109,6 +110,26 @@ fn nightly_with_rust_src() -> Result<()> {
     }
     run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
         .context("installing rust-src for nightly failed")
+}
+
+/// rustfmt and clippy on the default toolchain: `cargo xtask test` checks formatting and lints.
+fn stable_components() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        step("rustfmt + clippy: present");
+        return Ok(());
+    }
+    run_cmd(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
+    .context("installing rustfmt and clippy failed")
 }
 
 /// bpf-linker, built once against nightly's libLLVM (no system LLVM needed) and kept in
@@ -193,6 +214,7 @@ fn debian_packages() -> Result<()> {
     for (p, why) in DEBIAN_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
         step(format!("installing {p}: {why}"));
     }
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
         bail!(
             "Debian packages missing ({}); install them as root: apt-get install {}",
@@ -281,6 +303,7 @@ fn tracefs() -> Result<()> {
         step("tracefs: mounted");
         return Ok(());
     }
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
         step("tracefs: not mounted and not root; the agent will say so");
         return Ok(());

@@ -99,7 +99,25 @@ pub struct TestArgs {
     pub rest: Vec<String>,
 }
 
+/// The house style CI holds every change to: rustfmt.toml's formatting, and the workspace lints
+/// with every warning an error. agent-ebpf is built for the BPF target only (agent/build.rs).
+pub fn lint(env: &Env) -> Result<()> {
+    step("checking formatting and lints");
+    run_cmd(env.cargo().args(["fmt", "--all", "--check"]))?;
+    run_cmd(env.cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
 pub fn test(env: &Env, args: TestArgs) -> Result<()> {
+    lint(env)?;
     // The scenario tests run the release binaries: debug builds of server, agent and bots
     // together saturate two cores, which is itself real CPU contention the agent reports.
     build(env)?;

@@ -53,6 +53,7 @@ pub fn describe(cmd: &Command) -> String {
 pub struct Proc(pub Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SAFETY: signalling our own child, not yet waited for.
         unsafe { kill(self.0.id() as i32, 15) };
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {

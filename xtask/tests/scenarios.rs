@@ -16,6 +16,7 @@ const MAX_TIME_TO_DETECT_S: f64 = 10.0;
 #[test]
 fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc_geteuid() },
         0,
         "scenarios load eBPF programs and change nftables: run as root (CI does)"

@@ -242,14 +242,23 @@ pub struct RunqEvent {
 
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY (each impl): all are repr(C) plain data with explicit padding fields.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::TaskLayout {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RunqConfig {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RunqHist {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RunqTotals {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RunqEvent {}
-    // SAFETY: all are repr(C) plain data with explicit padding fields.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SockOwner {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::TcpEvent {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::TcpTpLayout {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SockTpLayout {}
 }

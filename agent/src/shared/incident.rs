@@ -115,7 +115,10 @@ fn random_id<const N: usize>() -> [u8; N] {
 }
 
 impl Incident {
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "an incident's fields, named at its one construction site in detect"
+    )]
     pub fn new(
         n: u64,
         class: Class,

@@ -1,6 +1,9 @@
 //! Shared pieces of the agent's integration tests: a running agent, its metrics, and the
 //! kernel's own TCP counters to check them against.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::{
     collections::HashMap,
@@ -14,6 +17,7 @@ use std::{
 /// instead of passing vacuously.
 pub fn require_root() {
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "the agent's integration tests load eBPF programs and must run as root (CI does); run `sudo -E cargo xtask test`"
@@ -175,6 +179,7 @@ impl Netns {
         use std::os::fd::AsRawFd as _;
         let f = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
         assert_eq!(
+            // SAFETY: `f` is an open namespace file for the duration of the call.
             unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
             0,
             "setns"

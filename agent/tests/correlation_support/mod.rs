@@ -1,6 +1,9 @@
 //! Pieces shared by the correlation tests: an OTLP/gRPC sink that keeps the raw request bytes,
 //! span builders, OTLP senders (gRPC and HTTP), and provoked resets on loopback.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::{
     convert::Infallible,

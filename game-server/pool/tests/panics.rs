@@ -27,7 +27,10 @@ async fn panicking_tasks_are_contained_and_counted() {
         .submit("boom", Duration::from_secs(5), |_| async {
             tokio::task::yield_now().await;
             panic!("boom in poll");
-            #[allow(unreachable_code)]
+            #[expect(
+                unreachable_code,
+                reason = "the task's type needs a result after the panic"
+            )]
             Ok(())
         })
         .await

@@ -276,6 +276,7 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
         eprintln!("bench: step {n} done: {row:?}");
         rows.push(row);
     }
+    // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     let _ = std::fs::remove_dir_all(&data);

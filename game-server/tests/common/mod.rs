@@ -1,6 +1,9 @@
 //! Test harness: runs the real `game-server` binary on 127.0.0.1 and talks to it
 //! over real sockets.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -110,6 +113,7 @@ impl Server {
     }
 
     pub fn sigterm(&self) {
+        // SAFETY: signalling our own child, not yet waited for.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 

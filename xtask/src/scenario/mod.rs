@@ -198,7 +198,7 @@ enum Fault {
     Resetting(Arc<Dependency>),
     Nft,
     /// Held so that ending the fault (drop) stops them.
-    Hogs(#[allow(dead_code)] Vec<Proc>),
+    Hogs(#[expect(dead_code, reason = "held only to be dropped")] Vec<Proc>),
 }
 
 impl Drop for Fault {
@@ -463,6 +463,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
 }
 
 pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
         bail!("scenarios load eBPF programs and change nftables: run them as root");
     }

@@ -227,10 +227,10 @@ impl Running {
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // <target>/debug/deps/deploy-<hash>
-    if let Some(dir) = exe.parent().and_then(Path::parent) {
-        if dir.join("deps").is_dir() {
-            return dir.to_owned();
-        }
+    if let Some(dir) = exe.parent().and_then(Path::parent)
+        && dir.join("deps").is_dir()
+    {
+        return dir.to_owned();
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -1398,12 +1398,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

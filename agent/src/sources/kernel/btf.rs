@@ -176,10 +176,9 @@ impl Btf {
             if let Some(inner) = self
                 .resolve(m.type_id)
                 .filter(|i| i.kind == KIND_STRUCT || i.kind == KIND_UNION)
+                && let Some(found) = self.find(inner, member, base_bits + m.bit_offset)
             {
-                if let Some(found) = self.find(inner, member, base_bits + m.bit_offset) {
-                    return Some(found);
-                }
+                return Some(found);
             }
         }
         None

@@ -115,10 +115,7 @@ impl Format {
             let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
                 bail!("malformed field line: {line}");
             };
-            let ident = decl
-                .rsplit(|c: char| c == ' ' || c == '*')
-                .next()
-                .unwrap_or(decl);
+            let ident = decl.rsplit([' ', '*']).next().unwrap_or(decl);
             let name = ident.split('[').next().unwrap_or(ident).to_owned();
             fields.push(Field { name, offset, size });
         }

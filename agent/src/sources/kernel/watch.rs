@@ -35,10 +35,10 @@ impl Selectors {
             .collect();
         if !self.comms.is_empty() {
             for pid in list_pids(proc) {
-                if let Ok(comm) = std::fs::read_to_string(proc.join(pid.to_string()).join("comm")) {
-                    if self.comms.iter().any(|c| c == comm.trim_end()) {
-                        out.insert(pid);
-                    }
+                if let Ok(comm) = std::fs::read_to_string(proc.join(pid.to_string()).join("comm"))
+                    && self.comms.iter().any(|c| c == comm.trim_end())
+                {
+                    out.insert(pid);
                 }
             }
         }

@@ -823,7 +823,10 @@ impl Detector {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the detector's two fields it updates, passed apart so the caller can hold others"
+    )]
     fn raise(
         open: &mut HashMap<(Class, String), Open>,
         next_id: &mut u64,
