@@ -8,6 +8,8 @@
 //! (the join wait) and a ceiling. Spans that arrive for an already judged bucket still reach
 //! the incidents' span links, which are gathered only when an incident closes.
 //!
+//! Each class is judged in its own module (`surge`, `contention`, `fault`):
+//!
 //! - `task_surge` (per pool): arrivals anomalous, together with queue wait or the run-queue
 //!   delay the pool's tasks suffered. Names the kinds that grew most over their own baselines.
 //! - `cpu_contention` (per process): run-queue delay anomalous while no pool of that process is
@@ -16,13 +18,15 @@
 //!   anomalous for that endpoint; says which side sent the resets and links the spans that were
 //!   hurt (failed, or carrying the kernel evidence).
 pub mod baseline;
+mod contention;
+mod fault;
+mod surge;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use agent_common::TcpEventKind;
-use serde_json::json;
 
-use self::baseline::{Ewma, Rule};
+use self::baseline::Ewma;
 use crate::shared::{
     evidence::{RunqEntry, RunqJoin, TcpEntry, TcpJoin, tcp_state_name},
     incident::{Class, Incident, IncidentState, LinkRef, Verdict},
@@ -513,300 +517,22 @@ impl Detector {
         ch
     }
 
-    fn judge(&mut self, idx: u64, b: Bucket, ch: &mut Changes) {
+    /// Start and end (Unix ns) of bucket `idx`.
+    fn bounds(&self, idx: u64) -> (u64, u64) {
         let start = idx * self.cfg.bucket_ns;
-        let end = start + self.cfg.bucket_ns;
-        let c = self.cfg.clone();
+        (start, start + self.cfg.bucket_ns)
+    }
+
+    /// Judges bucket `idx` for each incident class in turn (see the class's module), then
+    /// closes what has been quiet long enough.
+    fn judge(&mut self, idx: u64, b: Bucket, ch: &mut Changes) {
         let mut anomalous: HashSet<(Class, String)> = HashSet::new();
-        let mut surging_pids: HashSet<Option<u32>> = HashSet::new();
-
-        // --- task_surge, per pool.
-        let arrivals_rule = Rule {
-            sigma: c.sigma,
-            ratio: c.surge_ratio,
-            floor: c.surge_min_rate,
-            warmup: c.warmup_buckets,
-        };
-        let pressure_rule = Rule {
-            sigma: c.sigma,
-            ratio: c.pressure_ratio,
-            floor: c.pressure_min_ms,
-            warmup: c.warmup_buckets,
-        };
-        for (name, a) in &b.pools {
-            if !self.pools.contains_key(name) && self.pools.len() < MAX_POOLS {
-                let h = c.half_life_buckets;
-                self.pools.insert(
-                    name.clone(),
-                    PoolBase {
-                        arrivals: Ewma::new(h),
-                        qwait: Ewma::new(h),
-                        runq: Ewma::new(h),
-                        kinds: HashMap::new(),
-                        pid: a.pid,
-                        seen: idx,
-                    },
-                );
-            }
-        }
-        let empty = PoolAgg::default();
-        for (name, base) in self.pools.iter_mut() {
-            let a = b.pools.get(name).unwrap_or(&empty);
-            if a.arrivals > 0 {
-                base.seen = idx;
-                base.pid = base.pid.or(a.pid);
-            }
-            let va = base.arrivals.judge(a.arrivals as f64, &arrivals_rule);
-            let q = (a.qwait_n > 0).then(|| a.qwait_ms / a.qwait_n as f64);
-            let r = (a.runq_n > 0).then(|| a.runq_ms / a.runq_n as f64);
-            let vq = q.map(|q| base.qwait.judge(q, &pressure_rule));
-            let vr = r.map(|r| base.runq.judge(r, &pressure_rule));
-            let pressure = vq.is_some_and(|v| v.anomalous) || vr.is_some_and(|v| v.anomalous);
-            let surge = va.anomalous && pressure;
-            if va.anomalous {
-                surging_pids.insert(base.pid);
-            }
-            // Kinds: which grew most over their own baselines.
-            let mut growth: Vec<(String, u64, f64)> = Vec::new();
-            for k in a.kinds.keys() {
-                if !base.kinds.contains_key(k) && base.kinds.len() < MAX_KINDS {
-                    base.kinds.insert(k.clone(), Ewma::new(c.half_life_buckets));
-                }
-            }
-            for (k, kb) in base.kinds.iter_mut() {
-                let n = a.kinds.get(k).copied().unwrap_or(0);
-                if n > 0 {
-                    growth.push((k.clone(), n, n as f64 - kb.mean()));
-                }
-                kb.learn(n as f64, surge);
-            }
-            base.arrivals.learn(a.arrivals as f64, va.anomalous);
-            if let (Some(q), Some(v)) = (q, vq) {
-                base.qwait.learn(q, v.anomalous);
-            }
-            if let (Some(r), Some(v)) = (r, vr) {
-                base.runq.learn(r, v.anomalous);
-            }
-            if surge {
-                growth.sort_by(|x, y| y.2.total_cmp(&x.2));
-                let dominant: Vec<_> = growth
-                    .iter()
-                    .take(3)
-                    .map(|(k, n, g)| json!({"kind": k, "tasks": n, "share": *n as f64 / a.arrivals.max(1) as f64, "above_baseline": g}))
-                    .collect();
-                let kinds: Vec<&str> = growth.iter().take(3).map(|g| g.0.as_str()).collect();
-                let summary = format!(
-                    "pool {name}: {} tasks/s against a baseline of {:.1}/s (threshold {:.1}); dominant kinds: {}",
-                    a.arrivals,
-                    va.mean,
-                    va.threshold,
-                    kinds.join(", ")
-                );
-                let evidence = json!({
-                    "pool": name,
-                    "pid": base.pid,
-                    "arrivals": a.arrivals,
-                    "dominant_kinds": dominant,
-                    "queue_wait_ms_mean": q,
-                    "queue_wait": vq,
-                    "task_runq_delay_ms_mean": r,
-                    "task_runq_delay": vr,
-                });
-                let key = (Class::TaskSurge, format!("pool:{name}"));
-                anomalous.insert(key.clone());
-                Self::raise(
-                    &mut self.open,
-                    &mut self.next_id,
-                    key,
-                    start,
-                    end,
-                    va,
-                    summary,
-                    evidence,
-                    ch,
-                );
-            }
-        }
-        let h = c.half_life_buckets;
-        let keep_pool_idle = IDLE_FORGET_NS / c.bucket_ns;
-        self.pools
-            .retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
-
-        // --- cpu_contention, per process.
-        let contention_rule = Rule {
-            sigma: c.sigma,
-            ratio: c.contention_ratio,
-            floor: c.contention_min_ms,
-            warmup: c.warmup_buckets,
-        };
-        for pid in b.procs.keys() {
-            if !self.procs.contains_key(pid) && self.procs.len() < MAX_PIDS {
-                self.procs.insert(
-                    *pid,
-                    SeriesBase {
-                        a: Ewma::new(h),
-                        b: Ewma::new(h),
-                        seen: idx,
-                        streak: 0,
-                    },
-                );
-            }
-        }
-        let empty = ProcAgg::default();
-        for (pid, base) in self.procs.iter_mut() {
-            let p = b.procs.get(pid).unwrap_or(&empty);
-            if p.waits > 0 {
-                base.seen = idx;
-            }
-            let ms = p.delay_ns as f64 / 1e6;
-            let v = base.a.observe(ms, &contention_rule);
-            let own_surge = surging_pids.contains(&Some(*pid)) || surging_pids.contains(&None);
-            base.streak = if v.anomalous && !own_surge {
-                base.streak + 1
-            } else {
-                0
-            };
-            if base.streak >= c.contention_min_buckets {
-                let mut tids: Vec<(&u32, &u64)> = p.tids.iter().collect();
-                tids.sort_by(|x, y| y.1.cmp(x.1));
-                let top: Vec<_> = tids
-                    .iter()
-                    .take(5)
-                    .map(|(t, ns)| json!({"tid": t, "thread_name": self.thread_names.get(t), "delay_ms": **ns as f64 / 1e6}))
-                    .collect();
-                let summary = format!(
-                    "pid {pid}: {ms:.1} ms of run-queue delay in 1 s against a baseline of {:.1} ms (threshold {:.1}) while task arrivals are normal",
-                    v.mean, v.threshold
-                );
-                let evidence = json!({
-                    "pid": pid,
-                    "runq_delay_ms": ms,
-                    "waits": p.waits,
-                    "max_wait_ms": p.max_ns as f64 / 1e6,
-                    "top_threads": top,
-                    "task_arrivals": "normal",
-                });
-                let key = (Class::CpuContention, format!("pid:{pid}"));
-                anomalous.insert(key.clone());
-                Self::raise(
-                    &mut self.open,
-                    &mut self.next_id,
-                    key,
-                    start,
-                    end,
-                    v,
-                    summary,
-                    evidence,
-                    ch,
-                );
-            }
-        }
-        self.procs
-            .retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
-
-        // --- connection_fault, per service endpoint.
-        let reset_rule = Rule {
-            sigma: c.sigma,
-            ratio: c.fault_ratio,
-            floor: c.fault_min_resets,
-            warmup: 0,
-        };
-        let retrans_rule = Rule {
-            sigma: c.sigma,
-            ratio: c.fault_ratio,
-            floor: c.fault_min_retransmits,
-            warmup: 0,
-        };
-        for ep in b.eps.keys() {
-            if !self.eps.contains_key(ep) && self.eps.len() < MAX_ENDPOINTS {
-                self.eps.insert(
-                    *ep,
-                    SeriesBase {
-                        a: Ewma::new(h),
-                        b: Ewma::new(h),
-                        seen: idx,
-                        streak: 0,
-                    },
-                );
-            }
-        }
-        let empty = EpAgg::default();
-        for (ep, base) in self.eps.iter_mut() {
-            let a = b.eps.get(ep).unwrap_or(&empty);
-            if !a.resets.is_empty() || a.retrans_segs > 0 || a.failed_spans > 0 {
-                base.seen = idx;
-            }
-            let conns: HashSet<&ConnKey> = a.resets.iter().map(|(k, _)| k).collect();
-            let by_service: HashSet<&ConnKey> = a
-                .resets
-                .iter()
-                .filter(|(_, s)| *s)
-                .map(|(k, _)| k)
-                .collect();
-            let by_peer = conns.len() - by_service.len().min(conns.len());
-            let vr = base.a.observe(conns.len() as f64, &reset_rule);
-            let vx = base.b.observe(a.retrans_segs as f64, &retrans_rule);
-            if vr.anomalous || vx.anomalous {
-                let reset_by = match (
-                    by_service.len(),
-                    a.resets.iter().filter(|(_, s)| !*s).count(),
-                ) {
-                    (0, 0) => "none",
-                    (_, 0) => "service",
-                    (0, _) => "peers",
-                    _ => "both",
-                };
-                let what = if vr.anomalous {
-                    format!(
-                        "{} connections reset ({})",
-                        conns.len(),
-                        match reset_by {
-                            "service" => format!("{ep} sent the resets"),
-                            "peers" => format!("its peers reset {ep}"),
-                            _ => "resets from both sides".to_owned(),
-                        }
-                    )
-                } else {
-                    format!("{} segments retransmitted", a.retrans_segs)
-                };
-                let v = if vr.anomalous { vr } else { vx };
-                let summary = format!(
-                    "{ep}: {what} in 1 s against a baseline of {:.1} (threshold {:.1})",
-                    v.mean, v.threshold
-                );
-                let mut sessions: Vec<&String> = a.sessions.iter().collect();
-                sessions.sort();
-                let evidence = json!({
-                    "endpoint": ep.to_string(),
-                    "connections_reset": conns.len(),
-                    "reset_by": reset_by,
-                    "connections_reset_by_service": by_service.len(),
-                    "connections_reset_by_peers": by_peer,
-                    "retransmitted_segments": a.retrans_segs,
-                    "retransmits": vx,
-                    "states_at_reset": a.states,
-                    "failed_spans": a.failed_spans,
-                    "sessions": sessions,
-                });
-                let key = (Class::ConnectionFault, format!("ep:{ep}"));
-                anomalous.insert(key.clone());
-                Self::raise(
-                    &mut self.open,
-                    &mut self.next_id,
-                    key,
-                    start,
-                    end,
-                    v,
-                    summary,
-                    evidence,
-                    ch,
-                );
-            }
-        }
-        self.eps
-            .retain(|_, p| idx.saturating_sub(p.seen) < keep_pool_idle);
-
-        // --- close what has been quiet long enough (or open too long).
+        let surging_pids = self.judge_surges(idx, &b, &mut anomalous, ch);
+        self.judge_contention(idx, &b, &surging_pids, &mut anomalous, ch);
+        self.judge_faults(idx, &b, &mut anomalous, ch);
+        let (_, end) = self.bounds(idx);
+        let c = &self.cfg;
+        // Close what has been quiet long enough (or open too long).
         let keys: Vec<(Class, String)> = self.open.keys().cloned().collect();
         for key in keys {
             let o = self.open.get_mut(&key).expect("key from the map");
@@ -822,7 +548,6 @@ impl Detector {
             }
         }
     }
-
     #[expect(
         clippy::too_many_arguments,
         reason = "the detector's two fields it updates, passed apart so the caller can hold others"

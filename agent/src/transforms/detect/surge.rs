@@ -1,0 +1,137 @@
+//! `task_surge`, per pool: arrivals anomalous, together with queue wait or the run-queue delay
+//! the pool's tasks suffered. Names the kinds that grew most over their own baselines.
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+
+use super::{
+    Bucket, Changes, Detector, IDLE_FORGET_NS, MAX_KINDS, MAX_POOLS, PoolAgg, PoolBase,
+    baseline::{Ewma, Rule},
+};
+use crate::shared::incident::Class;
+
+impl Detector {
+    /// Judges every pool in bucket `idx`; returns the processes (by pid, `None`: unknown) whose
+    /// pools' arrivals were anomalous, for `cpu_contention` to leave alone.
+    pub(super) fn judge_surges(
+        &mut self,
+        idx: u64,
+        b: &Bucket,
+        anomalous: &mut HashSet<(Class, String)>,
+        ch: &mut Changes,
+    ) -> HashSet<Option<u32>> {
+        let c = self.cfg.clone();
+        let (start, end) = self.bounds(idx);
+        let keep_idle = IDLE_FORGET_NS / c.bucket_ns;
+        let mut surging_pids: HashSet<Option<u32>> = HashSet::new();
+        let arrivals_rule = Rule {
+            sigma: c.sigma,
+            ratio: c.surge_ratio,
+            floor: c.surge_min_rate,
+            warmup: c.warmup_buckets,
+        };
+        let pressure_rule = Rule {
+            sigma: c.sigma,
+            ratio: c.pressure_ratio,
+            floor: c.pressure_min_ms,
+            warmup: c.warmup_buckets,
+        };
+        for (name, a) in &b.pools {
+            if !self.pools.contains_key(name) && self.pools.len() < MAX_POOLS {
+                let h = c.half_life_buckets;
+                self.pools.insert(
+                    name.clone(),
+                    PoolBase {
+                        arrivals: Ewma::new(h),
+                        qwait: Ewma::new(h),
+                        runq: Ewma::new(h),
+                        kinds: HashMap::new(),
+                        pid: a.pid,
+                        seen: idx,
+                    },
+                );
+            }
+        }
+        let empty = PoolAgg::default();
+        for (name, base) in self.pools.iter_mut() {
+            let a = b.pools.get(name).unwrap_or(&empty);
+            if a.arrivals > 0 {
+                base.seen = idx;
+                base.pid = base.pid.or(a.pid);
+            }
+            let va = base.arrivals.judge(a.arrivals as f64, &arrivals_rule);
+            let q = (a.qwait_n > 0).then(|| a.qwait_ms / a.qwait_n as f64);
+            let r = (a.runq_n > 0).then(|| a.runq_ms / a.runq_n as f64);
+            let vq = q.map(|q| base.qwait.judge(q, &pressure_rule));
+            let vr = r.map(|r| base.runq.judge(r, &pressure_rule));
+            let pressure = vq.is_some_and(|v| v.anomalous) || vr.is_some_and(|v| v.anomalous);
+            let surge = va.anomalous && pressure;
+            if va.anomalous {
+                surging_pids.insert(base.pid);
+            }
+            // Kinds: which grew most over their own baselines.
+            let mut growth: Vec<(String, u64, f64)> = Vec::new();
+            for k in a.kinds.keys() {
+                if !base.kinds.contains_key(k) && base.kinds.len() < MAX_KINDS {
+                    base.kinds.insert(k.clone(), Ewma::new(c.half_life_buckets));
+                }
+            }
+            for (k, kb) in base.kinds.iter_mut() {
+                let n = a.kinds.get(k).copied().unwrap_or(0);
+                if n > 0 {
+                    growth.push((k.clone(), n, n as f64 - kb.mean()));
+                }
+                kb.learn(n as f64, surge);
+            }
+            base.arrivals.learn(a.arrivals as f64, va.anomalous);
+            if let (Some(q), Some(v)) = (q, vq) {
+                base.qwait.learn(q, v.anomalous);
+            }
+            if let (Some(r), Some(v)) = (r, vr) {
+                base.runq.learn(r, v.anomalous);
+            }
+            if surge {
+                growth.sort_by(|x, y| y.2.total_cmp(&x.2));
+                let dominant: Vec<_> = growth
+                    .iter()
+                    .take(3)
+                    .map(|(k, n, g)| json!({"kind": k, "tasks": n, "share": *n as f64 / a.arrivals.max(1) as f64, "above_baseline": g}))
+                    .collect();
+                let kinds: Vec<&str> = growth.iter().take(3).map(|g| g.0.as_str()).collect();
+                let summary = format!(
+                    "pool {name}: {} tasks/s against a baseline of {:.1}/s (threshold {:.1}); dominant kinds: {}",
+                    a.arrivals,
+                    va.mean,
+                    va.threshold,
+                    kinds.join(", ")
+                );
+                let evidence = json!({
+                    "pool": name,
+                    "pid": base.pid,
+                    "arrivals": a.arrivals,
+                    "dominant_kinds": dominant,
+                    "queue_wait_ms_mean": q,
+                    "queue_wait": vq,
+                    "task_runq_delay_ms_mean": r,
+                    "task_runq_delay": vr,
+                });
+                let key = (Class::TaskSurge, format!("pool:{name}"));
+                anomalous.insert(key.clone());
+                Self::raise(
+                    &mut self.open,
+                    &mut self.next_id,
+                    key,
+                    start,
+                    end,
+                    va,
+                    summary,
+                    evidence,
+                    ch,
+                );
+            }
+        }
+        self.pools
+            .retain(|_, p| idx.saturating_sub(p.seen) < keep_idle);
+        surging_pids
+    }
+}
