@@ -22,6 +22,7 @@ use crate::{
     sources::{
         kernel::{Probes, ring, watch},
         otlp::{self, Listeners},
+        pool::Scraper,
         sampler::Sampler,
     },
     transforms::{
@@ -145,7 +146,7 @@ pub async fn run(
         kernel: Some(kernel),
         spans: Some(cm),
         watched: metrics.runq_watched.clone(),
-        pool: cfg.ui.pool_url()?,
+        pool: cfg.ui.pool_url()?.map(Scraper::new),
     };
     tokio::spawn(sampler.run(second_tx));
     let t = timeline.clone();

@@ -1,75 +1,95 @@
 //! The game server's pool metrics (`pool_submitted_total`, `pool_queue_depth`), read from its
 //! Prometheus endpoint once a second for the page's task lane.
+//!
+//! Why a scrape, when the agent receives the pool's `pool.task` spans: a span reaches the agent
+//! only after its task has run and the SDK's batch has gone out (seconds later; during a surge,
+//! after the whole queue wait), and no span carries the queue's depth. The page's lane is live.
+//! The request goes through hyper's client; the exposition parser below is ours, since the
+//! crates.io parsers either do not unescape label values (prometheus-parse) or are LGPL.
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use axum::{
+    body::Bytes,
+    http::{Request, Uri, header},
+};
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 
 use crate::shared::sample::PoolPoint;
 
 /// Pools tracked per sample.
 pub const MAX_POOLS: usize = 16;
+/// Largest exposition read.
+const MAX_BYTES: usize = 8 << 20;
+/// Per scrape, so that one slow answer cannot delay the next second's sample.
+const TIMEOUT: Duration = Duration::from_millis(800);
 
 /// A plain-HTTP URL (the scrape stays on the node; no TLS client in the agent for this).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl {
-    host_port: String,
-    path: String,
-}
+pub struct HttpUrl(Uri);
 
 impl HttpUrl {
+    /// `http://host[:port][/path]`; the path defaults to `/metrics`.
     pub fn parse(u: &str) -> anyhow::Result<Self> {
         let rest = u
             .strip_prefix("http://")
             .context("only http:// URLs are supported")?;
-        let (host_port, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/metrics"),
-        };
-        if host_port.is_empty() {
+        if rest.is_empty() || rest.starts_with('/') {
             bail!("no host");
         }
-        let host_port = if host_port
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !host_port.ends_with(']')
-        {
-            host_port.to_owned()
+        let full = if rest.contains('/') {
+            u.to_owned()
         } else {
-            format!("{host_port}:80")
+            format!("{u}/metrics")
         };
-        Ok(Self {
-            host_port,
-            path: path.to_owned(),
-        })
+        Ok(Self(full.parse().context("not a URL")?))
     }
 }
 
-/// One GET of a small Prometheus exposition (HTTP/1.0, so the body ends at EOF).
-pub async fn scrape(url: &HttpUrl) -> anyhow::Result<String> {
-    const MAX: u64 = 8 << 20;
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(&url.host_port)
-            .await
-            .with_context(|| format!("connecting to {}", url.host_port))?;
-        let req = format!(
-            "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\n\r\n",
-            url.path, url.host_port
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        (&mut s).take(MAX).read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
-        let status = head.split_whitespace().nth(1).unwrap_or("");
-        if status != "200" {
-            bail!("HTTP {status} from {}{}", url.host_port, url.path);
+/// Reads the game server's exposition; keeps its connection between scrapes.
+pub struct Scraper {
+    url: HttpUrl,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Scraper {
+    pub fn new(url: HttpUrl) -> Self {
+        Self {
+            url,
+            client: Client::builder(TokioExecutor::new()).build_http(),
         }
-        Ok(body.to_owned())
-    };
-    tokio::time::timeout(Duration::from_millis(800), fut)
-        .await
-        .context("timed out after 800 ms")?
+    }
+
+    /// One GET of the exposition text.
+    pub async fn scrape(&self) -> anyhow::Result<String> {
+        let uri = &self.url.0;
+        let fut = async {
+            let req = Request::get(uri.clone())
+                .header(header::ACCEPT, "text/plain")
+                .body(Empty::new())?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .with_context(|| format!("GET {uri}"))?;
+            if !resp.status().is_success() {
+                bail!("HTTP {} from {uri}", resp.status().as_u16());
+            }
+            let body = Limited::new(resp.into_body(), MAX_BYTES)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading {uri}: {e}"))?
+                .to_bytes();
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        };
+        tokio::time::timeout(TIMEOUT, fut)
+            .await
+            .context("timed out after 800 ms")?
+    }
 }
 
 /// Pool series scraped from the game server's Prometheus text: submissions (counter, summed
@@ -176,21 +196,53 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
+        let uri = |u: &str| HttpUrl::parse(u).unwrap().0.to_string();
         assert_eq!(
-            HttpUrl::parse("http://127.0.0.1:7000/metrics").unwrap(),
-            HttpUrl {
-                host_port: "127.0.0.1:7000".into(),
-                path: "/metrics".into()
-            }
+            uri("http://127.0.0.1:7000/metrics"),
+            "http://127.0.0.1:7000/metrics"
         );
-        assert_eq!(
-            HttpUrl::parse("http://game").unwrap(),
-            HttpUrl {
-                host_port: "game:80".into(),
-                path: "/metrics".into()
+        assert_eq!(uri("http://game"), "http://game/metrics");
+        assert_eq!(uri("http://game:9/x?y=1"), "http://game:9/x?y=1");
+        for bad in [
+            "https://x/metrics",
+            "http://",
+            "http:///metrics",
+            "game:7000",
+        ] {
+            assert!(HttpUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A real HTTP/1.1 exchange with a server that closes after each answer, an error status,
+    /// and a server that is not there.
+    #[tokio::test]
+    async fn scrapes_over_http_and_says_what_failed() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for status in ["200 OK", "503 Service Unavailable"] {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /metrics HTTP/1.1"));
+                let body = "pool_queue_depth{pool=\"game\"} 3\n";
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).await.unwrap();
             }
-        );
-        assert!(HttpUrl::parse("https://x/metrics").is_err());
+        });
+        let s = Scraper::new(HttpUrl::parse(&format!("http://{addr}")).unwrap());
+        let text = s.scrape().await.unwrap();
+        assert_eq!(parse_pool_metrics(&text)["game"], (0.0, 3.0));
+        let err = s.scrape().await.unwrap_err().to_string();
+        assert!(err.contains("HTTP 503"), "{err}");
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = gone.local_addr().unwrap();
+        let s = Scraper::new(HttpUrl::parse(&format!("http://{gone}")).unwrap());
+        assert!(s.scrape().await.is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use agent_common::Counter;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
 
-use super::pool::{HttpUrl, PoolDelta, parse_pool_metrics, scrape};
+use super::pool::{PoolDelta, Scraper, parse_pool_metrics};
 use crate::shared::{
     event::{KernelCounters, KernelMaps, RunqHistogram},
     sample::{Inputs, RunqPoint, Sample, Second},
@@ -28,8 +28,8 @@ pub struct Sampler {
     pub spans: Option<CorrelationMetrics>,
     /// Processes whose run-queue latency is measured.
     pub watched: IntGauge,
-    /// The game server's Prometheus endpoint.
-    pub pool: Option<HttpUrl>,
+    /// The game server's pool metrics.
+    pub pool: Option<Scraper>,
 }
 
 fn now_unix_s() -> u64 {
@@ -98,8 +98,8 @@ impl Sampler {
                 last_spans = Some((received, joined));
             }
             let mut pool = None;
-            if let Some(url) = &self.pool {
-                pool = Some(match scrape(url).await {
+            if let Some(scraper) = &self.pool {
+                pool = Some(match scraper.scrape().await {
                     Ok(text) => {
                         sample.pools = Some(pools.step(parse_pool_metrics(&text)));
                         Ok(())
