@@ -76,8 +76,11 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
     }
     let by = |n: &str| reports.iter().find(|r| r["scenario"] == n).unwrap();
     assert!(
-        by("rst-storm")["dependency_resets"].as_u64().unwrap() > 0,
-        "the dependency reset connections"
+        by("rst-storm")["redis_rejected_connections"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "Redis refused connections (maxclients)"
     );
     let surge = &by("surge")["detected"]["summary"];
     assert!(

@@ -1,8 +1,6 @@
 //! `cargo xtask scenario <name>`: the game server, the agent and bots on loopback, one injected
 //! fault with known ground truth (what, when, toward which endpoint), and a comparison of what
 //! the agent detected against it: time to detect, right class and subject, false alarms.
-mod dependency;
-
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener},
@@ -17,10 +15,10 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::{
+    redis::Redis,
     setup::Env,
     util::{Proc, http, run as run_cmd, step, wait_ready},
 };
-use dependency::Dependency;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
@@ -28,7 +26,8 @@ pub enum Kind {
     Calm,
     /// The scheduled batch job floods the worker pool.
     Surge,
-    /// The dependency (a Redis stand-in) resets every connection, like an exhausted pool.
+    /// Redis runs out of client slots (maxclients) and resets every new connection of the
+    /// server's pool.
     RstStorm,
     /// nftables drops segments to the game server's port for a bounded time.
     PacketLoss,
@@ -195,7 +194,7 @@ fn watch_incidents(
 /// The fault, while it lasts; undone on drop even if the run fails.
 enum Fault {
     None,
-    Resetting(Arc<Dependency>),
+    RedisFull(RedisFull),
     Nft,
     /// Held so that ending the fault (drop) stops them.
     Hogs(#[allow(dead_code)] Vec<Proc>),
@@ -204,12 +203,50 @@ enum Fault {
 impl Drop for Fault {
     fn drop(&mut self) {
         match self {
-            Fault::Resetting(dep) => dep.set_resetting(false),
+            Fault::RedisFull(f) => f.end(),
             Fault::Nft => {
                 let _ = nft("delete table inet ks_scenario\n");
             }
             Fault::None | Fault::Hogs(_) => {}
         }
+    }
+}
+
+/// Redis out of client slots: `maxclients` lowered to 1 and that one slot held by this
+/// connection, the server's pooled connections killed (CLIENT KILL). Every connection the pool
+/// opens now is accepted and closed at once by Redis ("max number of clients reached"); the
+/// client has already sent its handshake, so the kernel closes it with an RST (unread data:
+/// TCP_ABORT_ON_CLOSE, or data after close: TCP_ABORT_ON_DATA), which the tcp:tcp_send_reset
+/// and tcp:tcp_receive_reset tracepoints count. (CLIENT KILL alone closes with a FIN, and an
+/// nftables `reject with tcp reset` is built by netfilter: only the receiving side's
+/// tracepoint fires.) Redis's own words, sent with inline commands on the held connection.
+struct RedisFull {
+    conn: std::net::TcpStream,
+}
+
+impl RedisFull {
+    fn start(redis: &Redis) -> Result<Self> {
+        let conn = std::net::TcpStream::connect(redis.addr)?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut f = Self { conn };
+        f.command("CONFIG SET maxclients 1")?;
+        f.command("CLIENT KILL TYPE normal SKIPME yes")?;
+        Ok(f)
+    }
+
+    fn command(&mut self, line: &str) -> Result<String> {
+        self.conn.write_all(format!("{line}\r\n").as_bytes())?;
+        let mut buf = [0u8; 256];
+        let n = self.conn.read(&mut buf)?;
+        let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+        if reply.starts_with('-') || n == 0 {
+            bail!("redis: {line}: {reply}");
+        }
+        Ok(reply)
+    }
+
+    fn end(&mut self) {
+        let _ = self.command("CONFIG SET maxclients 10000");
     }
 }
 
@@ -244,8 +281,9 @@ struct RunReport {
     /// traffic on this machine): shown, not scored.
     unrelated: Vec<Seen>,
     bots: Value,
-    /// Connections the dependency reset (ground truth for rst-storm).
-    dependency_resets: u64,
+    /// Connections Redis refused for want of client slots (INFO stats rejected_connections;
+    /// ground truth for rst-storm).
+    redis_rejected_connections: u64,
 }
 
 impl RunReport {
@@ -271,13 +309,12 @@ impl RunReport {
             "false_alarms": self.false_alarms.iter().map(seen).collect::<Vec<_>>(),
             "unrelated": self.unrelated.iter().map(seen).collect::<Vec<_>>(),
             "bots": self.bots,
-            "dependency_resets": self.dependency_resets,
+            "redis_rejected_connections": self.redis_rejected_connections,
         })
     }
 }
 
 fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
-    let dep = Arc::new(Dependency::start()?);
     let (agent_http, otlp_grpc, otlp_http, game) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
     let data = std::env::temp_dir().join(format!(
@@ -287,6 +324,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
+    let redis = Redis::start(&data.join("redis"))?;
     let logs = |name: &str| -> Result<std::fs::File> {
         Ok(std::fs::File::create(data.join(format!("{name}.log")))?)
     };
@@ -311,7 +349,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         Command::new(&bins.server)
             .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
             .arg(&data)
-            .args(["--dependency-addr", &dep.addr.to_string()])
+            .args(["--redis-addr", &redis.addr.to_string()])
             // The game server exports OTLP over HTTP/protobuf (4318-style).
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_http}"))
             // Export spans twice a second, so detection is not waiting on the batcher.
@@ -358,13 +396,10 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             }
             (Fault::None, Some("pool:".to_owned()))
         }
-        Kind::RstStorm => {
-            dep.set_resetting(true);
-            (
-                Fault::Resetting(dep.clone()),
-                Some(format!("ep:{}", dep.addr)),
-            )
-        }
+        Kind::RstStorm => (
+            Fault::RedisFull(RedisFull::start(&redis)?),
+            Some(format!("ep:{}", redis.addr)),
+        ),
         Kind::PacketLoss => {
             nft(&format!(
                 "add table inet ks_scenario\n\
@@ -426,7 +461,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         if let Some(ep) = s.subject.strip_prefix("ep:") {
             let port = ep.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
             return port.is_some_and(|p| {
-                [game, dep.addr, agent_http, otlp_grpc, otlp_http]
+                [game, redis.addr, agent_http, otlp_grpc, otlp_http]
                     .iter()
                     .any(|a| a.port() == p)
             });
@@ -448,8 +483,9 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         .collect();
     // The bots print one (pretty) JSON document.
     let bots = serde_json::from_str(bots_out.trim()).unwrap_or(Value::Null);
+    let redis_rejected_connections = redis.stat("rejected_connections")?;
+    drop(redis);
     let _ = std::fs::remove_dir_all(&data);
-    let dependency_resets = dep.resets.load(Ordering::Relaxed);
     Ok(RunReport {
         kind,
         fault_start_unix_ns,
@@ -458,7 +494,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         false_alarms,
         unrelated,
         bots,
-        dependency_resets,
+        redis_rejected_connections,
     })
 }
 
