@@ -75,12 +75,34 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
         );
     }
     let by = |n: &str| reports.iter().find(|r| r["scenario"] == n).unwrap();
+    let rst = by("rst-storm");
     assert!(
-        by("rst-storm")["redis_rejected_connections"]
-            .as_u64()
-            .unwrap()
-            > 0,
+        rst["redis_rejected_connections"].as_u64().unwrap() > 0,
         "Redis refused connections (maxclients)"
+    );
+    // The incident names Redis's endpoint and carries the server's failed Redis client spans
+    // (their 4-tuples are the reset connections').
+    let d = &rst["detected"];
+    assert!(
+        d["failed_spans"].as_u64().unwrap() > 0,
+        "no failed spans: {d}"
+    );
+    let redis_port = rst["expected_subject"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    assert!(
+        d["affected_sample"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["peer"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{redis_port}"))),
+        "no linked span toward Redis: {d}"
     );
     let surge = &by("surge")["detected"]["summary"];
     assert!(

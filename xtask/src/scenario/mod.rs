@@ -158,6 +158,10 @@ struct Seen {
     subject: String,
     summary: String,
     first_seen_unix_ns: u64,
+    /// The evidence's count of failed spans and the spans the incident links, as last seen
+    /// (links are gathered while the incident is open).
+    failed_spans: u64,
+    affected: Vec<Value>,
 }
 
 /// Polls /incidents and remembers when each incident first appeared.
@@ -175,8 +179,29 @@ fn watch_incidents(
                 let mut seen = seen.lock().expect("not poisoned");
                 for inc in v["incidents"].as_array().into_iter().flatten() {
                     let id = inc["id"].as_str().unwrap_or_default().to_owned();
-                    if !seen.iter().any(|s| s.id == id) {
+                    let failed_spans = inc["evidence"]["failed_spans"].as_u64().unwrap_or(0);
+                    let affected: Vec<Value> = inc["affected_spans"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|s| {
+                            json!({
+                                "name": s["name"],
+                                "peer": format!("{}:{}",
+                                    s["attributes"]["network.peer.address"].as_str().unwrap_or("?"),
+                                    s["attributes"]["network.peer.port"]),
+                            })
+                        })
+                        .collect();
+                    if let Some(s) = seen.iter_mut().find(|s| s.id == id) {
+                        s.failed_spans = s.failed_spans.max(failed_spans);
+                        if affected.len() > s.affected.len() {
+                            s.affected = affected;
+                        }
+                    } else {
                         seen.push(Seen {
+                            failed_spans,
+                            affected,
                             id,
                             class: inc["class"].as_str().unwrap_or_default().to_owned(),
                             subject: inc["subject"].as_str().unwrap_or_default().to_owned(),
@@ -298,7 +323,9 @@ impl RunReport {
     fn json(&self) -> Value {
         let seen = |s: &Seen| {
             let at = (s.first_seen_unix_ns as f64 - self.fault_start_unix_ns as f64) / 1e9;
-            json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at})
+            json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at,
+                "failed_spans": s.failed_spans, "affected_spans": s.affected.len(),
+                "affected_sample": s.affected.iter().take(5).collect::<Vec<_>>()})
         };
         json!({
             "scenario": self.kind.name(),
