@@ -82,7 +82,10 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
         "game server: ws://{}/ws   metrics http://{}/metrics",
         args.game_addr, args.game_addr
     ));
-    step(format!("redis:       {} (private, stopped with the run)", redis.addr));
+    step(format!(
+        "redis:       {} (private, stopped with the run)",
+        redis.addr
+    ));
     step(format!(
         "agent:       http://{}/   (incidents, timeline)  metrics http://{}/metrics",
         args.agent_addr, args.agent_addr

@@ -80,6 +80,16 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
         rst["redis_rejected_connections"].as_u64().unwrap() > 0,
         "Redis refused connections (maxclients)"
     );
+    // The server's pool ran dry while Redis stalled, and its commands failed once Redis reset.
+    let cmds = &rst["redis_commands"];
+    assert!(
+        cmds["pool_exhausted"].as_u64().unwrap() > 0,
+        "pool never exhausted: {cmds}"
+    );
+    assert!(
+        cmds["error"].as_u64().unwrap() > 0,
+        "no failed Redis command: {cmds}"
+    );
     // The incident names Redis's endpoint and carries the server's failed Redis client spans
     // (their 4-tuples are the reset connections').
     let d = &rst["detected"];

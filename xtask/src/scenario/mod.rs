@@ -237,42 +237,69 @@ impl Drop for Fault {
     }
 }
 
-/// Redis out of client slots: `maxclients` lowered to 1 and that one slot held by this
+/// The seed's incident with a real Redis, in two steps. First Redis stalls (`CLIENT PAUSE` for
+/// 1.5 s): the server's commands wait for replies until their response timeout, all pooled
+/// connections are busy and further commands fail with "pool exhausted" after the pool's wait.
+/// Then Redis runs out of client slots: `maxclients` lowered to 1 with that one slot held by this
 /// connection, the server's pooled connections killed (CLIENT KILL). Every connection the pool
-/// opens now is accepted and closed at once by Redis ("max number of clients reached"); the
-/// client has already sent its handshake, so the kernel closes it with an RST (unread data:
-/// TCP_ABORT_ON_CLOSE, or data after close: TCP_ABORT_ON_DATA), which the tcp:tcp_send_reset
-/// and tcp:tcp_receive_reset tracepoints count. (CLIENT KILL alone closes with a FIN, and an
-/// nftables `reject with tcp reset` is built by netfilter: only the receiving side's
-/// tracepoint fires.) Redis's own words, sent with inline commands on the held connection.
+/// opens now is accepted and closed at once by Redis ("max number of clients reached") with the
+/// client's handshake unread, so the kernel closes it with an RST (TCP_ABORT_ON_CLOSE, or
+/// TCP_ABORT_ON_DATA for data after the close), which the tcp:tcp_send_reset and
+/// tcp:tcp_receive_reset tracepoints count, and the client's commands fail with ECONNRESET.
+/// (CLIENT KILL alone closes with a FIN; an nftables `reject with tcp reset` is built by
+/// netfilter, so only the receiving side's tracepoint would fire.) The commands go as Redis
+/// inline commands on the held connection.
 struct RedisFull {
-    conn: std::net::TcpStream,
+    conn: Arc<Mutex<std::net::TcpStream>>,
+    slots: Option<std::thread::JoinHandle<Result<()>>>,
 }
+
+const REDIS_STALL: Duration = Duration::from_millis(1500);
 
 impl RedisFull {
     fn start(redis: &Redis) -> Result<Self> {
         let conn = std::net::TcpStream::connect(redis.addr)?;
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut f = Self { conn };
-        f.command("CONFIG SET maxclients 1")?;
-        f.command("CLIENT KILL TYPE normal SKIPME yes")?;
-        Ok(f)
-    }
-
-    fn command(&mut self, line: &str) -> Result<String> {
-        self.conn.write_all(format!("{line}\r\n").as_bytes())?;
-        let mut buf = [0u8; 256];
-        let n = self.conn.read(&mut buf)?;
-        let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-        if reply.starts_with('-') || n == 0 {
-            bail!("redis: {line}: {reply}");
-        }
-        Ok(reply)
+        let conn = Arc::new(Mutex::new(conn));
+        command(
+            &conn,
+            &format!("CLIENT PAUSE {} ALL", REDIS_STALL.as_millis()),
+        )?;
+        let c = conn.clone();
+        let slots = std::thread::spawn(move || {
+            std::thread::sleep(REDIS_STALL);
+            command(&c, "CONFIG SET maxclients 1")?;
+            command(&c, "CLIENT KILL TYPE normal SKIPME yes")?;
+            Ok(())
+        });
+        Ok(Self {
+            conn,
+            slots: Some(slots),
+        })
     }
 
     fn end(&mut self) {
-        let _ = self.command("CONFIG SET maxclients 10000");
+        if let Some(t) = self.slots.take() {
+            match t.join() {
+                Ok(Err(e)) => step(format!("rst-storm: {e:#}")),
+                Err(_) => step("rst-storm: the injector thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let _ = command(&self.conn, "CONFIG SET maxclients 10000");
     }
+}
+
+fn command(conn: &Mutex<std::net::TcpStream>, line: &str) -> Result<String> {
+    let mut conn = conn.lock().expect("not poisoned");
+    conn.write_all(format!("{line}\r\n").as_bytes())?;
+    let mut buf = [0u8; 256];
+    let n = conn.read(&mut buf)?;
+    let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    if reply.starts_with('-') || n == 0 {
+        bail!("redis: {line}: {reply}");
+    }
+    Ok(reply)
 }
 
 fn nft(script: &str) -> Result<()> {
@@ -309,6 +336,8 @@ struct RunReport {
     /// Connections Redis refused for want of client slots (INFO stats rejected_connections;
     /// ground truth for rst-storm).
     redis_rejected_connections: u64,
+    /// The server's Redis commands by outcome (ok, error, pool_exhausted).
+    redis_commands: Value,
 }
 
 impl RunReport {
@@ -337,6 +366,7 @@ impl RunReport {
             "unrelated": self.unrelated.iter().map(seen).collect::<Vec<_>>(),
             "bots": self.bots,
             "redis_rejected_connections": self.redis_rejected_connections,
+            "redis_commands": self.redis_commands,
         })
     }
 }
@@ -466,6 +496,25 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     }
     stop.store(true, Ordering::SeqCst);
     let _ = watcher.join();
+    // The server's own count of failed Redis commands, by outcome.
+    let server_metrics = http(game, "GET", "/metrics", None)
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let redis_outcome = |outcome: &str| -> u64 {
+        server_metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("game_redis_commands_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let redis_commands = json!({
+        "ok": redis_outcome("ok"),
+        "error": redis_outcome("error"),
+        "pool_exhausted": redis_outcome("pool_exhausted"),
+    });
     drop((bots, server, agent));
 
     let seen = seen.lock().expect("not poisoned").clone();
@@ -522,6 +571,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         unrelated,
         bots,
         redis_rejected_connections,
+        redis_commands,
     })
 }
 
