@@ -4,7 +4,11 @@
 //! lease; a room that exits (idle) is simply not renewed any more, and a dead server's leases
 //! lapse: the next join anywhere claims the room. So a room moves at most one lease after its
 //! owner died.
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
@@ -20,6 +24,13 @@ if (not v) or v == ARGV[1] then
 end
 return v";
 
+/// Delete the entry only if it is still ours.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
 pub enum Claim {
     Mine,
     Elsewhere(String),
@@ -31,6 +42,9 @@ pub struct Directory {
     me: Arc<str>,
     lease: Duration,
     outcomes: IntCounterVec,
+    /// Rooms we hold a lease on: what a clean shutdown releases (the room tasks may already
+    /// have exited by then).
+    held: Arc<Mutex<HashSet<Arc<str>>>>,
 }
 
 pub fn key(room: &str) -> String {
@@ -57,6 +71,7 @@ impl Directory {
             me: me.into(),
             lease,
             outcomes,
+            held: Arc::default(),
         })
     }
 
@@ -87,7 +102,10 @@ impl Directory {
     pub async fn claim(&self, room: &str) -> Result<Claim, RedisCallError> {
         let r = self.eval(room).await;
         let outcome = match &r {
-            Ok(Claim::Mine) => "mine",
+            Ok(Claim::Mine) => {
+                self.held.lock().expect("not poisoned").insert(room.into());
+                "mine"
+            }
             Ok(Claim::Elsewhere(_)) => "elsewhere",
             Err(_) => "error",
         };
@@ -99,6 +117,8 @@ impl Directory {
     /// (our lease lapsed while Redis was unreachable) keeps running here for its members; it
     /// is counted as `lost` and new joins elsewhere go to the new owner.
     pub async fn renew(&self, rooms: &[Arc<str>]) {
+        // Rooms that exited are not renewed: their leases lapse.
+        *self.held.lock().expect("not poisoned") = rooms.iter().cloned().collect();
         for room in rooms {
             let outcome = match self.eval(room).await {
                 Ok(Claim::Mine) => "mine",
@@ -112,6 +132,22 @@ impl Directory {
                 }
             };
             self.outcomes.with_label_values(&["renew", outcome]).inc();
+        }
+    }
+
+    /// On a clean shutdown: free our rooms now instead of after the lease, so players who
+    /// reconnect elsewhere place them at once.
+    pub async fn release(&self, running: &[Arc<str>]) {
+        let mut rooms: HashSet<Arc<str>> = self.held.lock().expect("not poisoned").clone();
+        rooms.extend(running.iter().cloned());
+        for room in rooms {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(RELEASE).arg(1).arg(key(&room)).arg(&*self.me);
+            let outcome = match self.redis.query::<i64>("EVAL", &cmd).await {
+                Ok(_) => "released",
+                Err(_) => "error",
+            };
+            self.outcomes.with_label_values(&["release", outcome]).inc();
         }
     }
 }

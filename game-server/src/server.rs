@@ -185,6 +185,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Order matters: sessions send their close frames, rooms stage every player,
     // then the store is flushed, then the pool drains.
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    if let Some(dir) = &app.directory {
+        // Free our rooms in the directory first: players reconnecting to another replica
+        // place them there at once instead of after the lease.
+        let rooms: Vec<Arc<str>> = app.rooms.list().into_iter().map(|(n, _)| n).collect();
+        let _ = tokio::time::timeout(grace, dir.release(&rooms)).await;
+    }
     app.sessions.close();
     if tokio::time::timeout(grace, app.sessions.wait())
         .await

@@ -200,3 +200,31 @@ impl Drop for Guard {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_frees_its_rooms_at_once() {
+    let dir = temp_dir("directory-release");
+    let redis = RedisServer::start(&dir);
+    // A long lease: if the room is free right after SIGTERM, the server released it.
+    let mut srv = Server::start(&[
+        "--redis-addr",
+        &redis.addr_arg(),
+        "--room-lease-ms",
+        "60000",
+    ]);
+    let mut a = Client::connect(&srv, "alice", Encoding::Json).await;
+    a.join("gamma").await;
+    assert_eq!(
+        redis.cli(&["GET", "ks:room:gamma"]).unwrap(),
+        srv.ws_url(),
+        "claimed on join"
+    );
+    srv.sigterm();
+    assert_eq!(a.expect_close().await.0, 1001);
+    assert_eq!(srv.wait(), Some(0));
+    assert_eq!(
+        redis.cli(&["GET", "ks:room:gamma"]).unwrap(),
+        "",
+        "still claimed"
+    );
+}
