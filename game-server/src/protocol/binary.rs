@@ -374,6 +374,10 @@ mod tests {
                 resumed: true,
                 ents,
             },
+            ServerMsg::Redirect {
+                room: "lobby".into(),
+                url: "ws://game-server-0.game-server-pods.game.svc:7000/ws".into(),
+            },
         ];
         for enc in [Encoding::Json, Encoding::Binary] {
             for m in &msgs {
