@@ -228,3 +228,58 @@ async fn a_clean_shutdown_frees_its_rooms_at_once() {
         "still claimed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_finds_its_room_through_redis_on_any_server() {
+    use common::{ConnectOpts, connect_raw};
+    let dir = temp_dir("directory-resume");
+    let redis = RedisServer::start(&dir);
+    let flags = ["--redis-addr", &redis.addr_arg()];
+    let (a, b) = (Server::start(&flags), Server::start(&flags));
+    let tok = a.token("alice");
+    let open = |url: String| async move {
+        let (ws, _) = connect_raw(
+            &url,
+            ConnectOpts {
+                token: None,
+                origin: None,
+                encoding: Encoding::Json,
+            },
+        )
+        .await
+        .expect("upgrade");
+        let mut c = Client {
+            ws,
+            enc: Encoding::Json,
+            auto_pong: true,
+        };
+        match c.recv().await {
+            ServerMsg::Welcome { session, .. } => (c, session),
+            m => panic!("expected welcome, got {m:?}"),
+        }
+    };
+    let (mut first, session) = open(format!("{}?token={tok}", a.ws_url())).await;
+    first.join("zeta").await;
+    drop(first);
+    // On the other server: the resume token names the room, which lives on `a`.
+    let (mut on_b, _) = open(format!("{}?token={tok}&resume={session}", b.ws_url())).await;
+    match on_b.recv().await {
+        ServerMsg::Redirect { room, url } => {
+            assert_eq!((room.as_str(), url), ("zeta", a.ws_url()));
+        }
+        m => panic!("expected redirect, got {m:?}"),
+    }
+    assert_eq!(on_b.expect_close().await, (4004, "room_elsewhere".into()));
+    // Back on the owner: rejoined without sending a join, within the reconnect grace.
+    let (mut on_a, _) = open(format!("{}?token={tok}&resume={session}", a.ws_url())).await;
+    match on_a.recv().await {
+        ServerMsg::Joined { room, resumed, .. } => {
+            assert_eq!((room.as_str(), resumed), ("zeta", true))
+        }
+        m => panic!("expected joined, got {m:?}"),
+    }
+    // Someone else's session id is ignored.
+    let bob = b.token("bob");
+    let (mut other, _) = open(format!("{}?token={bob}&resume={session}", b.ws_url())).await;
+    other.ping(1).await;
+}
