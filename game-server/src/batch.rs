@@ -69,9 +69,22 @@ pub fn full_sync(app: &Arc<App>, tasks: u32, trigger: &'static str) -> Summary {
         );
     });
     let metrics = app.metrics.clone();
+    let redis = app.redis.clone();
     tokio::spawn(async move {
         for h in handles {
-            let res = if h.await.is_ok() { "ok" } else { "error" };
+            let res = match h.await {
+                Ok((_, scores)) => {
+                    // The page's gold goes to the leaderboard (a sorted set in Redis).
+                    match &redis {
+                        Some(r) => match crate::cache::leaderboard_update(r, &scores).await {
+                            Ok(()) => "ok",
+                            Err(_) => "leaderboard_error",
+                        },
+                        None => "ok",
+                    }
+                }
+                Err(_) => "error",
+            };
             metrics
                 .batch_tasks_total
                 .with_label_values(&[FULL_SYNC, res])
@@ -81,8 +94,10 @@ pub fn full_sync(app: &Arc<App>, tasks: u32, trigger: &'static str) -> Summary {
     s
 }
 
-/// One task: read a page of players and digest it (stands in for pushing it elsewhere).
-fn sync_page(path: &std::path::Path, page: i64) -> anyhow::Result<[u8; 32]> {
+/// One task: read a page of players and digest it (stands in for pushing it elsewhere); the
+/// page's (player, gold) pairs go on to the leaderboard.
+type Scores = Vec<(String, i64)>;
+fn sync_page(path: &std::path::Path, page: i64) -> anyhow::Result<([u8; 32], Scores)> {
     let rows = Persistence::read_page(path, (page * PAGE) % 10_000, PAGE)?;
     let mut h = Sha256::new();
     for r in &rows {
@@ -93,7 +108,7 @@ fn sync_page(path: &std::path::Path, page: i64) -> anyhow::Result<[u8; 32]> {
     for _ in 0..ROUNDS {
         d = Sha256::digest(d).into();
     }
-    Ok(d)
+    Ok((d, rows.into_iter().map(|r| (r.player, r.gold)).collect()))
 }
 
 /// Run the full sync every `every` (0 disables the schedule).

@@ -103,16 +103,33 @@ pub struct Config {
     #[arg(long, env = "GAME_BATCH_TASKS", default_value_t = 500)]
     pub batch_tasks: u32,
 
-    /// A remote dependency (Redis-like line protocol) that background tasks call, e.g. a
-    /// session cache; unset = none.
-    #[arg(long, env = "GAME_DEPENDENCY_ADDR")]
-    pub dependency_addr: Option<SocketAddr>,
-    /// Dependency calls per second (through the worker pool).
-    #[arg(long, env = "GAME_DEPENDENCY_RATE", default_value_t = 20)]
-    pub dependency_rate: u32,
-    /// Idle connections kept to the dependency.
-    #[arg(long, env = "GAME_DEPENDENCY_POOL", default_value_t = 4)]
-    pub dependency_pool: usize,
+    /// Redis `host:port`: session resume tokens, the leaderboard and the room directory live
+    /// there. Unset = a single server without Redis (every room is local).
+    #[arg(long, env = "GAME_REDIS_ADDR")]
+    pub redis_addr: Option<String>,
+    /// Most connections the Redis pool opens.
+    #[arg(long, env = "GAME_REDIS_POOL_SIZE", default_value_t = 8)]
+    pub redis_pool_size: usize,
+    /// How long a Redis command waits for a free pooled connection before it fails.
+    #[arg(long, env = "GAME_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
+    /// Connect timeout of a new Redis connection.
+    #[arg(long, env = "GAME_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_connect_timeout_ms: u64,
+    /// How long a Redis command waits for its reply.
+    #[arg(long, env = "GAME_REDIS_RESPONSE_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_response_timeout_ms: u64,
+    /// Leaderboard top-10 reads per second (what a lobby screen polls).
+    #[arg(long, env = "GAME_LEADERBOARD_READ_RATE", default_value_t = 20)]
+    pub leaderboard_read_rate: u32,
+    /// The WebSocket URL other servers send this server's rooms' players to (in Kubernetes the
+    /// pod's DNS name under the headless Service). Default: ws://<--listen>/ws.
+    #[arg(long, env = "GAME_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Room ownership lease in the directory; the owner renews it every third of it. A dead
+    /// server's rooms move after at most this long.
+    #[arg(long, env = "GAME_ROOM_LEASE_MS", default_value_t = 6_000)]
+    pub room_lease_ms: u64,
 
     /// How long shutdown waits for sessions to close and the store to flush.
     #[arg(long, env = "GAME_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]

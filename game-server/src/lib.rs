@@ -4,12 +4,14 @@
 pub mod background;
 pub mod batch;
 pub mod bots;
+pub mod cache;
 pub mod config;
-pub mod dependency;
+pub mod directory;
 pub mod gateway;
 pub mod metrics;
 pub mod persistence;
 pub mod protocol;
+pub mod redis_client;
 pub mod room;
 pub mod server;
 pub mod session;

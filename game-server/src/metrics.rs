@@ -29,7 +29,6 @@ pub struct Metrics {
     pub persistence_pending_records: IntGauge,
     pub persistence_loads_total: IntCounterVec,
     pub batch_tasks_total: IntCounterVec,
-    pub dependency_calls_total: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -163,12 +162,6 @@ impl Metrics {
                 "game_batch_tasks_total",
                 "Batch-job tasks, by kind and result (submitted, rejected, ok, error).",
                 &["kind", "result"],
-            ),
-            dependency_calls_total: counter_vec(
-                &r,
-                "game_dependency_calls_total",
-                "Calls to the remote dependency, by outcome (ok, error, rejected).",
-                &["outcome"],
             ),
             registry: r,
         }

@@ -10,9 +10,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::background::{Background, PoolSizing};
 use crate::config::Config;
+use crate::directory::Directory;
 use crate::gateway::{self, ConnAddrs, NoDelayListener};
 use crate::metrics::Metrics;
 use crate::persistence::Persistence;
+use crate::redis_client::{RedisClient, RedisOptions};
 use crate::room::Rooms;
 
 pub struct App {
@@ -21,6 +23,9 @@ pub struct App {
     pub rooms: Rooms,
     pub persistence: Arc<Persistence>,
     pub bg: Background,
+    /// Redis (with --redis-addr): leaderboard, resume tokens, and the room directory.
+    pub redis: Option<RedisClient>,
+    pub directory: Option<Directory>,
     pub secret: Vec<u8>,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
@@ -69,6 +74,20 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Renews the directory leases of the rooms this server runs, every third of the lease.
+async fn renew_leases(app: Arc<App>, dir: Directory) {
+    let mut t = tokio::time::interval(dir.lease() / 3);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = t.tick() => {}
+        }
+        let rooms: Vec<Arc<str>> = app.rooms.list().into_iter().map(|(n, _)| n).collect();
+        dir.renew(&rooms).await;
+    }
+}
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let secret = token_secret(&cfg)?;
     let metrics = Arc::new(Metrics::new());
@@ -88,8 +107,36 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         persistence.clone(),
         shutdown.clone(),
     );
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let redis = match &cfg.redis_addr {
+        Some(a) => Some(RedisClient::new(
+            RedisOptions {
+                addr: a.clone(),
+                pool_size: cfg.redis_pool_size,
+                wait_timeout: Duration::from_millis(cfg.redis_wait_timeout_ms),
+                connect_timeout: Duration::from_millis(cfg.redis_connect_timeout_ms),
+                response_timeout: Duration::from_millis(cfg.redis_response_timeout_ms),
+            },
+            &metrics.registry,
+        )?),
+        None => None,
+    };
+    let directory = match &redis {
+        Some(r) => Some(Directory::new(
+            r.clone(),
+            cfg.advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("ws://{addr}/ws")),
+            Duration::from_millis(cfg.room_lease_ms.max(300)),
+            &metrics.registry,
+        )?),
+        None => None,
+    };
     let app = Arc::new(App {
         cfg: cfg.clone(),
+        redis,
+        directory,
         metrics,
         rooms,
         persistence: persistence.clone(),
@@ -101,8 +148,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         session_base: random_u64(),
     });
 
-    let listener = TcpListener::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
     let listener = NoDelayListener(listener);
     // Tests and tools read this line to learn the bound port.
     println!("game-server listening on {addr}");
@@ -116,17 +161,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.batch_tasks,
     );
 
-    if let Some(addr) = cfg.dependency_addr {
-        let dep = std::sync::Arc::new(crate::dependency::Dependency::new(
-            addr,
-            cfg.dependency_pool,
-            Duration::from_secs(1),
-        ));
-        tokio::spawn(crate::dependency::run_calls(
+    if let Some(redis) = app.redis.clone() {
+        tracing::info!(redis = redis.addr(), "using Redis");
+        tokio::spawn(crate::cache::run_leaderboard_reads(
             app.clone(),
-            dep,
-            cfg.dependency_rate,
+            redis,
+            cfg.leaderboard_read_rate,
         ));
+    }
+    if let Some(dir) = app.directory.clone() {
+        tokio::spawn(renew_leases(app.clone(), dir));
     }
 
     tokio::spawn(shutdown_signal(shutdown.clone()));
@@ -141,6 +185,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Order matters: sessions send their close frames, rooms stage every player,
     // then the store is flushed, then the pool drains.
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    if let Some(dir) = &app.directory {
+        // Free our rooms in the directory first: players reconnecting to another replica
+        // place them there at once instead of after the lease.
+        let rooms: Vec<Arc<str>> = app.rooms.list().into_iter().map(|(n, _)| n).collect();
+        let _ = tokio::time::timeout(grace, dir.release(&rooms)).await;
+    }
     app.sessions.close();
     if tokio::time::timeout(grace, app.sessions.wait())
         .await

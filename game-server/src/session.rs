@@ -13,6 +13,7 @@ use prometheus::IntCounter;
 use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, Span, info_span};
 
+use crate::directory::Claim;
 use crate::protocol::{ClientMsg, Encoding, ProtocolError, ServerMsg, close};
 use crate::room::{JoinError, Member, RoomHandle};
 use crate::server::App;
@@ -172,6 +173,8 @@ pub struct SessionParams {
     pub session_id: u64,
     pub player: String,
     pub encoding: Encoding,
+    /// `?resume=<session>`: rejoin the room that session was in (kept in Redis).
+    pub resume: Option<String>,
 }
 
 pub async fn run(ws: WebSocket, app: Arc<App>, p: SessionParams) {
@@ -198,6 +201,7 @@ struct Session {
     rx: mpsc::Receiver<Bytes>,
     member: Member,
     room: Option<RoomHandle>,
+    resume: Option<String>,
     scratch: BytesMut,
     received: IntCounter,
     received_bytes: IntCounter,
@@ -233,6 +237,7 @@ impl Session {
             room: None,
             scratch: BytesMut::with_capacity(256),
             sid: p.session_id,
+            resume: p.resume,
             player: p.player,
             enc,
             app,
@@ -260,7 +265,7 @@ impl Session {
             tick_hz: cfg.tick_hz,
             heartbeat_ms: cfg.heartbeat_interval_ms as u32,
         };
-        let ending = match self.send_now(&welcome).await {
+        let ending = match self.welcome_and_resume(&welcome).await {
             Ok(()) => {
                 self.main_loop(ping_after, kick_after, cfg.msg_rate, cfg.msg_burst)
                     .await
@@ -428,6 +433,54 @@ impl Session {
         }
     }
 
+    async fn welcome_and_resume(&mut self, welcome: &ServerMsg) -> Result<(), WriteErr> {
+        self.send_now(welcome).await?;
+        let (Some(token), Some(redis)) = (self.resume.take(), self.app.redis.clone()) else {
+            return Ok(());
+        };
+        match crate::cache::get_resume(&redis, &token, &self.player).await {
+            Ok(Some(room)) => self.join(room).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::info!("resume lookup failed: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// A room this server does not run: ask the directory. Owned elsewhere → a `redirect`
+    /// message, then close 4004; directory unreachable → close 4005. Rooms this server runs
+    /// need no Redis at all, so they keep going while it is down.
+    async fn route(&mut self, room: &str) -> Result<(), WriteErr> {
+        let Some(dir) = self.app.directory.clone() else {
+            return Ok(());
+        };
+        if self.app.rooms.is_local(room) {
+            return Ok(());
+        }
+        match dir.claim(room).await {
+            Ok(Claim::Mine) => Ok(()),
+            Ok(Claim::Elsewhere(url)) => {
+                self.send_now(&ServerMsg::Redirect {
+                    room: room.to_owned(),
+                    url,
+                })
+                .await?;
+                self.member
+                    .kick
+                    .kick(close::ROOM_ELSEWHERE, "room_elsewhere");
+                Err(WriteErr::Kicked)
+            }
+            Err(e) => {
+                tracing::warn!(room, "room directory unavailable: {e}");
+                self.member
+                    .kick
+                    .kick(close::DIRECTORY_UNAVAILABLE, "directory_unavailable");
+                Err(WriteErr::Kicked)
+            }
+        }
+    }
+
     async fn join(&mut self, room: String) -> Result<(), WriteErr> {
         if !valid_player_id(&room) {
             return self
@@ -440,6 +493,7 @@ impl Session {
         if self.room.as_ref().is_some_and(|r| *r.name == *room) {
             return Ok(());
         }
+        self.route(&room).await?;
         let span = info_span!("room.join", "room.id" = %room, "player.id" = %self.player,
             "session.id" = %format!("{:016x}", self.sid), "game.join.resumed" = tracing::field::Empty,
             "otel.status_code" = tracing::field::Empty);
@@ -470,6 +524,14 @@ impl Session {
         match res {
             Ok(h) => {
                 self.room = Some(h);
+                if let Some(redis) = self.app.redis.clone() {
+                    // Best effort: without it a reconnect simply joins by name again.
+                    let (sid, player) = (format!("{:016x}", self.sid), self.player.clone());
+                    let ttl = self.app.cfg.reconnect_grace().max(Duration::from_secs(60));
+                    tokio::spawn(async move {
+                        let _ = crate::cache::put_resume(&redis, &sid, &player, &room, ttl).await;
+                    });
+                }
                 Ok(())
             }
             Err((code, msg)) => {

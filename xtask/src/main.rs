@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask setup` installs what the build and tests need (idempotent, cached
 //! in `.tools/`); `run` starts the game server and the agent; `test` runs the whole suite.
 mod bench;
+mod redis;
 mod scenario;
 mod setup;
 mod tasks;

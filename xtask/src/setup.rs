@@ -34,6 +34,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "promtool: checking the Prometheus config and both binaries' /metrics",
     ),
     ("chromium", "headless browser for the incident page test"),
+    (
+        "redis-server",
+        "the game server's Redis (tests, scenarios and `xtask run` start private instances)",
+    ),
 ];
 
 /// What later steps need to know about the set-up.

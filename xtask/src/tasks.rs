@@ -34,6 +34,9 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     let bin = env.root.join("target/release");
     let data = env.root.join("target/run-data");
     std::fs::create_dir_all(&data)?;
+    // A private Redis on a free loopback port, data (AOF) under target/run-data/redis, stopped
+    // with the run.
+    let redis = crate::redis::Redis::start(&data.join("redis"))?;
     // The agent first: its OTLP receiver (4317/4318) must be up before the server exports.
     let agent = Command::new(bin.join("kernelsight-agent"))
         .args(["--http-addr", &args.agent_addr, "--comm", "game-server"])
@@ -49,6 +52,7 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     let server = Command::new(bin.join("game-server"))
         .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
         .arg(&data)
+        .args(["--redis-addr", &redis.addr.to_string()])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
         .env("OTEL_BSP_SCHEDULE_DELAY", "1000")
         .spawn()
@@ -77,6 +81,10 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     step(format!(
         "game server: ws://{}/ws   metrics http://{}/metrics",
         args.game_addr, args.game_addr
+    ));
+    step(format!(
+        "redis:       {} (private, stopped with the run)",
+        redis.addr
     ));
     step(format!(
         "agent:       http://{}/   (incidents, timeline)  metrics http://{}/metrics",

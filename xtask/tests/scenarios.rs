@@ -76,9 +76,44 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
         );
     }
     let by = |n: &str| reports.iter().find(|r| r["scenario"] == n).unwrap();
+    let rst = by("rst-storm");
     assert!(
-        by("rst-storm")["dependency_resets"].as_u64().unwrap() > 0,
-        "the dependency reset connections"
+        rst["redis_rejected_connections"].as_u64().unwrap() > 0,
+        "Redis refused connections (maxclients)"
+    );
+    // The server's pool ran dry while Redis stalled, and its commands failed once Redis reset.
+    let cmds = &rst["redis_commands"];
+    assert!(
+        cmds["pool_exhausted"].as_u64().unwrap() > 0,
+        "pool never exhausted: {cmds}"
+    );
+    assert!(
+        cmds["error"].as_u64().unwrap() > 0,
+        "no failed Redis command: {cmds}"
+    );
+    // The incident names Redis's endpoint and carries the server's failed Redis client spans
+    // (their 4-tuples are the reset connections').
+    let d = &rst["detected"];
+    assert!(
+        d["failed_spans"].as_u64().unwrap() > 0,
+        "no failed spans: {d}"
+    );
+    let redis_port = rst["expected_subject"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    assert!(
+        d["affected_sample"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["peer"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{redis_port}"))),
+        "no linked span toward Redis: {d}"
     );
     let surge = &by("surge")["detected"]["summary"];
     assert!(

@@ -224,6 +224,7 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
             player_prefix: format!("b{step}"),
             json: false,
             quiet: false,
+            reconnect: false,
         };
         let s = load::run(opts, Some(hook)).await?;
         let sc = scrapes.lock().unwrap().clone();

@@ -22,7 +22,8 @@ use crate::protocol::{ClientMsg, Encoding, Input, ServerMsg, unix_micros};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadOpts {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server; several (comma-separated) spread the bots over them as
+    /// entry points.
     #[arg(long, env = "BOTS_URL", default_value = "ws://127.0.0.1:7000/ws")]
     pub url: String,
     /// Bot sessions to open.
@@ -54,6 +55,10 @@ pub struct LoadOpts {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// When the server closes a session or goes away, reconnect (to the next of the
+    /// comma-separated --url entries) and join the room again, until the run ends.
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +116,10 @@ pub struct Summary {
     pub connect_failed: u64,
     /// Sessions the server closed before the end, by reason.
     pub closed_early: BTreeMap<String, u64>,
+    /// `redirect` messages followed (the room lived on another server).
+    pub redirects: u64,
+    /// Reconnects after a lost server (with --reconnect).
+    pub reconnects: u64,
     pub steady_secs: f64,
     pub inputs_per_sec: f64,
     pub deltas_per_sec: f64,
@@ -129,6 +138,8 @@ struct BotResult {
     ack: Vec<u32>,
     delta: Vec<u32>,
     closed: Option<String>,
+    redirects: u64,
+    reconnects: u64,
 }
 
 fn host_port(url: &str) -> anyhow::Result<String> {
@@ -148,23 +159,91 @@ async fn token(opts: &LoadOpts, addr: SocketAddr, player: &str) -> anyhow::Resul
 struct BotCtx {
     opts: LoadOpts,
     enc: Encoding,
-    addr: SocketAddr,
     progress: Arc<Progress>,
     measuring: CancellationToken,
     stop: CancellationToken,
 }
 
+/// How one connection of a bot ended.
+enum End {
+    /// The run is over.
+    Stopped,
+    /// The server sent `redirect`: the room lives on `url`.
+    Redirect(String),
+    /// The server closed it or the connection failed (reason).
+    Lost(String),
+}
+
 async fn bot(i: usize, ctx: Arc<BotCtx>) -> anyhow::Result<BotResult> {
     let o = &ctx.opts;
+    let entries: Vec<&str> = o.url.split(',').map(str::trim).collect();
+    // Spread each room's bots over the entry servers (bot i joins room i mod rooms), so
+    // that with several servers most joins start somewhere other than the room's owner.
+    let mut entry = (i + i / o.rooms.max(1)) % entries.len();
+    let mut url = entries[entry].to_owned();
+    let room = format!("{}-room-{}", o.player_prefix, i % o.rooms.max(1));
+    let mut r = BotResult::default();
+    let mut ever_connected = false;
+    loop {
+        let end = session(i, &ctx, &url, &room, &mut r, &mut ever_connected).await;
+        let reason = match end {
+            Ok(End::Stopped) => return Ok(r),
+            Ok(End::Redirect(to)) => {
+                // Redirects are part of joining, always followed (a bounded number of times).
+                r.redirects += 1;
+                if r.redirects > 1000 {
+                    anyhow::bail!("redirect loop for room {room}");
+                }
+                url = to;
+                continue;
+            }
+            Ok(End::Lost(reason)) => reason,
+            Err(e) if ever_connected && o.reconnect => format!("error: {e:#}"),
+            Err(e) => return Err(e),
+        };
+        if !o.reconnect || ctx.stop.is_cancelled() {
+            ctx.progress.closed.fetch_add(1, Ordering::Relaxed);
+            r.closed = Some(reason);
+            return Ok(r);
+        }
+        // The server went away: try the next entry server after a pause; joining there
+        // redirects to the room's (possibly new) owner.
+        r.reconnects += 1;
+        entry = (entry + 1) % entries.len();
+        url = entries[entry].to_owned();
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return Ok(r),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+async fn session(
+    i: usize,
+    ctx: &BotCtx,
+    url: &str,
+    room: &str,
+    r: &mut BotResult,
+    ever_connected: &mut bool,
+) -> anyhow::Result<End> {
+    let o = &ctx.opts;
     let player = format!("{}-{i}", o.player_prefix);
-    let tok = token(o, ctx.addr, &player).await?;
-    let mut req = format!("{}?token={tok}", o.url).into_client_request()?;
+    let hp = host_port(url)?;
+    let addr = tokio::net::lookup_host(&hp)
+        .await?
+        .next()
+        .with_context(|| format!("resolve {hp}"))?;
+    let tok = token(o, addr, &player).await?;
+    let mut req = format!("{url}?token={tok}").into_client_request()?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(ctx.enc.subprotocol()),
     );
     let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
-    ctx.progress.connected.fetch_add(1, Ordering::Relaxed);
+    if !*ever_connected {
+        *ever_connected = true;
+        ctx.progress.connected.fetch_add(1, Ordering::Relaxed);
+    }
     let (mut sink, mut stream) = ws.split();
     let mut buf = BytesMut::with_capacity(64);
     let enc = ctx.enc;
@@ -180,12 +259,11 @@ async fn bot(i: usize, ctx: Arc<BotCtx>) -> anyhow::Result<BotResult> {
     send(
         &mut sink,
         &ClientMsg::Join {
-            room: format!("{}-room-{}", o.player_prefix, i % o.rooms.max(1)),
+            room: room.to_owned(),
         },
     )
     .await?;
 
-    let mut r = BotResult::default();
     let mut inputs = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate.max(0.1)));
     // A bot that falls behind does not burst to catch up: it would distort the rate.
     inputs.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -197,9 +275,10 @@ async fn bot(i: usize, ctx: Arc<BotCtx>) -> anyhow::Result<BotResult> {
     let mut ping_id: u32 = 0;
     let (mut dx, mut dy) = (1i8, 0i8);
     let mut joined = false;
-    loop {
+    let mut redirect = None;
+    let end = loop {
         tokio::select! {
-            _ = ctx.stop.cancelled() => break,
+            _ = ctx.stop.cancelled() => break End::Stopped,
             _ = inputs.tick(), if joined => {
                 seq += 1;
                 if seq.is_multiple_of(20) {
@@ -217,13 +296,15 @@ async fn bot(i: usize, ctx: Arc<BotCtx>) -> anyhow::Result<BotResult> {
             }
             m = stream.next() => {
                 let data = match m {
-                    None => { r.closed = Some("eof".into()); break }
-                    Some(Err(e)) => { r.closed = Some(format!("error: {e}")); break }
+                    None => break End::Lost("eof".into()),
+                    Some(Err(e)) => break End::Lost(format!("error: {e}")),
                     Some(Ok(Message::Binary(b))) => b,
                     Some(Ok(Message::Text(t))) => bytes::Bytes::from(t),
                     Some(Ok(Message::Close(f))) => {
-                        r.closed = Some(f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "close".into()));
-                        break;
+                        if let Some(to) = redirect.take() {
+                            break End::Redirect(to);
+                        }
+                        break End::Lost(f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "close".into()));
                     }
                     Some(Ok(_)) => continue,
                 };
@@ -247,33 +328,26 @@ async fn bot(i: usize, ctx: Arc<BotCtx>) -> anyhow::Result<BotResult> {
                     ServerMsg::Pong { ts, .. } if measuring => r.rtt.push(now_us.saturating_sub(ts) as u32),
                     ServerMsg::Ping { id, .. } => send(&mut sink, &ClientMsg::Pong { id }).await?,
                     ServerMsg::Joined { .. } => joined = true,
+                    ServerMsg::Redirect { url, .. } => redirect = Some(url),
                     ServerMsg::Error { code, msg } => anyhow::bail!("server error {code}: {msg}"),
                     _ => {}
                 }
             }
         }
-    }
-    if r.closed.is_some() {
-        ctx.progress.closed.fetch_add(1, Ordering::Relaxed);
-    } else {
+    };
+    if matches!(end, End::Stopped) {
         let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
     }
-    Ok(r)
+    Ok(end)
 }
 
 /// Run the load and return its summary. `hook` is awaited at each phase (bench scrapes there).
 pub async fn run(opts: LoadOpts, hook: Option<Hook>) -> anyhow::Result<Summary> {
     let enc = Encoding::parse(&opts.encoding).context("encoding")?;
-    let hp = host_port(&opts.url)?;
-    let addr = tokio::net::lookup_host(&hp)
-        .await?
-        .next()
-        .with_context(|| format!("resolve {hp}"))?;
     let progress = Arc::new(Progress::default());
     let ctx = Arc::new(BotCtx {
         opts: opts.clone(),
         enc,
-        addr,
         progress: progress.clone(),
         measuring: CancellationToken::new(),
         stop: CancellationToken::new(),
@@ -381,6 +455,8 @@ pub async fn run(opts: LoadOpts, hook: Option<Hook>) -> anyhow::Result<Summary> 
                 if let Some(c) = r.closed {
                     *s.closed_early.entry(c).or_default() += 1;
                 }
+                s.redirects += r.redirects;
+                s.reconnects += r.reconnects;
             }
             Err(e) => {
                 first_err.get_or_insert(e);

@@ -34,6 +34,35 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// The rooms this server runs and their players (operators, and the multi-server test).
+pub async fn rooms(State(app): State<Arc<App>>) -> Response {
+    let rooms: Vec<_> = app
+        .rooms
+        .list()
+        .into_iter()
+        .map(|(name, members)| serde_json::json!({"room": &*name, "members": members}))
+        .collect();
+    Json(serde_json::json!({
+        "server": app.directory.as_ref().map(|d| d.me().to_owned()),
+        "rooms": rooms,
+    }))
+    .into_response()
+}
+
+/// The leaderboard's top 10 from Redis (503 without Redis or when it is unreachable).
+pub async fn leaderboard(State(app): State<Arc<App>>) -> Response {
+    let Some(redis) = &app.redis else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no Redis configured").into_response();
+    };
+    match crate::cache::leaderboard_top(redis, 10).await {
+        Ok(top) => Json(serde_json::json!({
+            "top": top.into_iter().map(|(p, g)| serde_json::json!({"player": p, "gold": g})).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}")).into_response(),
+    }
+}
+
 #[derive(Deserialize, Default)]
 pub struct LoginReq {
     player: Option<String>,

@@ -57,6 +57,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(http::metrics))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
+        .route("/rooms", get(http::rooms))
+        .route("/leaderboard", get(http::leaderboard))
         .route("/admin/batch", post(http::admin_batch));
     if app.cfg.dev {
         r = r.route("/login", post(http::login));

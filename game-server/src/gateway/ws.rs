@@ -19,6 +19,7 @@ use crate::token;
 pub struct WsQuery {
     token: Option<String>,
     encoding: Option<String>,
+    resume: Option<String>,
 }
 
 fn reject(app: &App, status: StatusCode, reason: &'static str) -> Response {
@@ -120,6 +121,7 @@ pub async fn upgrade(
                 session_id,
                 player,
                 encoding,
+                resume: q.resume,
             };
             tracker.track_future(session::run(socket, app, params).instrument(session))
         })

@@ -18,6 +18,7 @@ pub const S_LEFT: u8 = 0x84;
 pub const S_PING: u8 = 0x85;
 pub const S_PONG: u8 = 0x86;
 pub const S_ERROR: u8 = 0x87;
+pub const S_REDIRECT: u8 = 0x88;
 
 const ENTITY_BYTES: usize = 13;
 
@@ -248,6 +249,11 @@ pub fn encode_server(msg: &ServerMsg, out: &mut BytesMut) {
             out.put_u16_le(*code);
             put_str8(out, msg);
         }
+        ServerMsg::Redirect { room, url } => {
+            out.put_u8(S_REDIRECT);
+            put_str8(out, room);
+            put_str8(out, url);
+        }
     }
 }
 
@@ -327,6 +333,10 @@ pub fn decode_server(data: &[u8]) -> Result<ServerMsg, ProtocolError> {
             code: r.u16()?,
             msg: r.str8()?,
         },
+        S_REDIRECT => ServerMsg::Redirect {
+            room: r.str8()?,
+            url: r.str8()?,
+        },
         t => return Err(ProtocolError::Malformed(format!("unknown type 0x{t:02x}"))),
     };
     r.end()?;
@@ -363,6 +373,10 @@ mod tests {
                 items: vec!["gem".into()],
                 resumed: true,
                 ents,
+            },
+            ServerMsg::Redirect {
+                room: "lobby".into(),
+                url: "ws://game-server-0.game-server-pods.game.svc:7000/ws".into(),
             },
         ];
         for enc in [Encoding::Json, Encoding::Binary] {

@@ -176,6 +176,12 @@ pub enum ServerMsg {
         code: u16,
         msg: String,
     },
+    /// The room lives on another server: reconnect to `url` and join there. The server closes
+    /// the session with 4004 right after.
+    Redirect {
+        room: String,
+        url: String,
+    },
 }
 
 /// Unix time in microseconds (for latency measurement across processes on one host).
@@ -197,4 +203,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4001;
     pub const RATE_LIMITED: u16 = 4002;
     pub const REPLACED: u16 = 4003;
+    /// The joined room is owned by another server (a `redirect` message names it).
+    pub const ROOM_ELSEWHERE: u16 = 4004;
+    /// The room is not on this server and the room directory (Redis) cannot be reached.
+    pub const DIRECTORY_UNAVAILABLE: u16 = 4005;
 }

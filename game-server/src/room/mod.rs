@@ -252,6 +252,30 @@ impl Rooms {
         Err(JoinError::Closed)
     }
 
+    /// True if this server runs `room` now.
+    pub fn is_local(&self, room: &str) -> bool {
+        self.shared
+            .rooms
+            .lock()
+            .unwrap()
+            .get(room)
+            .is_some_and(|h| !h.tx.is_closed())
+    }
+
+    /// The rooms this server runs, with how many players each holds (connected or in their
+    /// reconnect grace).
+    pub fn list(&self) -> Vec<(Arc<str>, usize)> {
+        let names: Vec<Arc<str>> = self.shared.rooms.lock().unwrap().keys().cloned().collect();
+        let locations = self.shared.locations.lock().unwrap();
+        names
+            .into_iter()
+            .map(|n| {
+                let members = locations.values().filter(|r| **r == n).count();
+                (n, members)
+            })
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.shared.rooms.lock().unwrap().len()
     }

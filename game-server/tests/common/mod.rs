@@ -5,6 +5,8 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,6 @@
 //! `cargo xtask scenario <name>`: the game server, the agent and bots on loopback, one injected
 //! fault with known ground truth (what, when, toward which endpoint), and a comparison of what
 //! the agent detected against it: time to detect, right class and subject, false alarms.
-mod dependency;
-
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener},
@@ -17,10 +15,10 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::{
+    redis::Redis,
     setup::Env,
     util::{Proc, http, run as run_cmd, step, wait_ready},
 };
-use dependency::Dependency;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
@@ -28,7 +26,8 @@ pub enum Kind {
     Calm,
     /// The scheduled batch job floods the worker pool.
     Surge,
-    /// The dependency (a Redis stand-in) resets every connection, like an exhausted pool.
+    /// Redis runs out of client slots (maxclients) and resets every new connection of the
+    /// server's pool.
     RstStorm,
     /// nftables drops segments to the game server's port for a bounded time.
     PacketLoss,
@@ -159,6 +158,10 @@ struct Seen {
     subject: String,
     summary: String,
     first_seen_unix_ns: u64,
+    /// The evidence's count of failed spans and the spans the incident links, as last seen
+    /// (links are gathered while the incident is open).
+    failed_spans: u64,
+    affected: Vec<Value>,
 }
 
 /// Polls /incidents and remembers when each incident first appeared.
@@ -176,8 +179,29 @@ fn watch_incidents(
                 let mut seen = seen.lock().expect("not poisoned");
                 for inc in v["incidents"].as_array().into_iter().flatten() {
                     let id = inc["id"].as_str().unwrap_or_default().to_owned();
-                    if !seen.iter().any(|s| s.id == id) {
+                    let failed_spans = inc["evidence"]["failed_spans"].as_u64().unwrap_or(0);
+                    let affected: Vec<Value> = inc["affected_spans"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|s| {
+                            json!({
+                                "name": s["name"],
+                                "peer": format!("{}:{}",
+                                    s["attributes"]["network.peer.address"].as_str().unwrap_or("?"),
+                                    s["attributes"]["network.peer.port"]),
+                            })
+                        })
+                        .collect();
+                    if let Some(s) = seen.iter_mut().find(|s| s.id == id) {
+                        s.failed_spans = s.failed_spans.max(failed_spans);
+                        if affected.len() > s.affected.len() {
+                            s.affected = affected;
+                        }
+                    } else {
                         seen.push(Seen {
+                            failed_spans,
+                            affected,
                             id,
                             class: inc["class"].as_str().unwrap_or_default().to_owned(),
                             subject: inc["subject"].as_str().unwrap_or_default().to_owned(),
@@ -195,7 +219,7 @@ fn watch_incidents(
 /// The fault, while it lasts; undone on drop even if the run fails.
 enum Fault {
     None,
-    Resetting(Arc<Dependency>),
+    RedisFull(RedisFull),
     Nft,
     /// Held so that ending the fault (drop) stops them.
     Hogs(#[expect(dead_code, reason = "held only to be dropped")] Vec<Proc>),
@@ -204,13 +228,78 @@ enum Fault {
 impl Drop for Fault {
     fn drop(&mut self) {
         match self {
-            Fault::Resetting(dep) => dep.set_resetting(false),
+            Fault::RedisFull(f) => f.end(),
             Fault::Nft => {
                 let _ = nft("delete table inet ks_scenario\n");
             }
             Fault::None | Fault::Hogs(_) => {}
         }
     }
+}
+
+/// The seed's incident with a real Redis, in two steps. First Redis stalls (`CLIENT PAUSE` for
+/// 1.5 s): the server's commands wait for replies until their response timeout, all pooled
+/// connections are busy and further commands fail with "pool exhausted" after the pool's wait.
+/// Then Redis runs out of client slots: `maxclients` lowered to 1 with that one slot held by this
+/// connection, the server's pooled connections killed (CLIENT KILL). Every connection the pool
+/// opens now is accepted and closed at once by Redis ("max number of clients reached") with the
+/// client's handshake unread, so the kernel closes it with an RST (TCP_ABORT_ON_CLOSE, or
+/// TCP_ABORT_ON_DATA for data after the close), which the tcp:tcp_send_reset and
+/// tcp:tcp_receive_reset tracepoints count, and the client's commands fail with ECONNRESET.
+/// (CLIENT KILL alone closes with a FIN; an nftables `reject with tcp reset` is built by
+/// netfilter, so only the receiving side's tracepoint would fire.) The commands go as Redis
+/// inline commands on the held connection.
+struct RedisFull {
+    conn: Arc<Mutex<std::net::TcpStream>>,
+    slots: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+const REDIS_STALL: Duration = Duration::from_millis(1500);
+
+impl RedisFull {
+    fn start(redis: &Redis) -> Result<Self> {
+        let conn = std::net::TcpStream::connect(redis.addr)?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let conn = Arc::new(Mutex::new(conn));
+        command(
+            &conn,
+            &format!("CLIENT PAUSE {} ALL", REDIS_STALL.as_millis()),
+        )?;
+        let c = conn.clone();
+        let slots = std::thread::spawn(move || {
+            std::thread::sleep(REDIS_STALL);
+            command(&c, "CONFIG SET maxclients 1")?;
+            command(&c, "CLIENT KILL TYPE normal SKIPME yes")?;
+            Ok(())
+        });
+        Ok(Self {
+            conn,
+            slots: Some(slots),
+        })
+    }
+
+    fn end(&mut self) {
+        if let Some(t) = self.slots.take() {
+            match t.join() {
+                Ok(Err(e)) => step(format!("rst-storm: {e:#}")),
+                Err(_) => step("rst-storm: the injector thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let _ = command(&self.conn, "CONFIG SET maxclients 10000");
+    }
+}
+
+fn command(conn: &Mutex<std::net::TcpStream>, line: &str) -> Result<String> {
+    let mut conn = conn.lock().expect("not poisoned");
+    conn.write_all(format!("{line}\r\n").as_bytes())?;
+    let mut buf = [0u8; 256];
+    let n = conn.read(&mut buf)?;
+    let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    if reply.starts_with('-') || n == 0 {
+        bail!("redis: {line}: {reply}");
+    }
+    Ok(reply)
 }
 
 fn nft(script: &str) -> Result<()> {
@@ -244,8 +333,11 @@ struct RunReport {
     /// traffic on this machine): shown, not scored.
     unrelated: Vec<Seen>,
     bots: Value,
-    /// Connections the dependency reset (ground truth for rst-storm).
-    dependency_resets: u64,
+    /// Connections Redis refused for want of client slots (INFO stats rejected_connections;
+    /// ground truth for rst-storm).
+    redis_rejected_connections: u64,
+    /// The server's Redis commands by outcome (ok, error, pool_exhausted).
+    redis_commands: Value,
 }
 
 impl RunReport {
@@ -260,7 +352,9 @@ impl RunReport {
     fn json(&self) -> Value {
         let seen = |s: &Seen| {
             let at = (s.first_seen_unix_ns as f64 - self.fault_start_unix_ns as f64) / 1e9;
-            json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at})
+            json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at,
+                "failed_spans": s.failed_spans, "affected_spans": s.affected.len(),
+                "affected_sample": s.affected.iter().take(5).collect::<Vec<_>>()})
         };
         json!({
             "scenario": self.kind.name(),
@@ -271,13 +365,13 @@ impl RunReport {
             "false_alarms": self.false_alarms.iter().map(seen).collect::<Vec<_>>(),
             "unrelated": self.unrelated.iter().map(seen).collect::<Vec<_>>(),
             "bots": self.bots,
-            "dependency_resets": self.dependency_resets,
+            "redis_rejected_connections": self.redis_rejected_connections,
+            "redis_commands": self.redis_commands,
         })
     }
 }
 
 fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
-    let dep = Arc::new(Dependency::start()?);
     let (agent_http, otlp_grpc, otlp_http, game) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
     let data = std::env::temp_dir().join(format!(
@@ -287,6 +381,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
+    let redis = Redis::start(&data.join("redis"))?;
     let logs = |name: &str| -> Result<std::fs::File> {
         Ok(std::fs::File::create(data.join(format!("{name}.log")))?)
     };
@@ -311,7 +406,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         Command::new(&bins.server)
             .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
             .arg(&data)
-            .args(["--dependency-addr", &dep.addr.to_string()])
+            .args(["--redis-addr", &redis.addr.to_string()])
             // The game server exports OTLP over HTTP/protobuf (4318-style).
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_http}"))
             // Export spans twice a second, so detection is not waiting on the batcher.
@@ -358,13 +453,10 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             }
             (Fault::None, Some("pool:".to_owned()))
         }
-        Kind::RstStorm => {
-            dep.set_resetting(true);
-            (
-                Fault::Resetting(dep.clone()),
-                Some(format!("ep:{}", dep.addr)),
-            )
-        }
+        Kind::RstStorm => (
+            Fault::RedisFull(RedisFull::start(&redis)?),
+            Some(format!("ep:{}", redis.addr)),
+        ),
         Kind::PacketLoss => {
             nft(&format!(
                 "add table inet ks_scenario\n\
@@ -404,6 +496,25 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     }
     stop.store(true, Ordering::SeqCst);
     let _ = watcher.join();
+    // The server's own count of failed Redis commands, by outcome.
+    let server_metrics = http(game, "GET", "/metrics", None)
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let redis_outcome = |outcome: &str| -> u64 {
+        server_metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("game_redis_commands_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let redis_commands = json!({
+        "ok": redis_outcome("ok"),
+        "error": redis_outcome("error"),
+        "pool_exhausted": redis_outcome("pool_exhausted"),
+    });
     drop((bots, server, agent));
 
     let seen = seen.lock().expect("not poisoned").clone();
@@ -426,7 +537,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         if let Some(ep) = s.subject.strip_prefix("ep:") {
             let port = ep.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
             return port.is_some_and(|p| {
-                [game, dep.addr, agent_http, otlp_grpc, otlp_http]
+                [game, redis.addr, agent_http, otlp_grpc, otlp_http]
                     .iter()
                     .any(|a| a.port() == p)
             });
@@ -448,8 +559,9 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         .collect();
     // The bots print one (pretty) JSON document.
     let bots = serde_json::from_str(bots_out.trim()).unwrap_or(Value::Null);
+    let redis_rejected_connections = redis.stat("rejected_connections")?;
+    drop(redis);
     let _ = std::fs::remove_dir_all(&data);
-    let dependency_resets = dep.resets.load(Ordering::Relaxed);
     Ok(RunReport {
         kind,
         fault_start_unix_ns,
@@ -458,7 +570,8 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         false_alarms,
         unrelated,
         bots,
-        dependency_resets,
+        redis_rejected_connections,
+        redis_commands,
     })
 }
 
