@@ -38,11 +38,23 @@ fn main() -> ExitCode {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut probes = Probes::load(&cfg.probe_config())?;
+    metrics.set_probe_status(probes.status());
     let (tx, mut rx) = mpsc::channel(65536);
+    let mut owners = probes.take_owner_resolver()?;
     spawn_ring(
         "tcp",
         probes.take_tcp_ring()?,
-        KernelEvent::decode_tcp,
+        move |bytes| {
+            let mut ev = KernelEvent::decode_tcp(bytes)?;
+            if let KernelEvent::Tcp(rec) = &mut ev
+                && rec.owner.is_none()
+                && rec.sock_ino != 0
+            {
+                // Rare (sockets older than the agent) and bounded, but may walk /proc.
+                tokio::task::block_in_place(|| owners.resolve(rec));
+            }
+            Some(ev)
+        },
         tx.clone(),
         metrics.ring("tcp"),
     );
@@ -97,7 +109,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 fn spawn_ring(
     name: &'static str,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    decode: fn(&[u8]) -> Option<KernelEvent>,
+    decode: impl FnMut(&[u8]) -> Option<KernelEvent> + Send + 'static,
     tx: mpsc::Sender<KernelEvent>,
     stats: ring::RingStats,
 ) {

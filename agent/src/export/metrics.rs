@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use agent_common::{COUNTER_MAX, Counter, TcpEventKind};
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
@@ -27,6 +27,7 @@ pub struct Metrics {
     /// pid → pod UID, so the cgroup file is read once per process.
     pods: Mutex<PidCache<String>>,
     pub runq_watched: IntGauge,
+    probe_up: IntGaugeVec,
     runq_events: IntCounter,
     ring_records: IntCounterVec,
     ring_malformed: IntCounterVec,
@@ -112,6 +113,19 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            probe_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "probe_up",
+                        "1 if the kernel feature loaded on this kernel, 0 if not (the agent's log says why).",
+                    )
+                    .namespace(NS),
+                    &["probe"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             runq_events: counter(
                 &r,
                 "runq_events_total",
@@ -137,6 +151,14 @@ impl Metrics {
             ),
             last_kernel: Mutex::new([0; COUNTER_MAX as usize]),
             registry: r,
+        }
+    }
+
+    pub fn set_probe_status(&self, status: &[crate::probes::ProbeStatus]) {
+        for s in status {
+            self.probe_up
+                .with_label_values(&[s.probe])
+                .set(i64::from(s.up));
         }
     }
 

@@ -391,6 +391,7 @@ mod tests {
             current_pid: 0,
             socket: 0,
             cookie: 0,
+            sock_ino: 0,
             segs: 3,
             reason: 0,
         })

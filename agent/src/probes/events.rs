@@ -40,6 +40,8 @@ pub struct TcpRecord {
     pub current_pid: u32,
     pub socket: u64,
     pub cookie: u64,
+    /// Inode of the socket's file when the kernel did not know its owner (0 otherwise).
+    pub sock_ino: u64,
     pub segs: u32,
     pub reason: u32,
 }
@@ -72,6 +74,7 @@ impl TcpRecord {
             current_pid: ev.current_tgid,
             socket: ev.skaddr,
             cookie: ev.cookie,
+            sock_ino: ev.sock_ino,
             segs: ev.segs,
             reason: ev.reason,
         })

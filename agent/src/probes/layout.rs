@@ -26,7 +26,9 @@ pub fn tcp(tp: &str, f: &Format) -> Result<TcpTpLayout> {
         _ => {
             l.sport = f.require(tp, "sport")?;
             l.dport = f.require(tp, "dport")?;
-            l.family = f.require(tp, "family")?;
+            // tcp_event_sk_skb (send_reset, retransmit) has no `family` on 5.10: the program
+            // then tells IPv4 from IPv6 by the v4-mapped v6 fields.
+            l.family = opt("family");
             l.saddr = f.require(tp, "saddr")?;
             l.daddr = f.require(tp, "daddr")?;
             l.saddr_v6 = f.require(tp, "saddr_v6")?;
@@ -36,15 +38,13 @@ pub fn tcp(tp: &str, f: &Format) -> Result<TcpTpLayout> {
     Ok(l)
 }
 
-/// Layout of `sock:sock_send_length`/`sock_recv_length` (`sk`, `protocol`) and
-/// `sock:inet_sock_set_state` (`skaddr`, `protocol`, `newstate`).
-pub fn sock(tp: &str, f: &Format) -> Result<SockTpLayout> {
+/// Layout of `sock:inet_sock_set_state` (`skaddr`, `protocol`, `newstate`).
+pub fn set_state(tp: &str, f: &Format) -> Result<SockTpLayout> {
     let mut l = SockTpLayout::EMPTY;
-    l.sk = match f.offset("sk") {
-        Some(o) => o,
-        None => f.require(tp, "skaddr")?,
-    };
+    l.sk = f.require(tp, "skaddr")?;
     l.protocol = f.require(tp, "protocol")?;
-    l.newstate = f.offset("newstate").unwrap_or(NONE);
+    l.newstate = f.require(tp, "newstate")?;
+    l.oldstate = f.require(tp, "oldstate")?;
+    l.sport = f.require(tp, "sport")?;
     Ok(l)
 }

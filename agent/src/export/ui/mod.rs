@@ -135,6 +135,8 @@ pub struct SourceState {
     pub pool_metrics_ok: Option<bool>,
     pub pool_metrics_error: Option<String>,
     pub probes_error: Option<String>,
+    /// Per kernel feature: loaded or not, and why (for the page's probe chips).
+    pub probe_status: Vec<crate::probes::ProbeStatus>,
 }
 
 pub struct Ui {
@@ -220,8 +222,10 @@ async fn sampler(
             ..Default::default()
         };
         let mut probes_error = None;
+        let mut probe_status = Vec::new();
         if let Some(p) = &probes {
             let p = p.lock().await;
+            probe_status = p.status().to_vec();
             match p.runq_histograms() {
                 Ok(h) => {
                     let point = runq.step(h);
@@ -277,6 +281,7 @@ async fn sampler(
             s.spans_total = last_spans.map_or(0, |(r, _)| r);
             s.watched_processes = metrics.runq_watched.get();
             s.probes_error = probes_error;
+            s.probe_status = probe_status;
             match pool_result {
                 Some(Ok(())) => {
                     s.pool_metrics_ok = Some(true);
@@ -398,6 +403,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
         "probes": {
             "loaded": st.probes.is_some(),
             "error": src.probes_error,
+            "features": src.probe_status,
             "watched_processes": src.watched_processes,
             "last_event_s_ago": ago(src.last_kernel_event_unix_s),
         },
