@@ -92,6 +92,13 @@ impl Drop for Run {
     }
 }
 
+/// The kernel's RST counters are host-wide: tests that compare against them run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn up(m: &Metrics, probe: &str) -> f64 {
     m.get(&format!("kernelsight_probe_up{{probe=\"{probe}\"}}"))
 }
@@ -119,6 +126,7 @@ fn tracefs_without(leave_out: &str) -> PathBuf {
 #[test]
 fn a_missing_tracepoint_turns_off_that_feature_only() {
     require_root();
+    let _serial = serial();
     let dir = tracefs_without("tcp_send_reset");
     let mut agent = Run::spawn(&["--tracefs", dir.to_str().unwrap()], false);
     agent.wait_ready();
@@ -161,6 +169,7 @@ fn a_missing_tracepoint_turns_off_that_feature_only() {
 #[test]
 fn without_tracefs_run_queue_latency_still_loads() {
     require_root();
+    let _serial = serial();
     let mut agent = Run::spawn(&["--tracefs", "/nonexistent-tracefs"], false);
     agent.wait_ready();
     let m = agent.metrics();
@@ -186,6 +195,7 @@ fn without_tracefs_run_queue_latency_still_loads() {
 #[test]
 fn without_btf_tcp_counters_are_still_served() {
     require_root();
+    let _serial = serial();
     let mut agent = Run::spawn(&[], true);
     agent.wait_ready();
     let log = agent.log();
@@ -228,6 +238,7 @@ fn without_btf_tcp_counters_are_still_served() {
 #[test]
 fn with_nothing_loadable_it_exits_with_one_line() {
     require_root();
+    let _serial = serial();
     let out = Command::new("unshare")
         .args([
             "-m",

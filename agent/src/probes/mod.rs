@@ -163,6 +163,17 @@ pub fn sock_layout(btf: &btf::Btf) -> Result<SockLayout> {
     })
 }
 
+/// Parsing the kernel's BTF (twice: ours for offsets, aya's for attach ids) leaves tens of MB of
+/// small freed allocations that glibc keeps in the heap; hand them back so the agent's RSS is
+/// what it uses, not what loading once touched.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn check_ring_size(flag: &str, bytes: u32) -> Result<()> {
     if !bytes.is_power_of_two() || bytes < 4096 {
         bail!("--{flag} must be a power of two ≥ 4096, got {bytes}");
@@ -181,6 +192,7 @@ impl Probes {
         check_ring_size("tcp-ring-bytes", cfg.tcp_ring_bytes)?;
         check_ring_size("runq-ring-bytes", cfg.runq_ring_bytes)?;
         preflight::check_privileges()?;
+        preflight::raise_memlock_limit();
 
         let tracefs = Tracefs::locate(cfg.tracefs.as_deref()).map_err(|e| format!("{e:#}"));
         let btf = btf::Btf::from_sys_fs().map_err(|e| format!("{e:#}"));
@@ -297,6 +309,30 @@ impl Probes {
                 reason: result.err().unwrap_or_default(),
             });
         }
+        // Before 6.10 (whose tcp_send_reset records sockaddrs) the kernel traces an RST only
+        // when a full socket sends it: `if (sk_fullsock(sk)) trace_tcp_send_reset(sk, skb)` in
+        // tcp_v4/v6_send_reset. RSTs answering a closed port or from TIME_WAIT are not seen,
+        // so the sent count is below the kernel's OutRsts there; say so instead of hiding it.
+        if let Ok(l) = &send_reset
+            && l.sockaddr == 0
+        {
+            let reason = "this kernel traces tcp_send_reset only for full sockets (before 6.10, commit 19822a980e19 \"trace: tcp: fully support trace_tcp_send_reset\"); RSTs answering closed ports or sent from TIME_WAIT are not counted".to_owned();
+            tracing::warn!(
+                probe = "tcp_rst_sent_no_socket",
+                "probe unavailable: {reason}"
+            );
+            status.push(ProbeStatus {
+                probe: "tcp_rst_sent_no_socket",
+                up: false,
+                reason,
+            });
+        } else if status.iter().any(|s| s.probe == "tcp_rst_sent" && s.up) {
+            status.push(ProbeStatus {
+                probe: "tcp_rst_sent_no_socket",
+                up: true,
+                reason: String::new(),
+            });
+        }
         if status.iter().all(|s| !s.up) {
             let why: Vec<_> = status
                 .iter()
@@ -313,6 +349,8 @@ impl Probes {
         let runq_watch_slots = Array::try_from(take(&mut ebpf, "RUNQ_WATCH_SLOTS")?)?;
         let runq_hist = PerCpuHashMap::try_from(take(&mut ebpf, "RUNQ_HIST")?)?;
         let runq_tasks = Array::try_from(take(&mut ebpf, "RUNQ_TASKS")?)?;
+        drop((btf, kernel_btf));
+        release_freed_heap();
         tracing::info!(
             tracefs = %tracefs.as_ref().map(|t| t.root().display().to_string()).unwrap_or_default(),
             up = status.iter().filter(|s| s.up).count(),
