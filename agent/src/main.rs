@@ -102,6 +102,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         ui: Some(ui),
     });
     let served = http::serve(cfg.http_addr, state, shutdown_signal()).await;
+    // The kernel wakes the ring readers in batches; let them drain once more so that evidence
+    // the kernel already recorded reaches the spans flushed below.
+    tokio::time::sleep(2 * ring::DRAIN_EVERY).await;
     correlation.shutdown(Duration::from_secs(3)).await;
     served
 }
