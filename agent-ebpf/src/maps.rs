@@ -26,6 +26,21 @@ pub fn global<T: Copy>(g: &T) -> T {
     unsafe { core::ptr::read_volatile(g) }
 }
 
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Submit flags that batch wake-ups: the reader is woken only once `wake_bytes` are waiting
+/// (it drains on a short timer as well, so nothing waits longer than that).
+#[inline(always)]
+pub fn wake_flags(ring: &RingBuf, wake_bytes: u64) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA) >= wake_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 pub fn count(counter: Counter, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {

@@ -1,48 +1,48 @@
 //! Run-queue latency: how long a runnable thread waited for a CPU. A wait starts at wakeup
 //! (`sched_wakeup`, `sched_wakeup_new`) or when a running thread is preempted and stays runnable
 //! (`sched_switch` with prev still TASK_RUNNING); it ends when `sched_switch` puts the thread on a
-//! CPU. Only watched processes pay more than one map lookup.
-use agent_common::{Counter, RUNQ_SLOTS, RunqConfig, RunqEvent, RunqHist, RunqTotals, TaskLayout};
+//! CPU. Per context switch the work is constant and hash-free for unwatched tasks: array slots
+//! indexed by id (inlined by the verifier), one per-CPU histogram lookup for a watched one.
+use agent_common::{
+    Counter, RUNQ_SLOTS, RUNQ_TASK_SLOTS, RunqConfig, RunqEvent, RunqHist, RunqTask, TaskLayout,
+};
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 
-use crate::maps::{count, global};
+use crate::maps::{count, global, wake_flags};
 
 #[unsafe(no_mangle)]
 static TASK_LAYOUT: TaskLayout = TaskLayout::EMPTY;
+/// See `TCP_WAKE_BYTES`.
+#[unsafe(no_mangle)]
+static RUNQ_WAKE_BYTES: u64 = 0;
 
 #[map]
 pub static RUNQ_CONFIG: Array<RunqConfig> = Array::with_max_entries(1, 0);
-/// Watched processes (tgid → 1), kept up to date by the agent.
+/// Watched processes, direct-mapped: slot `tgid % RUNQ_WATCH_SLOTS` holds the watched tgid, 0
+/// for none, or `WATCH_SHARED` when two watched tgids share the slot (then `RUNQ_WATCH`
+/// decides). Kept by the agent; one inlined array load per enqueue instead of a hash lookup.
+#[map]
+pub static RUNQ_WATCH_SLOTS: Array<u32> = Array::with_max_entries(RUNQ_WATCH_SLOT_COUNT, 0);
+const RUNQ_WATCH_SLOT_COUNT: u32 = 65536;
+const WATCH_SHARED: u32 = u32::MAX;
+/// Every watched tgid (→ 1): the authority behind the slots.
 #[map]
 pub static RUNQ_WATCH: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
-/// When a thread's current wait began, and which process it belonged to then.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Start {
-    ts_ns: u64,
-    tgid: u32,
-    _pad: u32,
-}
-
-/// tid → its pending wait. A plain hash (cheaper than LRU on this hot path). Entries of threads
-/// that exit are deleted at exit; the tgid guards against the rest (a reused tid belongs to
-/// another process, so an entry left by the old thread is ignored).
+/// Per-thread state (`tid % RUNQ_TASK_SLOTS`): pending wait and totals. The slot names its
+/// thread (tid and tgid), so a reused or colliding tid never inherits another thread's wait.
 #[map]
-static RUNQ_START: HashMap<u32, Start> = HashMap::with_max_entries(16384, 0);
+pub static RUNQ_TASKS: Array<RunqTask> = Array::with_max_entries(RUNQ_TASK_SLOTS, 0);
 #[map]
 pub static RUNQ_HIST: PerCpuHashMap<u32, RunqHist> = PerCpuHashMap::with_max_entries(4096, 0);
 /// All zeros: the initial value for a new histogram, copied from the map instead of built on
 /// the 512-byte BPF stack.
 #[map]
 static ZERO_HIST: Array<RunqHist> = Array::with_max_entries(1, 0);
-#[map]
-pub static RUNQ_TID: LruPerCpuHashMap<u32, RunqTotals> =
-    LruPerCpuHashMap::with_max_entries(16384, 0);
 #[map]
 pub static RUNQ_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -58,8 +58,8 @@ fn layout() -> TaskLayout {
 /// kernel's own task_struct layout, and lets us load directly: no helper call on the hottest
 /// path in the kernel.
 #[inline(always)]
-fn field<T: Copy>(task: *const u8, off: u32) -> Option<T> {
-    Some(unsafe { core::ptr::read(task.add(off as usize) as *const T) })
+fn field<T: Copy>(task: *const u8, off: u32) -> T {
+    unsafe { core::ptr::read(task.add(off as usize) as *const T) }
 }
 
 /// Copies with the helper, for values that are not scalars (`comm`).
@@ -73,39 +73,68 @@ fn config() -> Option<&'static RunqConfig> {
     RUNQ_CONFIG.get(0)
 }
 
+#[inline(always)]
+fn watched(tgid: u32, cfg: &RunqConfig) -> bool {
+    if cfg.watch_all != 0 {
+        return true;
+    }
+    match RUNQ_WATCH_SLOTS.get(tgid % RUNQ_WATCH_SLOT_COUNT) {
+        Some(&t) if t == tgid => true,
+        Some(&WATCH_SHARED) => unsafe { RUNQ_WATCH.get(&tgid) }.is_some(),
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn slot(tid: u32) -> Option<*mut RunqTask> {
+    RUNQ_TASKS.get_ptr_mut(tid % RUNQ_TASK_SLOTS)
+}
+
 /// Starts the clock on `task` if its process is watched.
 #[inline(always)]
 fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig) {
-    let Some(tgid) = field::<u32>(task, l.tgid) else {
-        return;
-    };
-    if cfg.watch_all == 0 && unsafe { RUNQ_WATCH.get(&tgid) }.is_none() {
+    let tgid: u32 = field(task, l.tgid);
+    if !watched(tgid, cfg) {
         return;
     }
-    let Some(tid) = field::<u32>(task, l.pid) else {
-        return;
-    };
+    let tid: u32 = field(task, l.pid);
     if tid == 0 {
         return; // the idle task never waits
     }
+    let Some(s) = slot(tid) else { return };
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = RUNQ_START.insert(
-        &tid,
-        &Start {
-            ts_ns: now,
-            tgid,
-            _pad: 0,
-        },
-        0,
-    );
+    unsafe {
+        if (*s).tid != tid || (*s).tgid != tgid {
+            if (*s).start_ns != 0 {
+                // Another live thread's wait is in this slot: it is lost, and counted.
+                count(Counter::RunqSlotCollisions, 1);
+            }
+            *s = RunqTask {
+                start_ns: now,
+                tgid,
+                tid,
+                total_ns: 0,
+                count: 0,
+                max_ns: 0,
+            };
+        } else {
+            (*s).start_ns = now;
+        }
+    }
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)`: a thread that exits never waits again.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let l = layout();
-    if let Some(tid) = field::<u32>(ctx.arg::<*const u8>(0), l.pid) {
-        let _ = RUNQ_START.remove(&tid);
+    let task: *const u8 = ctx.arg(0);
+    let tid: u32 = field(task, l.pid);
+    if let Some(s) = slot(tid) {
+        unsafe {
+            if (*s).tid == tid {
+                (*s).start_ns = 0;
+            }
+        }
     }
     0
 }
@@ -126,7 +155,8 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)`.
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)`; the
+/// trailing `prev_state` argument (5.18+) is not used: the state is read from `prev` itself.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let Some(cfg) = config() else { return 0 };
@@ -134,32 +164,36 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
 
-    // Preempted but still runnable: its wait starts now.
+    // Preempted but still runnable: its wait starts now. `state` was a long before 5.14.
     let prev_state = if l.state_size == 8 {
         field::<u64>(prev, l.state)
     } else {
-        field::<u32>(prev, l.state).map(u64::from)
+        u64::from(field::<u32>(prev, l.state))
     };
-    if prev_state == Some(TASK_RUNNING) {
+    if prev_state == TASK_RUNNING {
         enqueue(prev, &l, cfg);
     }
 
-    let Some(tid) = field::<u32>(next, l.pid) else {
+    let tid: u32 = field(next, l.pid);
+    let Some(s) = slot(tid) else { return 0 };
+    let (start, tgid) = unsafe { ((*s).start_ns, (*s).tgid) };
+    if start == 0 || unsafe { (*s).tid } != tid {
         return 0;
-    };
-    let Some(&start) = (unsafe { RUNQ_START.get(&tid) }) else {
-        return 0;
-    };
-    let _ = RUNQ_START.remove(&tid);
-    let tgid = field::<u32>(next, l.tgid).unwrap_or(0);
-    if start.tgid != tgid {
+    }
+    unsafe { (*s).start_ns = 0 };
+    if tgid != field::<u32>(next, l.tgid) {
         return 0; // left behind by an earlier thread with this tid
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let delay = now.saturating_sub(start.ts_ns);
-
+    let delay = now.saturating_sub(start);
+    unsafe {
+        (*s).total_ns += delay;
+        (*s).count += 1;
+        if delay > (*s).max_ns {
+            (*s).max_ns = delay;
+        }
+    }
     record_hist(tgid, delay);
-    record_totals(tid, delay);
     if delay >= cfg.event_threshold_ns {
         emit(now, delay, tgid, tid, next, &l);
     }
@@ -201,30 +235,6 @@ fn record_hist(tgid: u32, delay: u64) {
 }
 
 #[inline(always)]
-fn record_totals(tid: u32, delay: u64) {
-    match RUNQ_TID.get_ptr_mut(&tid) {
-        Some(t) => unsafe {
-            (*t).total_ns += delay;
-            (*t).count += 1;
-            if delay > (*t).max_ns {
-                (*t).max_ns = delay;
-            }
-        },
-        None => {
-            let _ = RUNQ_TID.insert(
-                &tid,
-                &RunqTotals {
-                    total_ns: delay,
-                    count: 1,
-                    max_ns: delay,
-                },
-                0,
-            );
-        }
-    }
-}
-
-#[inline(always)]
 fn emit(now: u64, delay: u64, tgid: u32, tid: u32, task: *const u8, l: &TaskLayout) {
     count(Counter::RunqEvents, 1);
     let Some(mut entry) = RUNQ_EVENTS.reserve::<RunqEvent>(0) else {
@@ -240,5 +250,5 @@ fn emit(now: u64, delay: u64, tgid: u32, tid: u32, task: *const u8, l: &TaskLayo
         _pad: 0,
         comm: copy::<[u8; 16]>(task, l.comm).unwrap_or([0; 16]),
     });
-    entry.submit(0);
+    entry.submit(wake_flags(&RUNQ_EVENTS, global(&RUNQ_WAKE_BYTES)));
 }

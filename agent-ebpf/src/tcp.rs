@@ -1,15 +1,15 @@
 //! TCP retransmits and RSTs, from the kernel's classic `tcp:*` tracepoints. Those records already
 //! carry the 4-tuple (also for an RST answering a segment to a closed port, where there is no
 //! socket), so no kernel struct layouts are needed; the record layouts come from tracefs.
-use agent_common::{AF_INET, Counter, SockOwner, TcpEvent, TcpEventKind, TcpTpLayout};
+use agent_common::{AF_INET, AF_INET6, Counter, SockOwner, TcpEvent, TcpEventKind, TcpTpLayout};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, helpers::bpf_ktime_get_ns, macros::tracepoint,
     programs::TracePointContext,
 };
 
 use crate::{
-    maps::{SOCK_OWNERS, TCP_EVENTS, count, global},
-    owner::current_owner,
+    maps::{SOCK_OWNERS, TCP_EVENTS, count, global, wake_flags},
+    owner::{listener_owner, sock_ino},
 };
 
 #[unsafe(no_mangle)]
@@ -18,12 +18,12 @@ static SEND_RESET_LAYOUT: TcpTpLayout = TcpTpLayout::EMPTY;
 static RECEIVE_RESET_LAYOUT: TcpTpLayout = TcpTpLayout::EMPTY;
 #[unsafe(no_mangle)]
 static RETRANSMIT_LAYOUT: TcpTpLayout = TcpTpLayout::EMPTY;
+/// Wake the reader only when this many bytes are waiting (it also drains on a timer): a woken
+/// consumer costs far more per submit than a quiet one, and RSTs come in storms.
+#[unsafe(no_mangle)]
+static TCP_WAKE_BYTES: u64 = 0;
 
 const NONE: u16 = TcpTpLayout::NONE;
-/// `common_flags` bits set by the tracing core when the event fired in interrupt context.
-const TRACE_FLAG_HARDIRQ: u8 = 0x08;
-const TRACE_FLAG_SOFTIRQ: u8 = 0x10;
-const COMMON_FLAGS_OFFSET: usize = 2;
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -77,6 +77,7 @@ fn emit(ctx: &TracePointContext, l: &TcpTpLayout, kind: TcpEventKind, segs: u32)
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skaddr: read::<u64>(ctx, l.skaddr).unwrap_or(0),
         cookie: read::<u64>(ctx, l.cookie).unwrap_or(0),
+        sock_ino: 0,
         owner: SockOwner {
             cgroup_id: 0,
             tgid: 0,
@@ -109,7 +110,19 @@ fn emit(ctx: &TracePointContext, l: &TcpTpLayout, kind: TcpEventKind, segs: u32)
             ev.daddr = read::<[u8; 16]>(ctx, l.daddr + 8).unwrap_or([0; 16]);
         }
     } else {
-        ev.family = read::<u16>(ctx, l.family).unwrap_or(0);
+        ev.family = match read::<u16>(ctx, l.family) {
+            Some(f) => f,
+            // No `family` field (tcp_event_sk_skb on 5.10): the kernel stores IPv4
+            // addresses v4-mapped in the v6 fields (TP_STORE_V4MAPPED), so tell them apart there.
+            None => {
+                let v6 = read::<[u8; 12]>(ctx, l.saddr_v6).unwrap_or([0; 12]);
+                if v6 == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+                    AF_INET
+                } else {
+                    AF_INET6
+                }
+            }
+        };
         ev.sport = read::<u16>(ctx, l.sport).unwrap_or(0);
         ev.dport = read::<u16>(ctx, l.dport).unwrap_or(0);
         if ev.family == AF_INET {
@@ -120,24 +133,29 @@ fn emit(ctx: &TracePointContext, l: &TcpTpLayout, kind: TcpEventKind, segs: u32)
             ev.daddr = read::<[u8; 16]>(ctx, l.daddr_v6).unwrap_or([0; 16]);
         }
     }
-    ev.owner = owner_of(ctx, ev.skaddr);
+    ev.owner = owner_of(ev.skaddr, ev.sport);
+    if ev.owner.tgid == 0 {
+        ev.sock_ino = sock_ino(ev.skaddr);
+    }
     entry.write(ev);
-    entry.submit(0);
+    entry.submit(wake_flags(&TCP_EVENTS, global(&TCP_WAKE_BYTES)));
 }
 
-/// The socket's owner from the table. If the table does not know it and we are in process
-/// context (e.g. close() with SO_LINGER 0 sending an RST), `current` is the owner; in interrupt
-/// context it is not, and we say "unknown" rather than guess.
+/// The socket's owner: from the table (connect), else the process listening on the socket's
+/// local port (an accepted connection). `current` is never trusted: these events run in softirq
+/// or timer context, or in whichever task's context the stack processed the packet, and the
+/// record's `common_flags` cannot tell them apart (for BPF programs the kernel overwrites the
+/// record's first 8 bytes with a `pt_regs` pointer before the flags are filled in). Unknown
+/// owners are resolved by the agent from `sock_ino`.
 #[inline(always)]
-fn owner_of(ctx: &TracePointContext, sk: u64) -> SockOwner {
+fn owner_of(sk: u64, sport: u16) -> SockOwner {
     if sk != 0 {
         if let Some(owner) = unsafe { SOCK_OWNERS.get(&sk) } {
             return *owner;
         }
-    }
-    let flags = unsafe { ctx.read_at::<u8>(COMMON_FLAGS_OFFSET) }.unwrap_or(TRACE_FLAG_SOFTIRQ);
-    if sk != 0 && flags & (TRACE_FLAG_HARDIRQ | TRACE_FLAG_SOFTIRQ) == 0 {
-        return current_owner();
+        if let Some(owner) = listener_owner(sk, sport) {
+            return owner;
+        }
     }
     count(Counter::OwnerUnknown, 1);
     SockOwner {

@@ -45,6 +45,8 @@ pub async fn run(
     // Sources first: a missing privilege or kernel feature is reported before anything binds.
     let mut probes = Probes::load(&cfg.probe_config())?;
     let (tcp_ring, runq_ring) = (probes.take_tcp_ring()?, probes.take_runq_ring()?);
+    let mut owners = probes.take_owner_resolver()?;
+    let probe_status = probes.status().to_vec();
     let probes = Arc::new(Mutex::new(probes));
     let kernel: Arc<dyn KernelMaps> = probes.clone();
     let attribution = Arc::new(Attribution::new());
@@ -52,6 +54,7 @@ pub async fn run(
 
     let metrics = Metrics::new().reading(Some(kernel.clone()), identify.clone());
     let cm = CorrelationMetrics::new(&metrics.registry);
+    metrics.set_probe_status(&probe_status);
     let metrics = Arc::new(metrics);
 
     // kernel rings → attribution → (prometheus, correlate, timeline)
@@ -59,7 +62,17 @@ pub async fn run(
     spawn_ring(
         "tcp",
         tcp_ring,
-        KernelEvent::decode_tcp,
+        move |bytes| {
+            let mut ev = KernelEvent::decode_tcp(bytes)?;
+            if let KernelEvent::Tcp(rec) = &mut ev
+                && rec.owner.is_none()
+                && rec.sock_ino != 0
+            {
+                // Rare (sockets older than the agent) and bounded, but may walk /proc.
+                tokio::task::block_in_place(|| owners.resolve(rec));
+            }
+            Some(ev)
+        },
         kernel_tx.clone(),
         metrics.ring("tcp"),
     );
@@ -177,6 +190,9 @@ pub async fn run(
         }),
     });
     let served = http::serve(cfg.http_addr, state, shutdown).await;
+    // The kernel wakes the ring readers in batches; let them drain once more so that evidence
+    // the kernel already recorded reaches the spans joined below.
+    tokio::time::sleep(2 * ring::DRAIN_EVERY).await;
 
     // Shutdown: join what is held (with the evidence there is), close open incidents, and
     // give the forwarder what is left of the grace to deliver everything queued.
@@ -196,7 +212,7 @@ pub async fn run(
 fn spawn_ring(
     name: &'static str,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    decode: fn(&[u8]) -> Option<KernelEvent>,
+    decode: impl FnMut(&[u8]) -> Option<KernelEvent> + Send + 'static,
     tx: mpsc::Sender<KernelEvent>,
     stats: RingStats,
 ) {

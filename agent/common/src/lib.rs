@@ -30,9 +30,9 @@ impl TcpEventKind {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// Who owns a socket, learnt in process context (connect, send, receive), where `current` really
-/// is the owner. Softirq-context events (retransmits, received RSTs) look the owner up here
-/// instead of trusting `current`.
+/// Who owns a socket, learnt once per connection in process context (connect, accept), where
+/// `current` really is the owner. Softirq-context events (retransmits, received RSTs) look the
+/// owner up here instead of trusting `current`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockOwner {
@@ -53,6 +53,10 @@ pub struct TcpEvent {
     pub skaddr: u64,
     /// Socket cookie where the tracepoint gives it (received RSTs), else 0.
     pub cookie: u64,
+    /// Inode number of the socket's file when the owner is unknown in the kernel (a socket born
+    /// before the agent started): the agent finds the process holding `socket:[ino]` in /proc.
+    /// 0 when the owner is known, there is no socket, or the kernel layout is unknown.
+    pub sock_ino: u64,
     /// The owner, from the socket-owner table; `owner.tgid == 0` when unknown.
     pub owner: SockOwner,
     /// The task that was current when the event fired (often unrelated, in softirq).
@@ -92,9 +96,12 @@ pub enum Counter {
     RetransmitFailed = 6,
     /// Run-queue events the kernel tried to report (delivered + lost).
     RunqEvents = 7,
+    /// Run-queue waits lost because another thread took the thread's slot (tid collision in
+    /// the per-thread array) between wakeup and switch-in.
+    RunqSlotCollisions = 8,
 }
 
-pub const COUNTER_MAX: u32 = 8;
+pub const COUNTER_MAX: u32 = 9;
 
 /// Byte offsets of the fields we read from a classic TCP tracepoint record. Read at load time
 /// from tracefs `format` files, so one object works across kernels whose layouts differ. A field
@@ -140,24 +147,35 @@ impl TcpTpLayout {
     };
 }
 
-/// Offsets in `sock:sock_send_length` / `sock_recv_length` and `sock:inet_sock_set_state`
-/// records that the owner table needs.
+/// Offsets in the `sock:inet_sock_set_state` record that the owner tables need.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockTpLayout {
     pub sk: u16,
+    pub oldstate: u16,
     pub newstate: u16,
     pub protocol: u16,
+    pub sport: u16,
     pub _pad: u16,
 }
 
 impl SockTpLayout {
     pub const EMPTY: Self = Self {
         sk: TcpTpLayout::NONE,
+        oldstate: TcpTpLayout::NONE,
         newstate: TcpTpLayout::NONE,
         protocol: TcpTpLayout::NONE,
+        sport: TcpTpLayout::NONE,
         _pad: 0,
     };
+}
+
+/// Key of the listener table: a listening port in one network namespace, identified by the
+/// address of its `struct net` (unique while it lives). x86-64 kernel addresses have their top
+/// 16 bits all set (canonical form), so those carry the port instead.
+#[inline(always)]
+pub const fn listen_key(net: u64, port: u16) -> u64 {
+    (net & 0x0000_ffff_ffff_ffff) | ((port as u64) << 48)
 }
 
 /// Offsets in `struct task_struct`, read from the kernel's BTF at load time (CO-RE by hand: the
@@ -182,6 +200,30 @@ impl TaskLayout {
         state_size: 0,
         comm: 0,
         _pad: 0,
+    };
+}
+
+/// Offsets in kernel socket structs, read from BTF at load time. `valid == 0`: unknown (no BTF),
+/// and what needs them is off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockLayout {
+    /// `struct sock.__sk_common.skc_net` (the `struct net *` inside `possible_net_t`).
+    pub sock_net: u32,
+    /// `struct sock.sk_socket`
+    pub sock_socket: u32,
+    /// From a `struct socket` to its inode's `i_ino`: `socket_alloc.vfs_inode` + `inode.i_ino`
+    /// (the socket and its inode are allocated together).
+    pub socket_ino: u32,
+    pub valid: u32,
+}
+
+impl SockLayout {
+    pub const EMPTY: Self = Self {
+        sock_net: 0,
+        sock_socket: 0,
+        socket_ino: 0,
+        valid: 0,
     };
 }
 
@@ -217,7 +259,26 @@ impl RunqHist {
     };
 }
 
-/// Cumulative run-queue delay of one thread (`RUNQ_TID`, per-CPU).
+/// Slots in `RUNQ_TASKS`, the per-thread array indexed by `tid % RUNQ_TASK_SLOTS` (a power of
+/// two). aya-ebpf 0.2.1 has no task-local storage map, and task storage in tracing programs
+/// needs Linux 5.11+; an array slot with the owner's tid/tgid checked is as cheap and runs on 5.8.
+pub const RUNQ_TASK_SLOTS: u32 = 65536;
+
+/// One thread's slot in `RUNQ_TASKS`: its pending wait and its cumulative totals. Only the CPU
+/// that wakes or switches in the thread writes it, so no per-CPU copy is needed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunqTask {
+    /// When the current wait began; 0 when the thread is not waiting.
+    pub start_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub total_ns: u64,
+    pub count: u64,
+    pub max_ns: u64,
+}
+
+/// Cumulative run-queue delay of one thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunqTotals {
@@ -251,6 +312,10 @@ mod pod {
     unsafe impl aya::Pod for super::RunqHist {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RunqTotals {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RunqTask {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SockLayout {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RunqEvent {}
     // SAFETY: see above.

@@ -45,6 +45,8 @@ pub struct TcpRecord {
     pub current_pid: u32,
     pub socket: u64,
     pub cookie: u64,
+    /// Inode of the socket's file when the kernel did not know its owner (0 otherwise).
+    pub sock_ino: u64,
     pub segs: u32,
     pub reason: u32,
 }
@@ -77,6 +79,7 @@ impl TcpRecord {
             current_pid: ev.current_tgid,
             socket: ev.skaddr,
             cookie: ev.cookie,
+            sock_ino: ev.sock_ino,
             segs: ev.segs,
             reason: ev.reason,
         })
@@ -142,6 +145,17 @@ pub struct RunqHistogram {
     pub sum_ns: u64,
 }
 
+/// One feature of the kernel side: a group of programs that is loaded, or not, as a unit. A
+/// kernel that lacks what one feature needs loses that feature only.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeStatus {
+    /// Bounded label value for `kernelsight_probe_up{probe=...}`.
+    pub probe: &'static str,
+    pub up: bool,
+    /// Why it is down (empty when up).
+    pub reason: String,
+}
+
 /// The in-kernel lossless counters, summed over CPUs, indexed by [`agent_common::Counter`].
 pub type KernelCounters = [u64; COUNTER_MAX as usize];
 
@@ -151,6 +165,8 @@ pub trait KernelMaps: Send + Sync {
     fn counters(&self) -> anyhow::Result<KernelCounters>;
     /// Per-process run-queue histograms, summed over CPUs.
     fn runq_histograms(&self) -> anyhow::Result<HashMap<u32, RunqHistogram>>;
+    /// Which kernel features loaded on this kernel, and why not.
+    fn probe_status(&self) -> Vec<ProbeStatus>;
 }
 
 /// Who a pid is. Answered by attribution from its one /proc cache, for every stage that needs

@@ -79,6 +79,8 @@ pub struct Inputs {
     /// `None`: no pool metrics source; `Some(Err)`: reading it failed this second.
     pub pool: Option<Result<(), String>>,
     pub probes_error: Option<String>,
+    /// Per kernel feature: loaded or not, and why (the page's probe chips).
+    pub probe_status: Vec<super::event::ProbeStatus>,
 }
 
 /// What the sampler hands the timeline once a second.

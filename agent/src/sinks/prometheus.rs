@@ -7,12 +7,12 @@ use std::{
 
 use agent_common::{COUNTER_MAX, Counter, TcpEventKind};
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
 use crate::shared::{
-    event::{Identify, KernelEvent, KernelMaps, RunqHistogram},
+    event::{Identify, KernelEvent, KernelMaps, ProbeStatus, RunqHistogram},
     telemetry::{NS, RingStats},
 };
 
@@ -30,6 +30,7 @@ pub struct Metrics {
     /// Read at scrape time: the kernel's lossless counters and run-queue histograms.
     kernel: Option<Arc<dyn KernelMaps>>,
     pub runq_watched: IntGauge,
+    probe_up: IntGaugeVec,
     runq_events: IntCounter,
     ring_records: IntCounterVec,
     ring_malformed: IntCounterVec,
@@ -116,6 +117,19 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            probe_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "probe_up",
+                        "1 if the kernel feature loaded on this kernel, 0 if not (the agent's log says why).",
+                    )
+                    .namespace(NS),
+                    &["probe"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             runq_events: counter(
                 &r,
                 "runq_events_total",
@@ -153,6 +167,14 @@ impl Metrics {
         self.kernel = kernel;
         self.identify = Some(identify);
         self
+    }
+
+    pub fn set_probe_status(&self, status: &[ProbeStatus]) {
+        for s in status {
+            self.probe_up
+                .with_label_values(&[s.probe])
+                .set(i64::from(s.up));
+        }
     }
 
     /// Counters for one ring's reader.

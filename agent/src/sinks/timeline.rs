@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::shared::{
-    event::KernelEvent,
+    event::{KernelEvent, ProbeStatus},
     netkey::{EphemeralPorts, Oriented},
     sample::{Inputs, Sample, Second, TcpCounts, TcpPoint},
 };
@@ -36,6 +36,8 @@ pub struct SourceState {
     pub pool_metrics_ok: Option<bool>,
     pub pool_metrics_error: Option<String>,
     pub probes_error: Option<String>,
+    /// Per kernel feature: loaded or not, and why (the page's probe chips).
+    pub probe_status: Vec<ProbeStatus>,
 }
 
 /// What the pipeline accumulates for the current second.
@@ -163,6 +165,7 @@ impl Timeline {
         s.spans_total = inputs.spans_total;
         s.watched_processes = inputs.watched_processes;
         s.probes_error.clone_from(&inputs.probes_error);
+        s.probe_status.clone_from(&inputs.probe_status);
         match &inputs.pool {
             Some(Ok(())) => {
                 s.pool_metrics_ok = Some(true);
@@ -214,6 +217,7 @@ mod tests {
             current_pid: 0,
             socket: 0,
             cookie: 0,
+            sock_ino: 0,
             segs: 3,
             reason: 0,
         })

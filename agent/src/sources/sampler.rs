@@ -63,7 +63,9 @@ impl Sampler {
                 ..Default::default()
             };
             let mut probes_error = None;
+            let mut probe_status = Vec::new();
             if let Some(k) = &self.kernel {
+                probe_status = k.probe_status();
                 match k.runq_histograms() {
                     Ok(h) => {
                         let point = runq.step(h);
@@ -112,6 +114,7 @@ impl Sampler {
                 watched_processes: self.watched.get(),
                 pool,
                 probes_error,
+                probe_status,
             };
             if out.send(Second { sample, inputs }).await.is_err() {
                 return;

@@ -202,6 +202,9 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
                 let rss_peak = rss_peak.clone();
                 let cpu = cpu.clone();
                 Box::pin(async move {
+                    // Marks the steady window for tools that measure beside us (`xtask bench
+                    // overhead` reads the kernel's BPF stats at these lines).
+                    eprintln!("bench: phase {phase:?} sessions {n}");
                     cpu.lock().unwrap().push(cpu_secs(pid));
                     if let Ok(m) = scrape(addr).await {
                         scrapes.lock().unwrap().push(m);

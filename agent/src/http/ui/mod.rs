@@ -137,6 +137,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
         "probes": {
             "loaded": st.probes_loaded,
             "error": src.probes_error,
+            "features": src.probe_status,
             "watched_processes": src.watched_processes,
             "last_event_s_ago": ago(src.last_kernel_event_unix_s),
         },

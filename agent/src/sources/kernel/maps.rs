@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::Probes;
-use crate::shared::event::{KernelCounters, KernelMaps, RunqHistogram};
+use crate::shared::event::{KernelCounters, KernelMaps, ProbeStatus, RunqHistogram};
 
 /// The probes are shared with the watch-set task, which changes a map; readers only read.
 impl KernelMaps for Mutex<Probes> {
@@ -19,5 +19,12 @@ impl KernelMaps for Mutex<Probes> {
         self.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .runq_histograms()
+    }
+
+    fn probe_status(&self) -> Vec<ProbeStatus> {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .status()
+            .to_vec()
     }
 }

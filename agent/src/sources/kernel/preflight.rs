@@ -40,6 +40,20 @@ pub fn check_privileges() -> Result<()> {
     )
 }
 
+/// Before 5.11 the kernel charges BPF maps and ring buffers to RLIMIT_MEMLOCK, whose default
+/// there is 64 KiB: raise it as libbpf-based tools do. Later kernels account BPF memory to the
+/// memory cgroup and ignore the limit. Failure is not fatal: loading then says what is wrong.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "raising RLIMIT_MEMLOCK failed");
+    }
+}
+
 /// BTF-typed tracepoints need the kernel's own type information.
 pub fn check_btf() -> Result<()> {
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";

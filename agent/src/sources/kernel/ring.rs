@@ -1,14 +1,20 @@
-//! Draining BPF ring buffers into the agent without blocking the runtime: a ring's fd becomes
-//! readable when the kernel submits, and we decode everything that is there.
+//! Draining BPF ring buffers into the agent without blocking the runtime. The kernel side wakes
+//! the reader only once a fair share of the ring is waiting (wake-ups are batched to spare the
+//! traced workload), so the reader also drains on a short timer.
+use std::time::Duration;
+
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::shared::{event::KernelEvent, telemetry::RingStats};
 
+/// The longest an event waits in the ring when the kernel did not wake the reader.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
 /// Reads `ring` until the receiver is gone, decoding each record with `decode`.
 pub async fn run(
     ring: RingBuf<MapData>,
-    decode: impl Fn(&[u8]) -> Option<KernelEvent>,
+    mut decode: impl FnMut(&[u8]) -> Option<KernelEvent>,
     tx: mpsc::Sender<KernelEvent>,
     stats: RingStats,
 ) -> anyhow::Result<()> {
@@ -16,9 +22,17 @@ pub async fn run(
     // the fd stays open for as long as it is registered.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("registering the ring fd: {e}"))?;
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                // Cleared before draining: a wake-up that lands during the drain re-arms it.
+                guard?.clear_ready();
+            }
+            _ = tick.tick() => {}
+        }
+        let ring = fd.get_mut();
         while let Some(item) = ring.next() {
             let Some(ev) = decode(&item) else {
                 stats.malformed.inc();
@@ -31,6 +45,5 @@ pub async fn run(
                 Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
             }
         }
-        guard.clear_ready();
     }
 }
