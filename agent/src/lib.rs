@@ -1,15 +1,15 @@
-//! kernelsight agent. The data path, and the only direction imports may run (see README.md,
-//! "Architecture"):
+//! kernelsight agent. Data flows one way, and imports may only follow it (agent/README.md,
+//! "Architecture", has the whole picture; `tests/architecture.rs` checks it):
 //!
 //! ```text
-//! sources ──► transforms ──► sinks ◄── http
-//!   kernel (eBPF rings, watch set)   attribution (pid → cgroup, pod; one /proc cache)
-//!   otlp (gRPC 4317, HTTP 4318)      correlate (clock, evidence windows, joins) → detect
-//!   sampler (once a second)          sinks: prometheus, forward (OTLP), board, timeline
+//! sources ──► transforms ──────────────────► sinks ◄── http
+//!   kernel      attribution (pid → cgroup, pod)   prometheus, timeline
+//!   otlp        correlate (joins) → detect        forward (OTLP), board (incidents)
+//!   sampler ──────────────────────────────────►  timeline
 //! ```
 //!
-//! Every stage imports only [`shared`] types (and, inside a stage, its own parts); [`topology`]
-//! is the one place that creates the channels, spawns the tasks and orders shutdown.
+//! Every stage imports only [`shared`] types (and its own parts); [`topology`] is the one place
+//! that creates the channels, spawns the tasks and orders shutdown.
 pub mod config;
 pub mod http;
 pub mod shared;

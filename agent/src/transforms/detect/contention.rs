@@ -5,8 +5,7 @@ use std::collections::HashSet;
 use serde_json::json;
 
 use super::{
-    Bucket, Changes, Detector, IDLE_FORGET_NS, MAX_PIDS, ProcAgg, SeriesBase,
-    baseline::{Ewma, Rule},
+    Bucket, Changes, Detector, IDLE_FORGET_NS, MAX_PIDS, ProcAgg, SeriesBase, baseline::Rule,
 };
 use crate::shared::incident::Class;
 
@@ -32,15 +31,7 @@ impl Detector {
         };
         for pid in b.procs.keys() {
             if !self.procs.contains_key(pid) && self.procs.len() < MAX_PIDS {
-                self.procs.insert(
-                    *pid,
-                    SeriesBase {
-                        a: Ewma::new(h),
-                        b: Ewma::new(h),
-                        seen: idx,
-                        streak: 0,
-                    },
-                );
+                self.procs.insert(*pid, SeriesBase::new(h, idx));
             }
         }
         let empty = ProcAgg::default();

@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use serde_json::json;
 
 use super::{
-    Bucket, Changes, Detector, EpAgg, IDLE_FORGET_NS, MAX_ENDPOINTS, SeriesBase,
-    baseline::{Ewma, Rule},
+    Bucket, Changes, Detector, EpAgg, IDLE_FORGET_NS, MAX_ENDPOINTS, SeriesBase, baseline::Rule,
 };
 use crate::shared::{incident::Class, netkey::ConnKey};
 
@@ -38,15 +37,7 @@ impl Detector {
         };
         for ep in b.eps.keys() {
             if !self.eps.contains_key(ep) && self.eps.len() < MAX_ENDPOINTS {
-                self.eps.insert(
-                    *ep,
-                    SeriesBase {
-                        a: Ewma::new(h),
-                        b: Ewma::new(h),
-                        seen: idx,
-                        streak: 0,
-                    },
-                );
+                self.eps.insert(*ep, SeriesBase::new(h, idx));
             }
         }
         let empty = EpAgg::default();

@@ -181,6 +181,18 @@ struct SeriesBase {
     streak: u32,
 }
 
+impl SeriesBase {
+    /// Baselines for a series first seen in bucket `idx`, with the given half-life.
+    fn new(half_life: f64, idx: u64) -> Self {
+        Self {
+            a: Ewma::new(half_life),
+            b: Ewma::new(half_life),
+            seen: idx,
+            streak: 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct RefEntry {
     start: u64,
