@@ -1,0 +1,310 @@
+//! `cargo xtask kernels`: the agent on the kernels users' nodes run. Debian's own cloud kernel
+//! packages (5.10, 6.1, 6.12), each booted under qemu (TCG) to a busybox initramfs holding the
+//! agent under test and a test driver (this binary, `kernel-guest`), which provokes real events
+//! and checks the agent's counts against the guest kernel's. Prints a kernel × check matrix and
+//! writes it into the README between markers.
+mod apt;
+pub mod guest;
+mod initramfs;
+mod qemu;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::{
+    setup::Env,
+    util::{run as run_cmd, step},
+};
+
+/// One cell's verdict. `Degraded` is a feature the agent itself reports unavailable on that
+/// kernel, with its reason; only `Fail` fails the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Degraded,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Degraded => "degraded",
+            Status::Fail => "fail",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        match s {
+            "pass" => Status::Pass,
+            "degraded" => Status::Degraded,
+            _ => Status::Fail,
+        }
+    }
+    fn mark(self) -> &'static str {
+        match self {
+            Status::Pass => "✅",
+            Status::Degraded => "⚠️",
+            Status::Fail => "❌",
+        }
+    }
+}
+
+/// The matrix's columns, in order: (result key, column title).
+const CHECKS: &[(&str, &str)] = &[
+    ("agent", "agent starts"),
+    ("programs", "programs loaded + attached"),
+    ("resets", "RSTs 127.0.0.1 + ::1 vs /proc/net/snmp"),
+    ("retransmits", "retransmits (nft input drop) vs RetransSegs"),
+    ("runq", "run-queue histogram, watch set"),
+    ("no_btf", "BTF hidden"),
+];
+
+const README_BEGIN: &str = "<!-- kernels:begin (written by `cargo xtask kernels`; do not edit) -->";
+const README_END: &str = "<!-- kernels:end -->";
+
+#[derive(Args, Clone)]
+pub struct KernelsArgs {
+    /// Agent binary to test (default: the release agent built from this tree).
+    #[arg(long, env = "KS_KERNELS_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Kernel lines to run (default all): 5.10, 6.1, 6.12.
+    #[arg(long = "kernel", value_delimiter = ',')]
+    pub kernels: Vec<String>,
+    /// Refresh the package lists even if they are less than a day old.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Write the matrix into README.md even for an --agent from elsewhere (by default only the
+    /// tree's own release agent's matrix is written there).
+    #[arg(long, conflicts_with = "no_readme")]
+    pub readme: bool,
+    /// Do not touch README.md.
+    #[arg(long)]
+    pub no_readme: bool,
+    /// Bound per kernel, boot to power-off, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// One kernel's row.
+struct Row {
+    kernel: apt::Kernel,
+    cells: BTreeMap<String, (Status, String)>,
+    secs: f64,
+}
+
+pub fn run(env: &Env, args: KernelsArgs) -> Result<()> {
+    let started = Instant::now();
+    let own_agent = args.agent.is_none();
+    let agent = match &args.agent {
+        Some(p) => p
+            .canonicalize()
+            .with_context(|| format!("--agent {}", p.display()))?,
+        None => {
+            run_cmd(env.cargo().args(["build", "--release", "-p", "agent"]))?;
+            env.root.join("target/release/kernelsight-agent")
+        }
+    };
+    let lines: Vec<apt::Line> = if args.kernels.is_empty() {
+        apt::LINES.to_vec()
+    } else {
+        args.kernels
+            .iter()
+            .map(|k| {
+                apt::LINES
+                    .iter()
+                    .find(|l| l.label == k)
+                    .copied()
+                    .with_context(|| {
+                        let known: Vec<_> = apt::LINES.iter().map(|l| l.label).collect();
+                        format!("unknown kernel {k}; known: {}", known.join(", "))
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
+    let kernels = apt::kernels(&env.root.join(".tools"), &lines, args.refresh)?;
+    let driver = std::env::current_exe().context("locating the xtask binary (the guest driver)")?;
+    let out = env.root.join("target/kernels");
+    let mut rows = Vec::new();
+    for kernel in kernels {
+        rows.push(one_kernel(&kernel, &agent, &driver, &out, args.timeout)?);
+    }
+    let table = matrix(&rows);
+    let section = readme_section(&rows, &table, &agent, own_agent);
+    std::fs::write(out.join("matrix.md"), &section)?;
+    println!("\n{table}");
+    step(format!(
+        "kernels: agent {}; {} kernel(s) in {:.0} s; consoles and matrix in {}",
+        agent.display(),
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    ));
+    if args.readme || (own_agent && !args.no_readme) {
+        write_readme(&env.root.join("README.md"), &section)?;
+        step("kernels: README.md matrix section rewritten");
+    }
+    let red: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            r.cells
+                .iter()
+                .filter(|(_, (s, _))| *s == Status::Fail)
+                .map(move |(c, (_, t))| format!("{} {c}: {t}", r.kernel.label))
+        })
+        .collect();
+    if !red.is_empty() {
+        bail!(
+            "{} red cell(s) in the kernel matrix:\n  {}",
+            red.len(),
+            red.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn one_kernel(
+    kernel: &apt::Kernel,
+    agent: &Path,
+    driver: &Path,
+    out: &Path,
+    timeout: u64,
+) -> Result<Row> {
+    let dir = out.join(&kernel.release);
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initrd.cpio");
+    initramfs::build(kernel, agent, driver, &initrd)
+        .with_context(|| format!("building the initramfs for {}", kernel.release))?;
+    step(format!(
+        "kernels: booting {} ({} {}) under qemu TCG, at most {timeout} s",
+        kernel.release, kernel.package, kernel.version
+    ));
+    let console = dir.join("console.log");
+    let boot = qemu::boot(
+        &kernel.vmlinuz(),
+        &initrd,
+        &console,
+        Duration::from_secs(timeout),
+    )?;
+    let mut cells = BTreeMap::new();
+    for line in boot.console.lines() {
+        let Some(json) = line
+            .find("KSRESULT ")
+            .map(|at| &line[at + "KSRESULT ".len()..])
+        else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) {
+            let check = v["check"].as_str().unwrap_or("?").to_owned();
+            let status = Status::parse(v["status"].as_str().unwrap_or(""));
+            let text = v["text"].as_str().unwrap_or("").to_owned();
+            cells.insert(check, (status, text));
+        }
+    }
+    // A check that never reported is red, with what the console last said.
+    let tail: Vec<&str> = boot
+        .console
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("KSRESULT"))
+        .collect();
+    let last = tail
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" / ");
+    for (check, _) in CHECKS {
+        cells.entry((*check).to_owned()).or_insert_with(|| {
+            let why = if boot.timed_out {
+                format!("no result within {timeout} s (console: {last})")
+            } else {
+                format!("no result; guest stopped (console: {last})")
+            };
+            (Status::Fail, why)
+        });
+    }
+    for (check, _) in CHECKS {
+        let (s, t) = &cells[*check];
+        step(format!(
+            "kernels: {} {check}: {} {t}",
+            kernel.label,
+            s.as_str()
+        ));
+    }
+    Ok(Row {
+        kernel: kernel.clone(),
+        cells,
+        secs: boot.secs,
+    })
+}
+
+fn cell_text(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn matrix(rows: &[Row]) -> String {
+    let mut t = String::from("| kernel (Debian package) |");
+    for (_, title) in CHECKS {
+        t.push_str(&format!(" {title} |"));
+    }
+    t.push_str(" guest time |\n|---|");
+    for _ in CHECKS {
+        t.push_str("---|");
+    }
+    t.push_str("---|\n");
+    for r in rows {
+        t.push_str(&format!(
+            "| {} `{}` ({}) |",
+            r.kernel.label, r.kernel.release, r.kernel.version
+        ));
+        for (check, _) in CHECKS {
+            let (s, text) = &r.cells[*check];
+            t.push_str(&format!(" {} {} |", s.mark(), cell_text(text)));
+        }
+        t.push_str(&format!(" {:.0} s |\n", r.secs));
+    }
+    t
+}
+
+fn readme_section(rows: &[Row], table: &str, agent: &Path, own_agent: bool) -> String {
+    let what = if own_agent {
+        "the release agent built from this tree".to_owned()
+    } else {
+        format!("`{}`", agent.display())
+    };
+    let kernels: Vec<_> = rows.iter().map(|r| r.kernel.label).collect();
+    format!(
+        "{README_BEGIN}\nReproduce: `cargo xtask kernels` (part of `cargo xtask test`). Agent: {what}; \
+         kernels: {}, newest cloud-amd64 package of each suite at run time, booted under \
+         `qemu-system-x86_64 -accel tcg`, 1 vCPU. ✅ counted exactly / works, ⚠️ unavailable on \
+         that kernel (the agent's own reason), ❌ wrong or missing (the agent's error).\n\n{table}\n{README_END}\n",
+        kernels.join(", ")
+    )
+}
+
+fn write_readme(path: &Path, section: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let new = match (text.find(README_BEGIN), text.find(README_END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!(
+                "{}{section}{}",
+                &text[..b],
+                &text[e + README_END.len() + 1..]
+            )
+        }
+        _ => bail!(
+            "{} has no kernel matrix markers ({README_BEGIN} … {README_END})",
+            path.display()
+        ),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
