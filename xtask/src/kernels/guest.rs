@@ -43,7 +43,24 @@ pub fn run(args: GuestArgs) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
         .to_owned();
-    emit("kernel", Status::Pass, &release, json!({}));
+    let memlock = std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(3)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    emit(
+        "kernel",
+        Status::Pass,
+        &release,
+        json!({"memlock_soft_hard_bytes": memlock}),
+    );
     let hogs = Hogs::start()?;
     match Agent::start(&agent, "main", &["--comm", "ks-victim"]) {
         Ok(a) => {

@@ -322,3 +322,28 @@ fn write_readme(path: &Path, section: &str) -> Result<()> {
     std::fs::write(path, new)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_section_is_replaced_between_markers_only() {
+        let dir = std::env::temp_dir().join(format!("ks-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("README.md");
+        std::fs::write(
+            &path,
+            format!("# t\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n"),
+        )
+        .unwrap();
+        write_readme(&path, &format!("{README_BEGIN}\nnew\n{README_END}\n")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("# t\nbefore\n{README_BEGIN}\nnew\n{README_END}\nafter\n")
+        );
+        std::fs::write(&path, "no markers\n").unwrap();
+        assert!(write_readme(&path, "x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
