@@ -33,7 +33,7 @@ pub struct GuestArgs {
 
 const AGENT_ADDR: &str = "127.0.0.1:9464";
 /// Budget for the agent to load and attach under TCG (the verifier is slow there).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const READY_TIMEOUT: Duration = Duration::from_secs(45);
 
 pub fn run(args: GuestArgs) -> Result<()> {
     if let Some(name) = args.hog {
