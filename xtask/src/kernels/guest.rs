@@ -72,9 +72,19 @@ pub fn run(args: GuestArgs) -> Result<()> {
             );
             for (name, o) in [
                 ("programs", programs(&a)),
-                ("resets", resets(&a)),
-                ("retransmits", retransmits(&a)),
-                ("runq", runq(&a, &hogs)),
+                (
+                    "resets",
+                    unless_down(&a, &["tcp_rst_sent", "tcp_rst_received"], resets(&a)),
+                ),
+                (
+                    "retransmits",
+                    unless_down(
+                        &a,
+                        &["tcp_retransmit", "sock_owner_connect"],
+                        retransmits(&a),
+                    ),
+                ),
+                ("runq", unless_down(&a, &["runq"], runq(&a, &hogs))),
             ] {
                 emit(name, o.status, &o.text, o.data);
             }
@@ -341,6 +351,72 @@ fn programs(agent: &Agent) -> Outcome {
     }
 }
 
+const NO_REASON: &str = "the agent gave no reason";
+
+/// Features the agent reports down, with its reason: from /api/status `features` when the agent
+/// serves it, else `kernelsight_probe_up{probe} 0` and the agent's log line naming the probe.
+fn probes_down(agent: &Agent) -> Result<BTreeMap<String, String>> {
+    if let Ok((200, body)) = http(agent.addr, "GET", "/api/status", None)
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
+        && let Some(features) = v["features"].as_array()
+    {
+        return Ok(features
+            .iter()
+            .filter(|f| f["up"].as_bool() == Some(false))
+            .filter_map(|f| {
+                let reason = f["reason"]
+                    .as_str()
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or(NO_REASON);
+                Some((f["probe"].as_str()?.to_owned(), reason.to_owned()))
+            })
+            .collect());
+    }
+    let log = agent.log_lines(|l| l.contains(" WARN ") || l.contains(" ERROR "));
+    Ok(agent
+        .metrics()?
+        .series("kernelsight_probe_up", &[])
+        .filter(|(_, v)| *v == 0.0)
+        .filter_map(|(k, _)| label(k, "probe").map(str::to_owned))
+        .map(|p| {
+            let why = log
+                .iter()
+                .find(|l| l.contains(p.as_str()))
+                .map(|l| l.split_once(' ').map_or(l.as_str(), |(_, r)| r).to_owned())
+                .unwrap_or_else(|| NO_REASON.to_owned());
+            (p, why)
+        })
+        .collect())
+}
+
+/// A failed check whose feature the agent itself reports unavailable (with a reason) becomes
+/// "degraded": the cell then says which feature is off on this kernel and why. The host decides
+/// whether that is acceptable for the kernel.
+fn unless_down(agent: &Agent, probes: &[&str], mut o: Outcome) -> Outcome {
+    if o.status != Status::Fail {
+        return o;
+    }
+    let Ok(down) = probes_down(agent) else {
+        return o;
+    };
+    let off: Vec<(&String, &String)> = down
+        .iter()
+        .filter(|(p, why)| probes.contains(&p.as_str()) && *why != NO_REASON)
+        .collect();
+    if off.is_empty() {
+        return o;
+    }
+    let said: Vec<String> = off.iter().map(|(p, why)| format!("{p}: {why}")).collect();
+    o.text = format!(
+        "off on this kernel: {} (measured: {})",
+        said.join("; "),
+        o.text
+    );
+    o.status = Status::Degraded;
+    o.data["down"] = json!(off.iter().map(|(p, _)| p).collect::<Vec<_>>());
+    o
+}
+
 /// Ids of the BPF programs process `pid` holds open.
 fn prog_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
     let mut ids = BTreeSet::new();
@@ -408,34 +484,19 @@ fn programs_inner(agent: &Agent) -> Result<Outcome> {
         .filter(|(id, _)| !attached.contains_key(id))
         .map(|(_, n)| n.as_str())
         .collect();
-    let m = agent.metrics()?;
-    let down: Vec<String> = m
-        .series("kernelsight_probe_up", &[])
-        .filter(|(_, v)| *v == 0.0)
-        .filter_map(|(k, _)| label(k, "probe").map(str::to_owned))
-        .collect();
-    let up = m
+    let down = probes_down(agent)?;
+    let up = agent
+        .metrics()?
         .series("kernelsight_probe_up", &[])
         .filter(|(_, v)| *v == 1.0)
         .count();
-    let log = agent.log_lines(|l| l.contains(" WARN ") || l.contains(" ERROR "));
-    let reasons: Vec<String> = down
-        .iter()
-        .map(|p| {
-            let why = log
-                .iter()
-                .find(|l| l.contains(p.as_str()))
-                .map(|l| l.split_once(' ').map_or(l.as_str(), |(_, r)| r).to_owned())
-                .unwrap_or_else(|| "the agent logged no reason".to_owned());
-            format!("{p}: {why}")
-        })
-        .collect();
+    let reasons: Vec<String> = down.iter().map(|(p, why)| format!("{p}: {why}")).collect();
     let names: Vec<String> = progs
         .iter()
         .map(|(id, n)| format!("{n}@{}", attached.get(id).map_or("-", String::as_str)))
         .collect();
     let data = json!({"loaded": progs.len(), "attached": progs.len() - unattached.len(),
-        "names": names, "probes_up": up, "probes_down": down, "reasons": reasons});
+        "names": names, "probes_up": up, "down": down.keys().collect::<Vec<_>>(), "reasons": reasons});
     if progs.is_empty() {
         return Ok(fail("the agent holds no eBPF programs".into(), data));
     }
@@ -532,6 +593,8 @@ fn resets_inner(agent: &Agent, refusals: u64, aborts: u64) -> Result<Outcome> {
         ));
     }
     let mib0 = tcp_mib()?;
+    // The kernel's own view, beside its counters: how often the tracepoints fired.
+    let tp = FtraceCount::start(&["tcp_send_reset", "tcp_receive_reset"]);
     let ips: [IpAddr; 2] = [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
     for ip in ips {
         for _ in 0..refusals {
@@ -542,6 +605,7 @@ fn resets_inner(agent: &Agent, refusals: u64, aborts: u64) -> Result<Outcome> {
         }
     }
     let mib1 = tcp_mib()?;
+    let fired = tp.finish();
     let out_rsts = mib1["OutRsts"] - mib0["OutRsts"];
     let attempt_fails = mib1["AttemptFails"] - mib0["AttemptFails"];
     // The agent's totals are per-CPU map reads at scrape time; poll only as a hang guard.
@@ -557,15 +621,66 @@ fn resets_inner(agent: &Agent, refusals: u64, aborts: u64) -> Result<Outcome> {
     // resets one established client.
     let want_received = attempt_fails + 2 * aborts;
     let data = json!({"sent": got_sent, "out_rsts": out_rsts, "received": got_received,
-        "want_received": want_received, "provoked": 2 * (refusals + aborts)});
-    let text = format!(
+        "want_received": want_received, "provoked": 2 * (refusals + aborts),
+        "tracepoint_fired": fired});
+    let mut text = format!(
         "sent {got_sent} (kernel OutRsts {out_rsts}), received {got_received} (kernel {want_received})"
     );
+    if got_sent != out_rsts || got_received != want_received {
+        let n = |name: &str| fired.get(name).map_or("?".to_owned(), u64::to_string);
+        text.push_str(&format!(
+            "; the kernel's tracepoints fired tcp_send_reset {}, tcp_receive_reset {}",
+            n("tcp_send_reset"),
+            n("tcp_receive_reset")
+        ));
+    }
     if got_sent == out_rsts && got_received == want_received && out_rsts == 2 * (refusals + aborts)
     {
         Ok(pass(text, data))
     } else {
         Ok(fail(text, data))
+    }
+}
+
+/// Counts hits of tcp:* tracepoints through ftrace itself (independent of any BPF program),
+/// so a cell can tell "the agent missed it" from "the kernel never reported it".
+struct FtraceCount {
+    events: Vec<&'static str>,
+    enabled: bool,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+impl FtraceCount {
+    fn start(events: &[&'static str]) -> Self {
+        let _ = std::fs::write(format!("{TRACEFS}/trace"), "");
+        let _ = std::fs::write(format!("{TRACEFS}/buffer_size_kb"), "1024");
+        let enabled = events
+            .iter()
+            .all(|e| std::fs::write(format!("{TRACEFS}/events/tcp/{e}/enable"), "1").is_ok());
+        Self {
+            events: events.to_vec(),
+            enabled,
+        }
+    }
+
+    fn finish(self) -> BTreeMap<String, u64> {
+        for e in &self.events {
+            let _ = std::fs::write(format!("{TRACEFS}/events/tcp/{e}/enable"), "0");
+        }
+        if !self.enabled {
+            return BTreeMap::new();
+        }
+        let trace = std::fs::read_to_string(format!("{TRACEFS}/trace")).unwrap_or_default();
+        let _ = std::fs::write(format!("{TRACEFS}/trace"), "");
+        self.events
+            .iter()
+            .map(|e| {
+                let needle = format!(" {e}:");
+                let n = trace.lines().filter(|l| l.contains(&needle)).count() as u64;
+                ((*e).to_owned(), n)
+            })
+            .collect()
     }
 }
 
@@ -735,7 +850,7 @@ fn runq_inner(agent: &Agent, hogs: &Hogs) -> Result<Outcome> {
         "victim_slow_events": slow(&victim), "bystander_slow_events": slow(&bystander),
         "histogram_pids": pids.len()});
     let text = format!(
-        "victim {victim_n} waits in 2 s ({} slow events), bystander {bystander_n}, watched {watched}",
+        "victim {victim_n} waits in 2 s ({} slow-wait events in all), bystander {bystander_n}, watched {watched}",
         slow(&victim)
     );
     let only_victim = pids.iter().all(|p| *p == victim);
@@ -777,7 +892,8 @@ fn no_btf(bin: &Path) -> Outcome {
             let lines = agent.log_lines(|l| {
                 (l.contains(" WARN ") || l.contains(" ERROR ")) && l.to_lowercase().contains("btf")
             });
-            let tcp = resets_inner(&agent, 1, 1);
+            let tcp = resets_inner(&agent, 1, 1)
+                .map(|o| unless_down(&agent, &["tcp_rst_sent", "tcp_rst_received"], o));
             let log = agent.log_lines(|_| true);
             agent.stop();
             emit_log("nobtf", &log);
@@ -797,6 +913,11 @@ fn no_btf(bin: &Path) -> Outcome {
                     ),
                     json!({"btf_lines": lines.len(), "resets": o.data}),
                 ),
+                (Some(said), Ok(o)) if o.status == Status::Degraded => Outcome {
+                    status: Status::Degraded,
+                    text: format!("said \"{said}\"; TCP: {}", o.text),
+                    data: json!({"btf_lines": lines.len(), "resets": o.data, "down": o.data["down"]}),
+                },
                 (Some(said), Ok(o)) => fail(
                     format!("said \"{said}\", but TCP counters wrong: {}", o.text),
                     json!({"btf_lines": lines.len(), "resets": o.data}),

@@ -65,6 +65,11 @@ const CHECKS: &[(&str, &str)] = &[
     ("no_btf", "BTF hidden"),
 ];
 
+/// Features that may be off in a cell: (kernel line, check, probe, the kernel fact that makes it
+/// so). A degraded cell is accepted only when every feature it reports off is listed for its
+/// kernel and check; otherwise it is red. Empty: every feature is expected everywhere.
+const MAY_BE_OFF: &[(&str, &str, &str, &str)] = &[];
+
 const README_BEGIN: &str = "<!-- kernels:begin (written by `cargo xtask kernels`; do not edit) -->";
 const README_END: &str = "<!-- kernels:end -->";
 
@@ -215,8 +220,29 @@ fn one_kernel(
         };
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) {
             let check = v["check"].as_str().unwrap_or("?").to_owned();
-            let status = Status::parse(v["status"].as_str().unwrap_or(""));
-            let text = v["text"].as_str().unwrap_or("").to_owned();
+            let mut status = Status::parse(v["status"].as_str().unwrap_or(""));
+            let mut text = v["text"].as_str().unwrap_or("").to_owned();
+            if status == Status::Degraded {
+                let unexpected: Vec<&str> = v["data"]["down"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str())
+                    .filter(|p| {
+                        !MAY_BE_OFF
+                            .iter()
+                            .any(|(l, c, q, _)| *l == kernel.label && *c == check && q == p)
+                    })
+                    .collect();
+                if !unexpected.is_empty() {
+                    status = Status::Fail;
+                    text = format!(
+                        "not expected off on {}: {}; {text}",
+                        kernel.label,
+                        unexpected.join(", ")
+                    );
+                }
+            }
             cells.insert(check, (status, text));
         }
     }
