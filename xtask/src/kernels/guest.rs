@@ -245,6 +245,20 @@ impl Agent {
     fn stop(self) {}
 }
 
+/// The message of a `tracing` fmt line: without timestamp, level and target.
+fn log_message(line: &str) -> &str {
+    let Some(rest) = [" ERROR ", " WARN ", " INFO ", " DEBUG "]
+        .iter()
+        .find_map(|lvl| line.find(lvl).map(|at| line[at + lvl.len()..].trim_start()))
+    else {
+        return line;
+    };
+    match rest.split_once(": ") {
+        Some((target, msg)) if !target.contains(' ') => msg,
+        _ => rest,
+    }
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -382,7 +396,7 @@ fn probes_down(agent: &Agent) -> Result<BTreeMap<String, String>> {
             let why = log
                 .iter()
                 .find(|l| l.contains(p.as_str()))
-                .map(|l| l.split_once(' ').map_or(l.as_str(), |(_, r)| r).to_owned())
+                .map(|l| log_message(l).to_owned())
                 .unwrap_or_else(|| NO_REASON.to_owned());
             (p, why)
         })
@@ -897,9 +911,7 @@ fn no_btf(bin: &Path) -> Outcome {
             let log = agent.log_lines(|_| true);
             agent.stop();
             emit_log("nobtf", &log);
-            let said = lines
-                .first()
-                .map(|l| l.split_once(' ').map_or(l.as_str(), |(_, r)| r).to_owned());
+            let said = lines.first().map(|l| log_message(l).to_owned());
             match (said, tcp) {
                 (None, _) => fail(
                     "agent up, but no warning names the missing BTF".into(),
@@ -931,4 +943,21 @@ fn no_btf(bin: &Path) -> Outcome {
     };
     let _ = Command::new("umount").arg("/sys/kernel/btf").status();
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_message_drops_timestamp_level_and_target() {
+        assert_eq!(
+            log_message("2026-12-01T09:00:00.1Z  WARN agent::probes: kernel BTF is missing: x"),
+            "kernel BTF is missing: x"
+        );
+        assert_eq!(
+            log_message("kernelsight-agent: error: no tracefs"),
+            "kernelsight-agent: error: no tracefs"
+        );
+    }
 }
