@@ -146,6 +146,7 @@ pub fn run(env: &Env, args: KernelsArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    let _one_at_a_time = lock(&env.root.join(".tools/kernels/run.lock"))?;
     let kernels = apt::kernels(&env.root.join(".tools"), &lines, args.refresh)?;
     let driver = std::env::current_exe().context("locating the xtask binary (the guest driver)")?;
     let out = env.root.join("target/kernels");
@@ -185,6 +186,28 @@ pub fn run(env: &Env, args: KernelsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One matrix run at a time per tree (qemu TCG takes a whole core; the apt state and the
+/// initramfs files are shared): an exclusive flock, held until the returned file is dropped.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(path.parent().expect("lock file has a parent"))?;
+    let f = std::fs::File::create(path)?;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        step(format!(
+            "kernels: another `cargo xtask kernels` runs in this tree; waiting for {}",
+            path.display()
+        ));
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "flock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(f)
 }
 
 fn one_kernel(
