@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result, bail};
 use super::apt::Kernel;
 
 /// Modules the guest loads (with their dependencies, in order): nf_tables for the input-hook
-/// drop that makes real retransmits.
-const MODULES: &[&str] = &["nf_tables"];
+/// drop that makes real retransmits; virtio_blk for `--dump`'s output disk.
+const MODULES: &[&str] = &["nf_tables", "virtio_pci", "virtio_blk"];
 
 /// Where the pieces live inside the guest.
 pub const GUEST_AGENT: &str = "/ks/kernelsight-agent";
@@ -38,6 +38,20 @@ for m in $(cat /modules/order); do
   insmod /modules/$m.ko || echo "KSINFO insmod $m failed"
 done
 ip link set lo up
+# `--dump`: the kernel's tracepoint layouts and BTF, as a tar on the virtio disk, instead of the checks.
+if grep -q ks.dump /proc/cmdline; then
+  R=$(uname -r); D=/tmp/dump/$R; mkdir -p $D
+  T=/sys/kernel/tracing; [ -d $T/events ] || T=/sys/kernel/debug/tracing
+  for c in tcp sock sched; do
+    for e in $T/events/$c/*/; do
+      n=$(basename $e); mkdir -p $D/events/$c/$n; cp $e/format $D/events/$c/$n/format
+    done
+  done
+  cp /sys/kernel/btf/vmlinux $D/vmlinux.btf
+  cat /proc/version > $D/version
+  (cd /tmp/dump && tar cf /dev/vda $R) && echo "KSINFO dump written"
+  poweroff -f
+fi
 /ks/driver kernel-guest --agent /ks/kernelsight-agent
 echo "KSINFO driver exited with $?"
 dmesg | tail -n 40 | sed 's/^/KSDMESG /'

@@ -91,6 +91,10 @@ pub struct KernelsArgs {
     /// Do not touch README.md.
     #[arg(long)]
     pub no_readme: bool,
+    /// Instead of the checks: copy each kernel's tcp/sock/sched tracepoint formats, its BTF
+    /// (/sys/kernel/btf/vmlinux) and its config into DIR/<uname -r>/.
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
     /// Bound per kernel, boot to power-off, in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -105,6 +109,7 @@ impl KernelsArgs {
             refresh: false,
             readme: false,
             no_readme: true,
+            dump: None,
             timeout: 120,
         }
     }
@@ -150,6 +155,12 @@ pub fn run(env: &Env, args: KernelsArgs) -> Result<()> {
     let kernels = apt::kernels(&env.root.join(".tools"), &lines, args.refresh)?;
     let driver = std::env::current_exe().context("locating the xtask binary (the guest driver)")?;
     let out = env.root.join("target/kernels");
+    if let Some(dir) = &args.dump {
+        for kernel in &kernels {
+            dump(kernel, &agent, &driver, &out, dir, args.timeout)?;
+        }
+        return Ok(());
+    }
     let mut rows = Vec::new();
     for kernel in kernels {
         rows.push(one_kernel(&kernel, &agent, &driver, &out, args.timeout)?);
@@ -222,6 +233,7 @@ fn one_kernel(
     let initrd = dir.join("initrd.cpio");
     initramfs::build(kernel, agent, driver, &initrd)
         .with_context(|| format!("building the initramfs for {}", kernel.release))?;
+    let _ = std::fs::remove_file(dir.join("dump.img"));
     step(format!(
         "kernels: booting {} ({} {}) under qemu TCG, at most {timeout} s",
         kernel.release, kernel.package, kernel.version
@@ -232,6 +244,7 @@ fn one_kernel(
         &initrd,
         &console,
         Duration::from_secs(timeout),
+        None,
     )?;
     let mut cells = BTreeMap::new();
     for line in boot.console.lines() {
@@ -307,6 +320,61 @@ fn one_kernel(
         cells,
         secs: boot.secs,
     })
+}
+
+/// `--dump`: boots the kernel with an output disk; the guest writes a tar of its tracepoint
+/// formats and BTF there, which lands in `dest/<uname -r>/` with the package's config beside it.
+fn dump(
+    kernel: &apt::Kernel,
+    agent: &Path,
+    driver: &Path,
+    out: &Path,
+    dest: &Path,
+    timeout: u64,
+) -> Result<()> {
+    let dir = out.join(&kernel.release);
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initrd.cpio");
+    initramfs::build(kernel, agent, driver, &initrd)?;
+    let disk = dir.join("dump.img");
+    let f = std::fs::File::create(&disk)?;
+    f.set_len(64 << 20)?;
+    drop(f);
+    let console = dir.join("console.log");
+    let boot = qemu::boot(
+        &kernel.vmlinuz(),
+        &initrd,
+        &console,
+        Duration::from_secs(timeout),
+        Some(&disk),
+    )?;
+    if !boot.console.contains("KSINFO dump written") {
+        bail!(
+            "{}: the guest wrote no dump (console in {})",
+            kernel.release,
+            console.display()
+        );
+    }
+    std::fs::create_dir_all(dest)?;
+    run_cmd(
+        std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(&disk)
+            .arg("-C")
+            .arg(dest),
+    )?;
+    let target = dest.join(&kernel.release);
+    std::fs::copy(
+        kernel.tree.join(format!("boot/config-{}", kernel.release)),
+        target.join("config"),
+    )?;
+    let _ = std::fs::remove_file(&disk);
+    step(format!(
+        "kernels: {} formats, BTF and config in {}",
+        kernel.label,
+        target.display()
+    ));
+    Ok(())
 }
 
 fn cell_text(s: &str) -> String {

@@ -15,9 +15,24 @@ pub struct Boot {
     pub timed_out: bool,
 }
 
-pub fn boot(vmlinuz: &Path, initrd: &Path, console: &Path, limit: Duration) -> Result<Boot> {
+/// Boots `vmlinuz` with `initrd`; with `disk`, that raw file is the guest's /dev/vda and the
+/// kernel command line carries `ks.dump` (see the initramfs's init).
+pub fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    console: &Path,
+    limit: Duration,
+    disk: Option<&Path>,
+) -> Result<Boot> {
     let _ = std::fs::remove_file(console);
-    let child = Command::new("qemu-system-x86_64")
+    let mut append = "console=ttyS0 panic=-1 quiet loglevel=3".to_owned();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    if let Some(disk) = disk {
+        cmd.arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()));
+        append.push_str(" ks.dump");
+    }
+    let child = cmd
         // cx16 off: with Debian 12's qemu 7.2, TCG guests died at random right after SLUB's
         // cmpxchg16b (EFLAGS came back holding a pointer; double fault, or a hang at boot),
         // about one boot in three on this machine; without cx16 the kernel takes its lock
@@ -31,7 +46,8 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, console: &Path, limit: Duration) -> R
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .arg("-append")
+        .arg(&append)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
