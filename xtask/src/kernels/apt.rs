@@ -180,10 +180,13 @@ impl Apt {
             .arg(opt("Dir::Cache", &d.join("cache")))
             // Our own state directory: the machine's apt lock is not ours to take.
             .args(["-o", "Debug::NoLocking=1"])
-            // Files land in .tools (owned by whoever runs this), not in _apt's sandbox.
-            .args(["-o", "APT::Sandbox::User=root"])
             .args(["-o", "Acquire::Languages=none", "-o", "Acquire::PDiffs=false"])
             .env("DEBIAN_FRONTEND", "noninteractive");
+        // Files land in .tools (owned by whoever runs this); as root, apt would otherwise drop
+        // to _apt, which cannot write there.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-o", "APT::Sandbox::User=root"]);
+        }
         // Only Packages indexes: the machine's apt.conf.d may enable AppStream metadata.
         for target in [
             "DEP-11",

@@ -86,7 +86,7 @@ pub fn run(args: GuestArgs) -> Result<()> {
                 emit(name, o.status, &o.text, o.data);
             }
             let warnings = a.log_lines(|l| l.contains(" WARN ") || l.contains(" ERROR "));
-            a.stop();
+            drop(a); // SIGTERM, then SIGKILL (Proc)
             emit_log("main", &warnings);
         }
         Err(failure) => {
@@ -238,8 +238,6 @@ impl Agent {
             .filter(|l| keep(l))
             .collect()
     }
-
-    fn stop(self) {}
 }
 
 /// The message of a `tracing` fmt line: without timestamp, level and target.
@@ -917,7 +915,7 @@ fn no_btf(bin: &Path) -> Outcome {
             });
             let tcp = resets_inner(&agent, 1, 1).map(|o| unless_down(&agent, RST_PROBES, o));
             let log = agent.log_lines(|_| true);
-            agent.stop();
+            drop(agent);
             emit_log("nobtf", &log);
             let said = lines.first().map(|l| log_message(l).to_owned());
             match (said, tcp) {
