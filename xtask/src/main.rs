@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask setup` installs what the build and tests need (idempotent, cached
 //! in `.tools/`); `run` starts the game server and the agent; `test` runs the whole suite.
 mod bench;
+mod kernels;
 mod redis;
 mod scenario;
 mod setup;
@@ -44,6 +45,12 @@ enum Cmd {
         #[arg(long)]
         seconds: u64,
     },
+    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels under qemu and check the agent on each
+    /// (prints a kernel × check matrix, writes it into README.md).
+    Kernels(kernels::KernelsArgs),
+    /// The test driver inside a `kernels` guest (internal).
+    #[command(hide = true)]
+    KernelGuest(kernels::guest::GuestArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +63,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Lint => setup::run().and_then(|env| tasks::lint(&env)),
         Cmd::Bench(args) => setup::run().and_then(|env| bench::run(&env, args)),
         Cmd::SchedWorkload { seconds } => bench::sched_workload(seconds),
+        Cmd::Kernels(args) => setup::run().and_then(|env| kernels::run(&env, args)),
+        Cmd::KernelGuest(args) => kernels::guest::run(args),
         // With --no-build (the test suite) the set-up has been done by whoever built the binaries.
         Cmd::Scenario(args) if args.no_build => scenario::run(&setup::Env::here(), args),
         Cmd::Scenario(args) => setup::run().and_then(|env| scenario::run(&env, args)),

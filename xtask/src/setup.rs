@@ -38,6 +38,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "redis-server",
         "the game server's Redis (tests, scenarios and `xtask run` start private instances)",
     ),
+    (
+        "qemu-system-x86",
+        "kernel matrix: boots Debian's 5.10/6.1/6.12 kernels (TCG)",
+    ),
+    ("busybox-static", "kernel matrix: the guests' userland"),
+    ("xz-utils", "kernel matrix: 6.12's modules ship as .ko.xz"),
 ];
 
 /// What later steps need to know about the set-up.

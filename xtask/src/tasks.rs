@@ -131,7 +131,7 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
     build(env)?;
     step("running the test suite");
     // --no-fail-fast: one failing test binary must not hide the results of the others.
-    run_cmd(
+    let tests = run_cmd(
         env.cargo()
             .args([
                 "test",
@@ -141,5 +141,18 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
                 "--no-fail-fast",
             ])
             .args(&args.rest),
-    )
+    );
+    if !args.rest.is_empty() {
+        step("kernel matrix skipped: cargo test arguments were given");
+        return tests;
+    }
+    // The host kernel is covered above; the kernels users' nodes run, each in a qemu guest.
+    step("running the kernel matrix (5.10, 6.1, 6.12 under qemu)");
+    let kernels = crate::kernels::run(env, crate::kernels::KernelsArgs::ci());
+    match (tests, kernels) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(t), Ok(())) => Err(t),
+        (Ok(()), Err(k)) => Err(k),
+        (Err(t), Err(k)) => bail!("{t:#}\n{k:#}"),
+    }
 }
