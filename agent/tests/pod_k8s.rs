@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::pod::k8s::{K8sArgs, PodDirectory, start, watch_node};
+use agent::transforms::pod::k8s::{K8sArgs, PodDirectory, start, watch_node};
 use axum::{
     Router,
     body::Body,

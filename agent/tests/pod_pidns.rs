@@ -7,8 +7,8 @@ mod pod_support;
 use std::time::{Duration, Instant};
 
 use agent::transforms::pod::{
-    origin::Scope,
     pidns::{HostIds, Limits, Miss, PidTranslator},
+    scope::Scope,
 };
 use common::require_root;
 use pod_support::{CgroupParent, PodProc, pod_ids};

@@ -216,6 +216,7 @@ mod tests {
             cookie: 0,
             segs: 3,
             reason: 0,
+            netns: 0,
         })
     }
 

@@ -17,7 +17,8 @@ pub struct CgroupParent(pub PathBuf);
 
 impl CgroupParent {
     pub fn new(name: &str) -> Self {
-        let dir = agent::transforms::pod::cgroup2_root().join(format!("{name}-{}", std::process::id()));
+        let dir =
+            agent::transforms::pod::cgroup2_root().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::create_dir(&dir);
         assert!(
             dir.join("cgroup.procs").exists(),
@@ -68,12 +69,35 @@ fn remove_tree(dir: &Path) {
 }
 
 const SCRIPT: &str = r#"
-import ctypes, os, sys, threading
+import ctypes, os, socket, struct, sys, threading, time
 libc = ctypes.CDLL(None)
+spin = len(sys.argv) > 2 and sys.argv[2] == "spin"
 def worker(i, ready, stop):
     libc.prctl(15, b"ks-w%d" % i, 0, 0, 0)
     ready.append((i, threading.get_native_id()))
+    if spin:
+        while not stop.is_set():
+            pass
     stop.wait()
+def tcp(how):
+    # One connection on this namespace's own 127.0.0.1:6379, from a fixed client port, so
+    # that two namespaces make the very same 4-tuple; aborted (RST) or closed cleanly.
+    SO = socket.SOL_SOCKET
+    l = socket.socket(); l.setsockopt(SO, socket.SO_REUSEADDR, 1)
+    l.bind(("127.0.0.1", 6379)); l.listen(1)
+    c = socket.socket(); c.setsockopt(SO, socket.SO_REUSEADDR, 1)
+    c.bind(("127.0.0.1", 40000)); c.connect(("127.0.0.1", 6379))
+    s, _ = l.accept()
+    c.sendall(b"PING\r\n"); s.recv(16); s.sendall(b"+PONG\r\n"); c.recv(16)
+    if how == "abort":
+        s.setsockopt(SO, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    time.sleep(0.2)
+    try:
+        c.recv(16)
+    except OSError:
+        pass
+    c.close(); l.close()
 stops = {}
 def start(i):
     ready = []
@@ -86,7 +110,10 @@ tids = [start(i) for i in range(int(sys.argv[1]))]
 print(os.getpid(), *tids, flush=True)
 for line in sys.stdin:
     cmd, i = line.split()
-    if cmd == "start":
+    if cmd == "tcp":
+        tcp(i)
+        print("done", flush=True)
+    elif cmd == "start":
         print(start(int(i)), flush=True)
     elif cmd == "stop":
         stops[int(i)].set()
@@ -113,6 +140,11 @@ impl PodProc {
     /// Starts `threads` named threads in a new pid namespace in `cgroup`; with `netns`, inside
     /// that network namespace (`ip netns` name).
     pub fn start(cgroup: &Path, threads: usize, netns: Option<&str>) -> Self {
+        Self::start_with(cgroup, threads, netns, false)
+    }
+
+    /// As [`PodProc::start`]; with `spin`, the workers burn CPU instead of sleeping.
+    pub fn start_with(cgroup: &Path, threads: usize, netns: Option<&str>, spin: bool) -> Self {
         let procs = cgroup.join("cgroup.procs");
         let prefix = netns
             .map(|n| format!("ip netns exec {n} "))
@@ -120,9 +152,10 @@ impl PodProc {
         let mut unshare = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "echo $$ > {} && exec {prefix}unshare --pid --fork --mount-proc {} -c \"$0\" {threads}",
+                "echo $$ > {} && exec {prefix}unshare --pid --fork --mount-proc {} -c \"$0\" {threads} {}",
                 procs.display(),
-                python()
+                python(),
+                if spin { "spin" } else { "idle" }
             ))
             .arg(SCRIPT)
             .stdin(Stdio::piped())
@@ -178,6 +211,12 @@ impl PodProc {
         self.command(&format!("start {i}")).parse().unwrap()
     }
 
+    /// One connection on the namespace's own 127.0.0.1:6379 from 127.0.0.1:40000, aborted
+    /// with an RST (`abort`) or closed cleanly (`close`).
+    pub fn tcp(&mut self, how: &str) {
+        assert_eq!(self.command(&format!("tcp {how}")), "done");
+    }
+
     /// Ends worker `i` (and waits until it is gone from /proc).
     pub fn stop_thread(&mut self, i: usize) {
         let host = self.host_tid(i);
@@ -213,4 +252,29 @@ pub fn pod_ids(n: u32) -> (String, String) {
         format!("{p:08x}-0000-4000-8000-{n:012x}"),
         format!("{p:08x}{n:08x}c0ffee00c0ffee00"),
     )
+}
+
+/// A network namespace (`ip netns`), with its loopback up; deleted on drop.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    pub fn new(name: &str) -> Self {
+        let name = format!("{name}-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            assert!(
+                Command::new("ip").args(args).status().unwrap().success(),
+                "ip {args:?}"
+            )
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ok(&["netns", "add", &name]);
+        ok(&["-n", &name, "link", "set", "lo", "up"]);
+        Self(name)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }

@@ -19,7 +19,7 @@ use kube::{
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
 
-use super::origin::normalise_container_id;
+use crate::shared::origin::normalise_container_id;
 
 /// How long a deleted pod stays known.
 pub const GONE_KEEP: Duration = Duration::from_secs(300);
@@ -93,7 +93,7 @@ impl PodMeta {
     pub fn container_in(&self, cgroup_path: &str) -> Option<&str> {
         self.containers.iter().find_map(|(name, id)| {
             let id = id.as_deref()?;
-            super::origin::Scope::Container(id.to_owned())
+            super::scope::Scope::Container(id.to_owned())
                 .matches(cgroup_path)
                 .then_some(name.as_str())
         })

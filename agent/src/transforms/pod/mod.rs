@@ -4,8 +4,9 @@
 //! `process.pid`/`thread.id`, the pod's addresses). This module translates once, at the edge,
 //! so that the correlator only ever compares like with like:
 //!
-//! - [`origin`]: what a span says about where it comes from (`container.id`, `k8s.pod.uid`,
-//!   `k8s.container.name`: OTel resource attributes the pod sets from the downward API).
+//! - [`scope`]: which processes a span's ids are numbers among, from what its resource says
+//!   about its origin (`container.id`, `k8s.pod.uid`, `k8s.container.name`: OTel resource
+//!   attributes the pod sets from the downward API; see `shared::origin`).
 //! - [`pidns`]: (origin, ns-local pid/tid) → host tgid/tid, from `NStgid`/`NSpid` in
 //!   `/proc/<pid>/status` of the processes in the origin's cgroups.
 //! - [`netns`]: the network namespace of a process (span side) or of a socket's owner (kernel
@@ -18,8 +19,8 @@
 //! and the per-netns `/proc/<pid>/net/*` entries need no such access.
 pub mod k8s;
 pub mod netns;
-pub mod origin;
 pub mod pidns;
+pub mod scope;
 
 use std::path::Path;
 

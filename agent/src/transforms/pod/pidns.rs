@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{cgroup_path, ns_ids, numeric_entries, origin::Scope};
+use super::{cgroup_path, ns_ids, numeric_entries, scope::Scope};
 
 /// Host ids of a span's thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +43,11 @@ pub enum Miss {
     Ambiguous,
     /// The process has no thread with this tid.
     NoThread,
-    /// A span without an origin names a pid that is not a process of the agent's pid namespace.
+    /// A span without an origin names a pid that is a process in a child pid namespace (a
+    /// pod's process, seen by its host pid, which the pod itself never reports).
     NotHostPid,
+    /// A span without an origin names a pid that is not (or no longer) a process here.
+    Gone,
 }
 
 impl Miss {
@@ -55,6 +58,7 @@ impl Miss {
             Miss::Ambiguous => "ambiguous",
             Miss::NoThread => "no_thread",
             Miss::NotHostPid => "not_host_pid",
+            Miss::Gone => "gone",
         }
     }
 }
@@ -132,11 +136,14 @@ impl PidTranslator {
     ) -> Result<HostIds, Miss> {
         let host_pid = match scope {
             None => {
-                let depth = self.status(pid, None).and_then(|s| ns_ids(&s, "NStgid"));
-                match depth {
-                    Some(ids) if ids.len() == self.own_depth && ids[0] == pid => pid,
-                    _ => return Err(Miss::NotHostPid),
+                let ids = self
+                    .status(pid, None)
+                    .and_then(|s| ns_ids(&s, "NStgid"))
+                    .ok_or(Miss::Gone)?;
+                if ids.len() != self.own_depth || ids[0] != pid {
+                    return Err(Miss::NotHostPid);
                 }
+                pid
             }
             Some(scope) => self.host_tgid(scope, pid, now)?,
         };
@@ -373,10 +380,7 @@ mod tests {
             t.translate(None, me, Some(u32::MAX - 1), now),
             Err(Miss::NoThread)
         );
-        assert_eq!(
-            t.translate(None, u32::MAX - 1, None, now),
-            Err(Miss::NotHostPid)
-        );
+        assert_eq!(t.translate(None, u32::MAX - 1, None, now), Err(Miss::Gone));
         // A pod that is not on this node.
         let nowhere = Scope::Pod("00000000-0000-0000-0000-000000000000".into());
         assert_eq!(
