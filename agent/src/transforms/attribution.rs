@@ -94,6 +94,8 @@ pub struct Attribution {
     pods: Mutex<PidCache<String>>,
     /// (pid, tid) → is that a thread of that process.
     threads: Mutex<HashMap<(u32, u32), bool>>,
+    /// pid → cgroup path ("" when unknown): the pod and container of a process.
+    paths: Mutex<PidCache<String>>,
     /// Pod mode: spans' namespace-local ids → host ids; network namespaces; pods by the API.
     ids: Mutex<PidTranslator>,
     netns: Mutex<NetNsCache>,
@@ -114,6 +116,9 @@ impl Attribution {
     /// With the pods of this node from the Kubernetes API (see `pod::k8s`).
     pub fn with_pods(pods: PodDirectory) -> Self {
         Self {
+            paths: Mutex::new(PidCache::new(|pid| {
+                super::pod::cgroup_path(Path::new("/proc"), pid).unwrap_or_default()
+            })),
             ids: Mutex::new(PidTranslator::default()),
             netns: Mutex::new(NetNsCache::default()),
             cgroups: Mutex::new(PidCache::new(|pid| cgroup_id_of(pid).unwrap_or(0))),
@@ -208,7 +213,11 @@ impl Identify for Attribution {
     }
 
     fn pod(&self, pid: u32) -> Option<PodLabels> {
-        let path = super::pod::cgroup_path(Path::new("/proc"), pid)?;
+        let path = self
+            .paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid);
         let uid = pod_uid_from_cgroup_path(&path)?;
         let mut labels = PodLabels {
             uid,

@@ -2,6 +2,7 @@
 //! fault with known ground truth (what, when, toward which endpoint), and a comparison of what
 //! the agent detected against it: time to detect, right class and subject, false alarms.
 mod dependency;
+mod pod;
 
 use std::{
     io::{Read as _, Write as _},
@@ -102,6 +103,11 @@ pub struct ScenarioArgs {
     /// Seconds of normal load after the fault.
     #[arg(long, default_value_t = 10)]
     pub after: u64,
+    /// Pod mode: the game server and its dependency run like a container (own pid, mount,
+    /// network and cgroup namespaces, a veth to the host), the agent with only the DaemonSet's
+    /// capabilities and `--cgroup` selection.
+    #[arg(long)]
+    pub pod: bool,
 }
 
 struct Bins {
@@ -197,6 +203,8 @@ enum Fault {
     None,
     Resetting(Arc<Dependency>),
     Nft,
+    /// nft table in the pod's network namespace (named).
+    NftIn(String),
     /// Held so that ending the fault (drop) stops them.
     Hogs(#[allow(dead_code)] Vec<Proc>),
 }
@@ -207,6 +215,11 @@ impl Drop for Fault {
             Fault::Resetting(dep) => dep.set_resetting(false),
             Fault::Nft => {
                 let _ = nft("delete table inet ks_scenario\n");
+            }
+            Fault::NftIn(netns) => {
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", netns, "nft", "delete", "table", "inet", "ks_scenario"])
+                    .status();
             }
             Fault::None | Fault::Hogs(_) => {}
         }
@@ -246,6 +259,10 @@ struct RunReport {
     bots: Value,
     /// Connections the dependency reset (ground truth for rst-storm).
     dependency_resets: u64,
+    /// Whether the server ran in a pod (`--pod`).
+    pod: bool,
+    /// The agent's span counters at the end: received, joined by runq / tcp.
+    spans: Value,
 }
 
 impl RunReport {
@@ -272,14 +289,26 @@ impl RunReport {
             "unrelated": self.unrelated.iter().map(seen).collect::<Vec<_>>(),
             "bots": self.bots,
             "dependency_resets": self.dependency_resets,
+            "mode": if self.pod { "pod" } else { "host" },
+            "spans": self.spans,
         })
     }
 }
 
 fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
-    let dep = Arc::new(Dependency::start()?);
-    let (agent_http, otlp_grpc, otlp_http, game) =
+    // Pod mode: made first, so that it is undone last (after every process is gone).
+    let pod = a.pod.then(|| pod::Pod::create(kind as u32)).transpose()?;
+    let dep = Arc::new(match &pod {
+        Some(p) => p.in_netns(Dependency::start)??,
+        None => Dependency::start()?,
+    });
+    let (agent_http, otlp_grpc, mut otlp_http, mut game) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    if let Some(p) = &pod {
+        // The pod reaches the agent on the host side of its veth.
+        otlp_http = TcpListener::bind((p.host_ip, 0))?.local_addr()?;
+        game = p.game_addr();
+    }
     let data = std::env::temp_dir().join(format!(
         "ks-scenario-{}-{}",
         std::process::id(),
@@ -291,8 +320,16 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         Ok(std::fs::File::create(data.join(format!("{name}.log")))?)
     };
 
+    let mut agent_cmd = match &pod {
+        Some(_) => pod::daemonset_caps_command(&bins.agent)?,
+        None => Command::new(&bins.agent),
+    };
+    match &pod {
+        Some(p) => agent_cmd.arg("--cgroup").arg(&p.cgroup_parent),
+        None => agent_cmd.args(["--comm", "game-server"]),
+    };
     let mut agent = Proc(
-        Command::new(&bins.agent)
+        agent_cmd
             .args(["--http-addr", &agent_http.to_string()])
             .args([
                 "--otlp-grpc-addr",
@@ -300,15 +337,22 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
                 "--otlp-http-addr",
                 &otlp_http.to_string(),
             ])
-            .args(["--comm", "game-server"])
             .env("RUST_LOG", "info")
             .stderr(logs("agent")?)
             .spawn()
             .context("starting the agent")?,
     );
     wait_ready(agent_http, "the agent", &mut agent)?;
+    let mut server_cmd = match &pod {
+        Some(p) => {
+            let mut c = p.container_command(&bins.server);
+            c.env("OTEL_RESOURCE_ATTRIBUTES", p.resource_attributes());
+            c
+        }
+        None => Command::new(&bins.server),
+    };
     let mut server = Proc(
-        Command::new(&bins.server)
+        server_cmd
             .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
             .arg(&data)
             .args(["--dependency-addr", &dep.addr.to_string()])
@@ -321,8 +365,14 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             .spawn()
             .context("starting the game server")?,
     );
-    wait_ready(game, "the game server", &mut server)?;
-    let server_pid = server.0.id();
+    let server_pid = match &pod {
+        // The subject of a cpu_contention incident is the host pid the kernel reports.
+        Some(p) => p.wait_ready(&mut server)?,
+        None => {
+            wait_ready(game, "the game server", &mut server)?;
+            server.0.id()
+        }
+    };
 
     let total = a.warmup + a.fault + a.after;
     let bots = Proc(
@@ -365,6 +415,17 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
                 Some(format!("ep:{}", dep.addr)),
             )
         }
+        Kind::PacketLoss if pod.is_some() => {
+            let p = pod.as_ref().expect("pod mode");
+            p.nft(&format!(
+                "add table inet ks_scenario\n\
+                 add chain inet ks_scenario input {{ type filter hook input priority 0; policy accept; }}\n\
+                 add rule inet ks_scenario input ip daddr {} tcp dport {} drop\n",
+                p.pod_ip,
+                game.port()
+            ))?;
+            (Fault::NftIn(p.netns.clone()), Some(format!("ep:{}", p.pod_ip)))
+        }
         Kind::PacketLoss => {
             nft(&format!(
                 "add table inet ks_scenario\n\
@@ -404,6 +465,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     }
     stop.store(true, Ordering::SeqCst);
     let _ = watcher.join();
+    let spans = pod::span_counts(agent_http);
     drop((bots, server, agent));
 
     let seen = seen.lock().expect("not poisoned").clone();
@@ -459,6 +521,8 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         unrelated,
         bots,
         dependency_resets,
+        pod: pod.is_some(),
+        spans,
     })
 }
 
@@ -497,12 +561,20 @@ unsafe extern "C" {
 }
 
 fn print_table(reports: &[RunReport]) {
-    println!("\n| scenario | expected | detected | subject | time to detect | false alarms |");
-    println!("|---|---|---|---|---:|---:|");
+    println!(
+        "\n| scenario | mode | expected | detected | subject | time to detect | false alarms | spans received | joined runq | joined tcp |"
+    );
+    println!("|---|---|---|---|---|---:|---:|---:|---:|---:|");
     for r in reports {
+        let n = |k: &str| {
+            r.spans[k]
+                .as_f64()
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.kind.name(),
+            if r.pod { "pod" } else { "host" },
             r.kind.expected_class().unwrap_or("nothing"),
             r.detected.as_ref().map(|d| d.class.as_str()).unwrap_or("-"),
             r.detected
@@ -512,7 +584,10 @@ fn print_table(reports: &[RunReport]) {
             r.ttd_s()
                 .map(|t| format!("{t:.1} s"))
                 .unwrap_or_else(|| "-".into()),
-            r.false_alarms.len()
+            r.false_alarms.len(),
+            n("received"),
+            n("joined_runq"),
+            n("joined_tcp"),
         );
         for f in &r.false_alarms {
             let at = (f.first_seen_unix_ns as f64 - r.fault_start_unix_ns as f64) / 1e9;
