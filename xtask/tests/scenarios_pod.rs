@@ -27,7 +27,10 @@ fn run(kind: &str) -> Value {
         .output()
         .expect("run xtask scenario");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "xtask scenario --pod {kind} failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "xtask scenario --pod {kind} failed:\n{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut reports: Vec<Value> =
         serde_json::from_str(stdout.lines().last().unwrap_or("[]")).expect("JSON report");
@@ -51,7 +54,10 @@ fn run(kind: &str) -> Value {
         "{kind}: subject {subject}"
     );
     let ttd = r["time_to_detect_s"].as_f64().unwrap();
-    assert!(ttd <= MAX_TIME_TO_DETECT_S, "{kind}: detected after {ttd:.1} s");
+    assert!(
+        ttd <= MAX_TIME_TO_DETECT_S,
+        "{kind}: detected after {ttd:.1} s"
+    );
     assert_eq!(
         r["spans"]["ids_unresolved"].as_f64(),
         Some(0.0),

@@ -218,7 +218,16 @@ impl Drop for Fault {
             }
             Fault::NftIn(netns) => {
                 let _ = Command::new("ip")
-                    .args(["netns", "exec", netns, "nft", "delete", "table", "inet", "ks_scenario"])
+                    .args([
+                        "netns",
+                        "exec",
+                        netns,
+                        "nft",
+                        "delete",
+                        "table",
+                        "inet",
+                        "ks_scenario",
+                    ])
                     .status();
             }
             Fault::None | Fault::Hogs(_) => {}
@@ -424,7 +433,10 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
                 p.pod_ip,
                 game.port()
             ))?;
-            (Fault::NftIn(p.netns.clone()), Some(format!("ep:{}", p.pod_ip)))
+            (
+                Fault::NftIn(p.netns.clone()),
+                Some(format!("ep:{}", p.pod_ip)),
+            )
         }
         Kind::PacketLoss => {
             nft(&format!(

@@ -94,7 +94,14 @@ impl Pod {
         let pod_if = format!("ksp{}", id % 100_000);
         ip(&["netns", "add", &pod.netns])?;
         ip(&[
-            "link", "add", &pod.host_if, "type", "veth", "peer", "name", &pod_if,
+            "link",
+            "add",
+            &pod.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pod_if,
         ])?;
         ip(&["link", "set", &pod_if, "netns", &pod.netns])?;
         ip(&[
@@ -164,10 +171,7 @@ impl Pod {
 
     /// Runs `f` on a thread inside the pod's network namespace: sockets it creates (a
     /// listener, and the connections accepted on it) live there, as a sidecar's would.
-    pub fn in_netns<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T> {
+    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let path = format!("/run/netns/{}", self.netns);
         let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         std::thread::spawn(move || {
@@ -207,9 +211,13 @@ impl Pod {
     /// Host pid of the pod's process named `comm`.
     pub fn host_pid(&self, comm: &str) -> Option<u32> {
         let procs = std::fs::read_to_string(self.container_cgroup.join("cgroup.procs")).ok()?;
-        procs.lines().filter_map(|l| l.parse().ok()).find(|p: &u32| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim_end() == comm)
-        })
+        procs
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .find(|p: &u32| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim_end() == comm)
+            })
     }
 
     /// Waits until the game server listens in the pod (read from its namespace's
@@ -223,15 +231,14 @@ impl Pod {
         );
         while Instant::now() < deadline {
             if let Some(pid) = self.host_pid("game-server") {
-                let listening = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
-                    .is_ok_and(|t| {
+                let listening =
+                    std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).is_ok_and(|t| {
                         t.lines().skip(1).any(|l| {
                             let f: Vec<_> = l.split_whitespace().collect();
                             f.len() > 3 && f[1] == want && f[3] == "0A"
                         })
                     });
-                if listening && let Ok((200, _)) = http(self.game_addr(), "GET", "/readyz", None)
-                {
+                if listening && let Ok((200, _)) = http(self.game_addr(), "GET", "/readyz", None) {
                     return Ok(pid);
                 }
             }
