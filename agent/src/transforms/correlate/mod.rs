@@ -473,7 +473,7 @@ impl Correlator {
                     let mut facts = SpanFacts::read(span, res);
                     let r = SpanRef::of(span);
                     // Host terms, once, here: the joins and the detector compare like with like.
-                    let pod = self.to_host(&mut facts, origin.as_ref());
+                    let pod = self.translate_ids(&mut facts, origin.as_ref());
                     if let Some(p) = &pod {
                         add_pod_attributes(span, p);
                     }
@@ -538,7 +538,11 @@ impl Correlator {
     /// Puts a span's `process.pid`/`thread.id` in host terms (a pod's are namespace-local);
     /// ids that cannot be are dropped from the facts (no join) and counted by reason. Returns
     /// the pod the span's process runs in, when it runs in one.
-    fn to_host(&mut self, facts: &mut SpanFacts, origin: Option<&Origin>) -> Option<PodLabels> {
+    fn translate_ids(
+        &mut self,
+        facts: &mut SpanFacts,
+        origin: Option<&Origin>,
+    ) -> Option<PodLabels> {
         let pid = facts.pid?;
         match self.identify.host_ids(origin, pid, facts.tid) {
             Ok((host_pid, host_tid)) => {

@@ -292,16 +292,15 @@ impl PidTranslator {
             self.threads.remove(&host_pid);
             return;
         };
-        if !self.threads.contains_key(&host_pid) && self.threads.len() >= self.limits.max_processes
-        {
-            if let Some(oldest) = self
+        if !self.threads.contains_key(&host_pid)
+            && self.threads.len() >= self.limits.max_processes
+            && let Some(oldest) = self
                 .threads
                 .iter()
                 .min_by_key(|(_, t)| t.scanned)
                 .map(|(k, _)| *k)
-            {
-                self.threads.remove(&oldest);
-            }
+        {
+            self.threads.remove(&oldest);
         }
         let keep_exited = self.limits.keep_exited;
         let max = self.limits.max_threads_per_process;

@@ -96,7 +96,7 @@ mod tests {
             assert!(Scope::Container(CID.into()).matches(path), "{path}");
             assert!(Scope::Pod(UID.into()).matches(path), "{path}");
         }
-        let other = "ffffffffffff".repeat(1);
+        let other = "ffffffffffff".to_owned();
         assert!(!Scope::Container(other).matches(&cgroupfs));
         assert!(!Scope::Pod("0f8c2a54-6a7e-4d3b-9a1e-2b3c4d5e6f71".into()).matches(&systemd));
         assert!(!Scope::Pod(UID.into()).matches("/user.slice/user-0.slice/session-1.scope"));
