@@ -85,6 +85,12 @@ fn pod_mode_surge_and_rst_storm_join_and_detect_as_on_the_host() {
     );
     let before = leftovers();
     let surge = run("surge");
+    // The incident names the pod its pool runs in (the UID from the cgroup: no API here).
+    assert_eq!(
+        surge["detected"]["pod"]["uid"], surge["pod_uid"],
+        "the surge's pod: {}",
+        surge["detected"]
+    );
     assert!(
         surge["spans"]["joined_runq"].as_f64().unwrap_or(0.0) > 0.0,
         "pool spans from the pod got run-queue evidence: {}",

@@ -165,6 +165,8 @@ struct Seen {
     subject: String,
     summary: String,
     first_seen_unix_ns: u64,
+    /// The subject's pod as the agent names it (`uid`, `namespace/name`), when it does.
+    pod: Value,
 }
 
 /// Polls /incidents and remembers when each incident first appeared.
@@ -189,6 +191,7 @@ fn watch_incidents(
                             subject: inc["subject"].as_str().unwrap_or_default().to_owned(),
                             summary: inc["summary"].as_str().unwrap_or_default().to_owned(),
                             first_seen_unix_ns: now,
+                            pod: inc["pod"].clone(),
                         });
                     }
                 }
@@ -268,8 +271,9 @@ struct RunReport {
     bots: Value,
     /// Connections the dependency reset (ground truth for rst-storm).
     dependency_resets: u64,
-    /// Whether the server ran in a pod (`--pod`).
+    /// Whether the server ran in a pod (`--pod`), and the pod's UID.
     pod: bool,
+    pod_uid: Option<String>,
     /// The agent's span counters at the end: received, joined by runq / tcp.
     spans: Value,
 }
@@ -286,7 +290,7 @@ impl RunReport {
     fn json(&self) -> Value {
         let seen = |s: &Seen| {
             let at = (s.first_seen_unix_ns as f64 - self.fault_start_unix_ns as f64) / 1e9;
-            json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at})
+            json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at, "pod": s.pod})
         };
         json!({
             "scenario": self.kind.name(),
@@ -299,6 +303,7 @@ impl RunReport {
             "bots": self.bots,
             "dependency_resets": self.dependency_resets,
             "mode": if self.pod { "pod" } else { "host" },
+            "pod_uid": self.pod_uid,
             "spans": self.spans,
         })
     }
@@ -534,6 +539,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         bots,
         dependency_resets,
         pod: pod.is_some(),
+        pod_uid: pod.as_ref().map(|p| p.pod_uid.clone()),
         spans,
     })
 }
