@@ -85,6 +85,10 @@ pub struct Config {
     /// The page at / (timeline, incidents, trace links).
     #[command(flatten)]
     pub ui: UiArgs,
+
+    /// Pod identity from the Kubernetes API (a watch of this node's pods).
+    #[command(flatten)]
+    pub k8s: crate::transforms::pod::k8s::K8sArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -28,6 +28,7 @@ use crate::{
     transforms::{
         attribution::Attribution,
         correlate::{Correlator, Drain, Intake, KernelFeed, Outputs, store::SpanBudget},
+        pod,
     },
 };
 
@@ -49,7 +50,9 @@ pub async fn run(
     let probe_status = probes.status().to_vec();
     let probes = Arc::new(Mutex::new(probes));
     let kernel: Arc<dyn KernelMaps> = probes.clone();
-    let attribution = Arc::new(Attribution::new());
+    // Pods of this node from the API (or, without one, from cgroup paths alone: one log line).
+    let pods = pod::k8s::start(&cfg.k8s).await;
+    let attribution = Arc::new(Attribution::with_pods(pods));
     let identify: Arc<dyn Identify> = attribution.clone();
 
     let metrics = Metrics::new().reading(Some(kernel.clone()), identify.clone());

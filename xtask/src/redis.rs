@@ -3,7 +3,7 @@
 //! every write (an acknowledged write survives a restart), stopped when dropped, also when the
 //! run fails.
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -11,10 +11,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{Proc, listening};
+use crate::util::{Proc, listening_in};
 
 pub struct Redis {
+    /// Where the game server reaches it.
     pub addr: SocketAddr,
+    /// Where this tool reaches it (`redis-cli`, the fault injector): `addr`, or in pod mode the
+    /// pod's own address through its veth.
+    pub control: SocketAddr,
+    /// Pod mode: the network namespace it runs in.
+    netns: Option<(String, Ipv4Addr)>,
     dir: PathBuf,
     proc: Option<Proc>,
 }
@@ -25,6 +31,25 @@ impl Redis {
         std::fs::create_dir_all(dir)?;
         let mut r = Self {
             addr,
+            control: addr,
+            netns: None,
+            dir: dir.to_owned(),
+            proc: None,
+        };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    /// Pod mode: Redis in the pod's network namespace (`ip netns exec`), listening on the pod's
+    /// 127.0.0.1 for the game server and on `pod_ip` for this tool on the host.
+    pub fn start_in_netns(dir: &Path, netns: &str, pod_ip: Ipv4Addr) -> Result<Self> {
+        // A new network namespace has every port free.
+        let port = 6379;
+        std::fs::create_dir_all(dir)?;
+        let mut r = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            control: SocketAddr::from((pod_ip, port)),
+            netns: Some((netns.to_owned(), pod_ip)),
             dir: dir.to_owned(),
             proc: None,
         };
@@ -33,13 +58,21 @@ impl Redis {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.addr.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
+        let mut cmd = match &self.netns {
+            Some((netns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, "redis-server"]);
+                c
+            }
+            None => Command::new("redis-server"),
+        };
+        let bind = match &self.netns {
+            Some((_, pod_ip)) => format!("127.0.0.1 {pod_ip}"),
+            None => "127.0.0.1".to_owned(),
+        };
+        let child = cmd
+            .args(["--port", &self.addr.port().to_string(), "--bind", &bind])
+            .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .args([
@@ -59,7 +92,10 @@ impl Redis {
         // Wait for LISTEN in /proc/net/tcp: a connect attempt too early would be answered with
         // an RST, which the agent rightly reports.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !listening(self.addr) {
+        // `ip netns exec` execs redis-server in place, so the child's pid is Redis's, and its
+        // /proc/PID/net/tcp shows its own namespace's sockets.
+        let pid = p.0.id();
+        while !listening_in(pid, self.addr) {
             if let Some(status) = p.0.try_wait()? {
                 bail!(
                     "redis-server exited ({status}); see {}",
@@ -78,7 +114,8 @@ impl Redis {
     /// One `redis-cli` command; its reply as text.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .args(["-h", &self.control.ip().to_string()])
+            .args(["-p", &self.control.port().to_string()])
             .args(args)
             .output()
             .context("redis-cli")?;

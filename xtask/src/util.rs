@@ -104,6 +104,15 @@ pub fn http(
 /// attempt, looking does not make the kernel answer with an RST, which the agent would
 /// rightly report.
 pub fn listening(addr: SocketAddr) -> bool {
+    listening_at("/proc/net/tcp", addr)
+}
+
+/// Whether `addr` is in LISTEN in the network namespace of process `pid`.
+pub fn listening_in(pid: u32, addr: SocketAddr) -> bool {
+    listening_at(&format!("/proc/{pid}/net/tcp"), addr)
+}
+
+fn listening_at(table: &str, addr: SocketAddr) -> bool {
     let SocketAddr::V4(v4) = addr else {
         return false;
     };
@@ -112,7 +121,7 @@ pub fn listening(addr: SocketAddr) -> bool {
         u32::from_le_bytes(v4.ip().octets()),
         v4.port()
     );
-    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+    std::fs::read_to_string(table).is_ok_and(|t| {
         t.lines().skip(1).any(|l| {
             let f: Vec<_> = l.split_whitespace().collect();
             f.len() > 3 && f[1] == want && f[3] == "0A"

@@ -6,6 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
+use super::origin::Origin;
 use agent_common::{AF_INET, AF_INET6, COUNTER_MAX, RunqEvent, SockOwner, TcpEvent, TcpEventKind};
 
 /// The process that owns a socket (or ran a thread), as the kernel saw it.
@@ -49,6 +50,8 @@ pub struct TcpRecord {
     pub sock_ino: u64,
     pub segs: u32,
     pub reason: u32,
+    /// The socket's network namespace, from its owner (attribution fills it in; 0: unknown).
+    pub netns: u64,
 }
 
 impl TcpRecord {
@@ -82,6 +85,7 @@ impl TcpRecord {
             sock_ino: ev.sock_ino,
             segs: ev.segs,
             reason: ev.reason,
+            netns: 0,
         })
     }
 }
@@ -180,4 +184,53 @@ pub trait Identify: Send + Sync {
     fn pod_uid(&self, pid: u32) -> String;
     /// Whether `tid` is a thread of process `pid` now.
     fn is_thread(&self, pid: u32, tid: u32) -> bool;
+    /// A span's `process.pid` and `thread.id` in host terms. `origin` is what the span's
+    /// resource says about the namespace they are numbers in (`None`: the agent's own); the
+    /// error says why there is no answer (a label for the metric).
+    fn host_ids(
+        &self,
+        origin: Option<&Origin>,
+        pid: u32,
+        tid: Option<u32>,
+    ) -> Result<(u32, Option<u32>), &'static str>;
+    /// The network namespace of host process `pid` (0: unknown).
+    fn netns(&self, pid: u32) -> u64;
+    /// The pod of host process `pid`, when it runs in one.
+    fn pod(&self, pid: u32) -> Option<PodLabels>;
+}
+
+/// Which pod something is about (OTel `k8s.*`); fields unknown without the API are empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct PodLabels {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub container: String,
+    pub node: String,
+}
+
+impl PodLabels {
+    /// `k8s.*` attributes for the fields known.
+    pub fn attributes(&self) -> Vec<opentelemetry_proto::tonic::common::v1::KeyValue> {
+        [
+            ("k8s.pod.uid", &self.uid),
+            ("k8s.pod.name", &self.name),
+            ("k8s.namespace.name", &self.namespace),
+            ("k8s.container.name", &self.container),
+            ("k8s.node.name", &self.node),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| super::span::kv_s(k, v.clone()))
+        .collect()
+    }
+
+    /// `namespace/name`, or the UID when the name is not known.
+    pub fn display(&self) -> String {
+        if self.name.is_empty() {
+            format!("pod {}", self.uid)
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
 }

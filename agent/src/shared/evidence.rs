@@ -41,6 +41,8 @@ pub struct TcpEntry {
     pub peer: Endpoint,
     pub segs: u32,
     pub state: u8,
+    /// The observing socket's network namespace (0: unknown; joins nothing).
+    pub netns: u64,
 }
 
 impl Timed for TcpEntry {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{
     clock::Clock,
+    event::PodLabels,
     span::{SpanRef, SpanSummary, hex, kv_f, kv_i, kv_s},
 };
 
@@ -95,6 +96,9 @@ pub struct Incident {
     pub links: Vec<LinkRef>,
     /// Spans that matched, linked or not.
     pub links_total: usize,
+    /// The pod the subject runs in, when known (a process's or a pool's pod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodLabels>,
 }
 
 fn random_id<const N: usize>() -> [u8; N] {
@@ -144,6 +148,7 @@ impl Incident {
             span_id: hex(&random_id::<8>()),
             links: Vec::new(),
             links_total: 0,
+            pod: None,
         }
     }
 
@@ -179,6 +184,7 @@ impl Incident {
             ),
             kv_s("kernelsight.incident.evidence", self.evidence.to_string()),
         ];
+        attributes.extend(self.pod.iter().flat_map(PodLabels::attributes));
         if let Some(o) = self.evidence.as_object() {
             for (k, v) in o {
                 match v {

@@ -5,6 +5,7 @@ pub mod event;
 pub mod evidence;
 pub mod incident;
 pub mod netkey;
+pub mod origin;
 pub mod sample;
 pub mod span;
 pub mod telemetry;

@@ -30,6 +30,7 @@ pub struct CorrelationMetrics {
     pub spans_received: IntCounterVec,
     pub spans_unenriched: IntCounterVec,
     pub spans_joined: IntCounterVec,
+    pub span_ids_unresolved: IntCounterVec,
     pub requests_rejected: IntCounterVec,
     pub store_spans: IntGauge,
     pub store_high_water: IntGauge,
@@ -97,6 +98,11 @@ impl CorrelationMetrics {
                 "spans_joined_total",
                 "Spans that got kernel evidence attached, by join.",
                 &["join"],
+            ),
+            span_ids_unresolved: cv(
+                "span_ids_unresolved_total",
+                "Spans whose process.pid/thread.id could not be put in host terms (no join), by reason: no_scope (origin not on this node), no_process, ambiguous, no_thread, not_host_pid.",
+                &["reason"],
             ),
             requests_rejected: cv(
                 "otlp_requests_rejected_total",

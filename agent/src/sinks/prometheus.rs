@@ -11,6 +11,9 @@ use prometheus::{
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
+/// Distinct (namespace, pod) label pairs on per-process metrics.
+pub const MAX_POD_LABELS: usize = 256;
+
 use crate::shared::{
     event::{Identify, KernelEvent, KernelMaps, ProbeStatus, RunqHistogram},
     telemetry::{NS, RingStats},
@@ -27,6 +30,8 @@ pub struct Metrics {
     runq_slow_events: IntCounterVec,
     /// Who a pid is (pod UID labels; comm for the histograms).
     identify: Option<Arc<dyn Identify>>,
+    /// (namespace, pod) label values handed out so far: at most [`MAX_POD_LABELS`].
+    pod_labels: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Read at scrape time: the kernel's lossless counters and run-queue histograms.
     kernel: Option<Arc<dyn KernelMaps>>,
     pub runq_watched: IntGauge,
@@ -95,15 +100,16 @@ impl Metrics {
                 &r,
                 "tcp_events_by_owner_total",
                 "TCP events by owning process (from the event stream; see ebpf_events_lost_total).",
-                &["event", "comm", "pid", "pod_uid"],
+                &["event", "comm", "pid", "pod_uid", "namespace", "pod"],
             ),
             runq_slow_events: counter_vec(
                 &r,
                 "runq_slow_events_total",
                 "Run-queue delays at or above the event threshold, by process.",
-                &["comm", "pid", "pod_uid"],
+                &["comm", "pid", "pod_uid", "namespace", "pod"],
             ),
             identify: None,
+            pod_labels: Default::default(),
             kernel: None,
             runq_watched: {
                 let g = IntGauge::with_opts(
@@ -217,6 +223,30 @@ impl Metrics {
             .unwrap_or_default()
     }
 
+    /// `namespace` and `pod` label values of a process ("" outside a pod or without the API).
+    /// Bounded: per-process series are already bounded by the watched processes, and these
+    /// labels add at most [`MAX_POD_LABELS`] distinct pairs (a node runs ~110 pods at most);
+    /// past that, new pods are labelled `pod="_other"` instead of growing the label set.
+    fn pod_labels(&self, pid: u32) -> (String, String) {
+        let Some(p) = self.identify.as_ref().and_then(|i| i.pod(pid)) else {
+            return Default::default();
+        };
+        if p.name.is_empty() {
+            return Default::default();
+        }
+        let pair = (p.namespace, p.name);
+        let mut seen = self
+            .pod_labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(&pair) || seen.len() < MAX_POD_LABELS {
+            seen.insert(pair.clone());
+            pair
+        } else {
+            (String::new(), "_other".into())
+        }
+    }
+
     /// The exposition text of everything, the kernel's aggregates read now.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut extra = Vec::new();
@@ -250,14 +280,20 @@ impl Metrics {
                     .as_ref()
                     .map(|o| self.pod_of(o.pid))
                     .unwrap_or_default();
+                let (ns, name) = rec
+                    .owner
+                    .as_ref()
+                    .map(|o| self.pod_labels(o.pid))
+                    .unwrap_or_default();
                 self.tcp_events_by_owner
-                    .with_label_values(&[event, comm, &pid, &pod])
+                    .with_label_values(&[event, comm, &pid, &pod, &ns, &name])
                     .inc_by(u64::from(rec.segs));
             }
             KernelEvent::Runq(rec) => {
                 let pod = self.pod_of(rec.pid);
+                let (ns, name) = self.pod_labels(rec.pid);
                 self.runq_slow_events
-                    .with_label_values(&[&rec.comm, &rec.pid.to_string(), &pod])
+                    .with_label_values(&[&rec.comm, &rec.pid.to_string(), &pod, &ns, &name])
                     .inc();
             }
         }
@@ -315,6 +351,11 @@ impl Metrics {
             let uid = self.pod_of(pid);
             if !uid.is_empty() {
                 labels.push(label("pod_uid", uid));
+            }
+            let (ns, name) = self.pod_labels(pid);
+            if !name.is_empty() {
+                labels.push(label("namespace", ns));
+                labels.push(label("pod", name));
             }
             m.set_label(labels);
             m.set_histogram(hist);

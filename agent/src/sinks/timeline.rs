@@ -220,6 +220,7 @@ mod tests {
             sock_ino: 0,
             segs: 3,
             reason: 0,
+            netns: 0,
         })
     }
 

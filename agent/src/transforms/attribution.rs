@@ -10,7 +10,18 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use crate::shared::event::{Identify, KernelEvent};
+use std::time::Instant;
+
+use super::pod::{
+    k8s::PodDirectory,
+    netns::NetNsCache,
+    pidns::{Miss, PidTranslator},
+    scope::Scope,
+};
+use crate::shared::{
+    event::{Identify, KernelEvent, PodLabels},
+    origin::Origin,
+};
 
 /// The cgroup v2 id of `pid`: the inode number of its cgroup directory, which is what the
 /// kernel's `bpf_get_current_cgroup_id()` reports.
@@ -83,6 +94,12 @@ pub struct Attribution {
     pods: Mutex<PidCache<String>>,
     /// (pid, tid) → is that a thread of that process.
     threads: Mutex<HashMap<(u32, u32), bool>>,
+    /// pid → cgroup path ("" when unknown): the pod and container of a process.
+    paths: Mutex<PidCache<String>>,
+    /// Pod mode: spans' namespace-local ids → host ids; network namespaces; pods by the API.
+    ids: Mutex<PidTranslator>,
+    netns: Mutex<NetNsCache>,
+    directory: PodDirectory,
 }
 
 impl Default for Attribution {
@@ -93,19 +110,44 @@ impl Default for Attribution {
 
 impl Attribution {
     pub fn new() -> Self {
+        Self::with_pods(PodDirectory::none())
+    }
+
+    /// With the pods of this node from the Kubernetes API (see `pod::k8s`).
+    pub fn with_pods(pods: PodDirectory) -> Self {
         Self {
+            paths: Mutex::new(PidCache::new(|pid| {
+                super::pod::cgroup_path(Path::new("/proc"), pid).unwrap_or_default()
+            })),
+            ids: Mutex::new(PidTranslator::default()),
+            netns: Mutex::new(NetNsCache::default()),
             cgroups: Mutex::new(PidCache::new(|pid| cgroup_id_of(pid).unwrap_or(0))),
             pods: Mutex::new(PidCache::new(|pid| pod_uid_of(pid).unwrap_or_default())),
             threads: Mutex::new(HashMap::new()),
+            directory: pods,
         }
     }
 
     /// The transform: a run-queue event names the thread switched in, which is not `current`,
     /// so the kernel could not read its cgroup; it comes from /proc (cached) here.
     pub fn apply(&self, ev: &mut KernelEvent) {
-        if let KernelEvent::Runq(rec) = ev {
-            rec.cgroup_id = self.cgroup_id(rec.pid);
+        match ev {
+            KernelEvent::Runq(rec) => rec.cgroup_id = self.cgroup_id(rec.pid),
+            // The socket's namespace is its owner's (learnt in process context); without an
+            // owner it stays unknown and the event joins no span (see pod::netns).
+            KernelEvent::Tcp(rec) => {
+                rec.netns = rec.owner.as_ref().map_or(0, |o| {
+                    self.netns
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .of_owner(o.pid, o.cgroup_id)
+                })
+            }
         }
+    }
+
+    pub fn directory(&self) -> &PodDirectory {
+        &self.directory
     }
 }
 
@@ -140,6 +182,54 @@ impl Identify for Attribution {
         *threads
             .entry((pid, tid))
             .or_insert_with(|| Path::new(&format!("/proc/{pid}/task/{tid}")).exists())
+    }
+
+    fn host_ids(
+        &self,
+        origin: Option<&Origin>,
+        pid: u32,
+        tid: Option<u32>,
+    ) -> Result<(u32, Option<u32>), &'static str> {
+        let scope = match origin {
+            None => None,
+            Some(o) => Some(
+                Scope::of(o, |uid, name| self.directory.container_id(uid, name))
+                    .ok_or(Miss::NoScope.as_str())?,
+            ),
+        };
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .translate(scope.as_ref(), pid, tid, Instant::now())
+            .map(|h| (h.pid, h.tid))
+            .map_err(Miss::as_str)
+    }
+
+    fn netns(&self, pid: u32) -> u64 {
+        self.netns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of_owner(pid, 0)
+    }
+
+    fn pod(&self, pid: u32) -> Option<PodLabels> {
+        let path = self
+            .paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid);
+        let uid = pod_uid_from_cgroup_path(&path)?;
+        let mut labels = PodLabels {
+            uid,
+            ..PodLabels::default()
+        };
+        if let Some(of) = self.directory.by_cgroup_path(&path) {
+            labels.name = of.pod.name.clone();
+            labels.namespace = of.pod.namespace.clone();
+            labels.node = of.pod.node.clone();
+            labels.container = of.container.unwrap_or_default();
+        }
+        Some(labels)
     }
 }
 

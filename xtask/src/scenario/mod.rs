@@ -14,6 +14,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
+mod pod;
+
 use crate::{
     redis::Redis,
     setup::Env,
@@ -101,6 +103,11 @@ pub struct ScenarioArgs {
     /// Seconds of normal load after the fault.
     #[arg(long, default_value_t = 10)]
     pub after: u64,
+    /// Pod mode: the game server and its Redis run like a container (own pid, mount,
+    /// network and cgroup namespaces, a veth to the host), the agent with only the DaemonSet's
+    /// capabilities and `--cgroup` selection.
+    #[arg(long)]
+    pub pod: bool,
 }
 
 struct Bins {
@@ -162,6 +169,8 @@ struct Seen {
     /// (links are gathered while the incident is open).
     failed_spans: u64,
     affected: Vec<Value>,
+    /// The subject's pod as the agent names it (`uid`, `namespace/name`), when it does.
+    pod: Value,
 }
 
 /// Polls /incidents and remembers when each incident first appeared.
@@ -207,6 +216,7 @@ fn watch_incidents(
                             subject: inc["subject"].as_str().unwrap_or_default().to_owned(),
                             summary: inc["summary"].as_str().unwrap_or_default().to_owned(),
                             first_seen_unix_ns: now,
+                            pod: inc["pod"].clone(),
                         });
                     }
                 }
@@ -221,8 +231,10 @@ enum Fault {
     None,
     RedisFull(RedisFull),
     Nft,
+    /// nft table in the pod's network namespace (named).
+    NftIn(String),
     /// Held so that ending the fault (drop) stops them.
-    Hogs(#[expect(dead_code, reason = "held only to be dropped")] Vec<Proc>),
+    Hogs(#[allow(dead_code)] Vec<Proc>),
 }
 
 impl Drop for Fault {
@@ -231,6 +243,20 @@ impl Drop for Fault {
             Fault::RedisFull(f) => f.end(),
             Fault::Nft => {
                 let _ = nft("delete table inet ks_scenario\n");
+            }
+            Fault::NftIn(netns) => {
+                let _ = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        netns,
+                        "nft",
+                        "delete",
+                        "table",
+                        "inet",
+                        "ks_scenario",
+                    ])
+                    .status();
             }
             Fault::None | Fault::Hogs(_) => {}
         }
@@ -258,7 +284,7 @@ const REDIS_STALL: Duration = Duration::from_millis(1500);
 
 impl RedisFull {
     fn start(redis: &Redis) -> Result<Self> {
-        let conn = std::net::TcpStream::connect(redis.addr)?;
+        let conn = std::net::TcpStream::connect(redis.control)?;
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
         let conn = Arc::new(Mutex::new(conn));
         command(
@@ -338,6 +364,11 @@ struct RunReport {
     redis_rejected_connections: u64,
     /// The server's Redis commands by outcome (ok, error, pool_exhausted).
     redis_commands: Value,
+    /// Whether the server ran in a pod (`--pod`), and the pod's UID.
+    pod: bool,
+    pod_uid: Option<String>,
+    /// The agent's span counters at the end: received, joined by runq / tcp.
+    spans: Value,
 }
 
 impl RunReport {
@@ -354,7 +385,7 @@ impl RunReport {
             let at = (s.first_seen_unix_ns as f64 - self.fault_start_unix_ns as f64) / 1e9;
             json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at,
                 "failed_spans": s.failed_spans, "affected_spans": s.affected.len(),
-                "affected_sample": s.affected.iter().take(5).collect::<Vec<_>>()})
+                "affected_sample": s.affected.iter().take(5).collect::<Vec<_>>(), "pod": s.pod})
         };
         json!({
             "scenario": self.kind.name(),
@@ -367,13 +398,23 @@ impl RunReport {
             "bots": self.bots,
             "redis_rejected_connections": self.redis_rejected_connections,
             "redis_commands": self.redis_commands,
+            "mode": if self.pod { "pod" } else { "host" },
+            "pod_uid": self.pod_uid,
+            "spans": self.spans,
         })
     }
 }
 
 fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
-    let (agent_http, otlp_grpc, otlp_http, game) =
+    // Pod mode: made first, so that it is undone last (after every process is gone).
+    let pod = a.pod.then(|| pod::Pod::create(kind as u32)).transpose()?;
+    let (agent_http, otlp_grpc, mut otlp_http, mut game) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    if let Some(p) = &pod {
+        // The pod reaches the agent on the host side of its veth.
+        otlp_http = TcpListener::bind((p.host_ip, 0))?.local_addr()?;
+        game = p.game_addr();
+    }
     let data = std::env::temp_dir().join(format!(
         "ks-scenario-{}-{}",
         std::process::id(),
@@ -381,13 +422,26 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
-    let redis = Redis::start(&data.join("redis"))?;
+    // In pod mode Redis runs in the pod's network namespace: the server reaches it on the pod's
+    // own 127.0.0.1, the injector from the host through the pod's address.
+    let redis = match &pod {
+        Some(p) => Redis::start_in_netns(&data.join("redis"), &p.netns, p.pod_ip)?,
+        None => Redis::start(&data.join("redis"))?,
+    };
     let logs = |name: &str| -> Result<std::fs::File> {
         Ok(std::fs::File::create(data.join(format!("{name}.log")))?)
     };
 
+    let mut agent_cmd = match &pod {
+        Some(_) => pod::daemonset_caps_command(&bins.agent)?,
+        None => Command::new(&bins.agent),
+    };
+    match &pod {
+        Some(p) => agent_cmd.arg("--cgroup").arg(&p.cgroup_parent),
+        None => agent_cmd.args(["--comm", "game-server"]),
+    };
     let mut agent = Proc(
-        Command::new(&bins.agent)
+        agent_cmd
             .args(["--http-addr", &agent_http.to_string()])
             .args([
                 "--otlp-grpc-addr",
@@ -395,15 +449,22 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
                 "--otlp-http-addr",
                 &otlp_http.to_string(),
             ])
-            .args(["--comm", "game-server"])
             .env("RUST_LOG", "info")
             .stderr(logs("agent")?)
             .spawn()
             .context("starting the agent")?,
     );
     wait_ready(agent_http, "the agent", &mut agent)?;
+    let mut server_cmd = match &pod {
+        Some(p) => {
+            let mut c = p.container_command(&bins.server);
+            c.env("OTEL_RESOURCE_ATTRIBUTES", p.resource_attributes());
+            c
+        }
+        None => Command::new(&bins.server),
+    };
     let mut server = Proc(
-        Command::new(&bins.server)
+        server_cmd
             .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
             .arg(&data)
             .args(["--redis-addr", &redis.addr.to_string()])
@@ -416,8 +477,14 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             .spawn()
             .context("starting the game server")?,
     );
-    wait_ready(game, "the game server", &mut server)?;
-    let server_pid = server.0.id();
+    let server_pid = match &pod {
+        // The subject of a cpu_contention incident is the host pid the kernel reports.
+        Some(p) => p.wait_ready(&mut server)?,
+        None => {
+            wait_ready(game, "the game server", &mut server)?;
+            server.0.id()
+        }
+    };
 
     let total = a.warmup + a.fault + a.after;
     let bots = Proc(
@@ -457,6 +524,20 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             Fault::RedisFull(RedisFull::start(&redis)?),
             Some(format!("ep:{}", redis.addr)),
         ),
+        Kind::PacketLoss if pod.is_some() => {
+            let p = pod.as_ref().expect("pod mode");
+            p.nft(&format!(
+                "add table inet ks_scenario\n\
+                 add chain inet ks_scenario input {{ type filter hook input priority 0; policy accept; }}\n\
+                 add rule inet ks_scenario input ip daddr {} tcp dport {} drop\n",
+                p.pod_ip,
+                game.port()
+            ))?;
+            (
+                Fault::NftIn(p.netns.clone()),
+                Some(format!("ep:{}", p.pod_ip)),
+            )
+        }
         Kind::PacketLoss => {
             nft(&format!(
                 "add table inet ks_scenario\n\
@@ -497,6 +578,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     stop.store(true, Ordering::SeqCst);
     let _ = watcher.join();
     // The server's own count of failed Redis commands, by outcome.
+    let spans = pod::span_counts(agent_http);
     let server_metrics = http(game, "GET", "/metrics", None)
         .map(|(_, b)| b)
         .unwrap_or_default();
@@ -572,11 +654,13 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         bots,
         redis_rejected_connections,
         redis_commands,
+        pod: pod.is_some(),
+        pod_uid: pod.as_ref().map(|p| p.pod_uid.clone()),
+        spans,
     })
 }
 
 pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
         bail!("scenarios load eBPF programs and change nftables: run them as root");
     }
@@ -611,12 +695,20 @@ unsafe extern "C" {
 }
 
 fn print_table(reports: &[RunReport]) {
-    println!("\n| scenario | expected | detected | subject | time to detect | false alarms |");
-    println!("|---|---|---|---|---:|---:|");
+    println!(
+        "\n| scenario | mode | expected | detected | subject | time to detect | false alarms | spans received | joined runq | joined tcp |"
+    );
+    println!("|---|---|---|---|---|---:|---:|---:|---:|---:|");
     for r in reports {
+        let n = |k: &str| {
+            r.spans[k]
+                .as_f64()
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.kind.name(),
+            if r.pod { "pod" } else { "host" },
             r.kind.expected_class().unwrap_or("nothing"),
             r.detected.as_ref().map(|d| d.class.as_str()).unwrap_or("-"),
             r.detected
@@ -626,7 +718,10 @@ fn print_table(reports: &[RunReport]) {
             r.ttd_s()
                 .map(|t| format!("{t:.1} s"))
                 .unwrap_or_else(|| "-".into()),
-            r.false_alarms.len()
+            r.false_alarms.len(),
+            n("received"),
+            n("joined_runq"),
+            n("joined_tcp"),
         );
         for f in &r.false_alarms {
             let at = (f.first_seen_unix_ns as f64 - r.fault_start_unix_ns as f64) / 1e9;

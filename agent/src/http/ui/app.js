@@ -35,7 +35,13 @@
 
   const $ = (id) => document.getElementById(id);
 
-  function el(tag, attrs, ...children) {
+  // The pod an incident's subject runs in: namespace/name from the API, else its UID.
+function podText(p) {
+  const name = p.name ? `${p.namespace}/${p.name}` : p.uid;
+  return p.container ? `${name} (${p.container})` : name;
+}
+
+function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (v === undefined || v === null || v === false) continue;
@@ -628,6 +634,7 @@
       },
       el('div', { class: 'row' }, el('span', { class: 'badge', style: { '--c': c }, text: CLASS_TEXT[inc.class] || inc.class }), el('span', { class: `state ${inc.state}`, text: inc.state })),
       el('div', { class: 'row' }, el('span', { class: 'subject', text: inc.subject }), el('span', { class: 'muted', text: clock(Math.floor(inc.start_unix_ns / 1e9)) })),
+      ...(inc.pod ? [el('div', { class: 'row muted pod', 'data-pod': podText(inc.pod), text: `pod ${podText(inc.pod)}` })] : []),
       el('div', { class: 'summary', text: inc.summary }));
       list.append(card);
     }
@@ -757,6 +764,7 @@
       el('h2', {},
         el('span', { class: 'badge', style: { '--c': c }, text: CLASS_TEXT[d.class] || d.class }),
         el('span', { class: 'mono', text: d.subject }),
+        ...(d.pod ? [el('span', { class: 'mono pod', 'data-pod': podText(d.pod), text: `pod ${podText(d.pod)}` })] : []),
         el('span', { class: `state ${d.state}`, text: d.state }),
         el('button', { class: 'close', type: 'button', title: 'close', 'aria-label': 'close', onclick: () => { state.selected = null; state.detail = null; history.replaceState(null, '', location.pathname); render(); }, text: '×' })),
       el('div', { class: 'muted', text: `${clock(startS)} – ${d.state === 'open' ? 'now' : clock(endS)} · ${d.buckets} anomalous second${d.buckets === 1 ? '' : 's'} · ${d.id}` }),

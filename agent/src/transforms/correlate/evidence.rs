@@ -145,12 +145,16 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
     }
 }
 
+/// (network namespace, connection).
+pub type NetConnKey = (u64, ConnKey);
+
 /// All kernel evidence the correlator holds.
 pub struct Evidence {
     /// Run-queue waits by thread id.
     pub runq: Windows<u32, RunqEntry>,
-    /// TCP events by connection.
-    pub tcp: Windows<ConnKey, TcpEntry>,
+    /// TCP events by network namespace and connection: two pods that each talk to their own
+    /// 127.0.0.1:6379 have one 4-tuple and two connections.
+    pub tcp: Windows<NetConnKey, TcpEntry>,
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@
 use agent_common::TcpEventKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use super::evidence::Windows;
+use super::evidence::{NetConnKey, Windows};
 use crate::shared::{
     evidence::{Dir, RunqEntry, RunqJoin, TcpEntry, TcpHit, TcpJoin, tcp_state_name},
-    netkey::{ConnKey, Oriented},
+    netkey::Oriented,
     span::{event, kv_b, kv_f, kv_i, kv_s},
 };
 
@@ -102,14 +102,20 @@ pub fn join_runq(
 /// two on one 4-tuple inside 10 ms are the same one).
 const MIRROR_NS: u64 = 10_000_000;
 
+/// `netns` is the span side's network namespace: only evidence from sockets in it counts (0,
+/// unknown, matches nothing).
 pub fn join_tcp(
-    w: &Windows<ConnKey, TcpEntry>,
+    w: &Windows<NetConnKey, TcpEntry>,
+    netns: u64,
     conn: Oriented,
     start: u64,
     end: u64,
     cfg: &JoinConfig,
 ) -> TcpJoin {
-    let key = conn.key();
+    if netns == 0 {
+        return TcpJoin::default();
+    }
+    let key = (netns, conn.key());
     let (lo, hi) = (
         start.saturating_sub(cfg.slack_ns),
         end.saturating_add(cfg.conn_tail_ns),
@@ -254,6 +260,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+    use crate::shared::netkey::ConnKey;
     use crate::{
         shared::{
             netkey::Endpoint,
@@ -372,7 +379,17 @@ mod tests {
         assert_eq!(j.count, 4, "all waits still count");
     }
 
-    fn tcp(entries: &[(u64, TcpEventKind, &str, &str)]) -> Windows<ConnKey, TcpEntry> {
+    /// The host's network namespace in these tests.
+    const NS: u64 = 1;
+
+    fn tcp(entries: &[(u64, TcpEventKind, &str, &str)]) -> Windows<NetConnKey, TcpEntry> {
+        tcp_in(NS, entries)
+    }
+
+    fn tcp_in(
+        netns: u64,
+        entries: &[(u64, TcpEventKind, &str, &str)],
+    ) -> Windows<NetConnKey, TcpEntry> {
         let mut w = Windows::new(Bounds {
             max_keys: 100,
             per_key: 100,
@@ -381,7 +398,7 @@ mod tests {
         for &(ts_ns, kind, local, peer) in entries {
             let (local, peer) = (ep(local), ep(peer));
             w.push(
-                ConnKey::new(local, peer),
+                (netns, ConnKey::new(local, peer)),
                 TcpEntry {
                     ts_ns,
                     kind,
@@ -389,6 +406,7 @@ mod tests {
                     peer,
                     segs: 1,
                     state: 1,
+                    netns,
                 },
             );
         }
@@ -413,7 +431,7 @@ mod tests {
             local: ep(server),
             peer: ep(client),
         };
-        let j = join_tcp(&w, span_side, 50 * MS, 199 * MS, &cfg);
+        let j = join_tcp(&w, NS, span_side, 50 * MS, 199 * MS, &cfg);
         assert_eq!(
             (j.retransmits, j.resets_sent, j.resets_received),
             (2, 1, 0),
@@ -429,7 +447,7 @@ mod tests {
             local: Endpoint::parse("::ffff:127.0.0.1", 50000).unwrap(),
             peer: Endpoint::parse("::ffff:127.0.0.1", 7000).unwrap(),
         };
-        let j = join_tcp(&w, client_side, 50 * MS, 300 * MS, &cfg);
+        let j = join_tcp(&w, NS, client_side, 50 * MS, 300 * MS, &cfg);
         assert_eq!(
             (j.retransmits, j.resets_sent, j.resets_received),
             (2, 0, 1),
@@ -459,17 +477,54 @@ mod tests {
             ..Default::default()
         };
         // Span ends at 1.5 s: the RST at 3 s is past the tail, the one at 10 ms is before the start.
-        let j = join_tcp(&w, side, 100 * MS, 1_500 * MS, &cfg);
+        let j = join_tcp(&w, NS, side, 100 * MS, 1_500 * MS, &cfg);
         assert_eq!(j.resets_sent, 0);
-        let j = join_tcp(&w, side, 100 * MS, 2_500 * MS, &cfg);
+        let j = join_tcp(&w, NS, side, 100 * MS, 2_500 * MS, &cfg);
         assert_eq!(j.resets_sent, 1, "inside the tail");
         // Only the peer's socket is on this node: its RST sent is ours received.
         let mirror = Oriented {
             local: side.peer,
             peer: side.local,
         };
-        let j = join_tcp(&w, mirror, 0, 20 * MS, &cfg);
+        let j = join_tcp(&w, NS, mirror, 0, 20 * MS, &cfg);
         assert_eq!((j.resets_sent, j.resets_received), (0, 1));
         assert!(!j.hits[0].own_socket);
+    }
+
+    #[test]
+    fn tcp_evidence_is_per_network_namespace() {
+        use TcpEventKind::*;
+        // Two pods, each with its own 127.0.0.1:6379, happen to use the same client port: one
+        // 4-tuple, two connections. Pod A's was reset; pod B's retransmitted.
+        let (pod_a, pod_b) = (4026532185, 4026532190);
+        let mut w = tcp_in(
+            pod_a,
+            &[(100 * MS, RstReceived, "127.0.0.1:40000", "127.0.0.1:6379")],
+        );
+        let (l, p) = (ep("127.0.0.1:40000"), ep("127.0.0.1:6379"));
+        w.push(
+            (pod_b, ConnKey::new(l, p)),
+            TcpEntry {
+                ts_ns: 100 * MS,
+                kind: Retransmit,
+                local: l,
+                peer: p,
+                segs: 1,
+                state: 1,
+                netns: pod_b,
+            },
+        );
+        let side = Oriented { local: l, peer: p };
+        let cfg = JoinConfig::default();
+        let a = join_tcp(&w, pod_a, side, 50 * MS, 150 * MS, &cfg);
+        assert_eq!((a.resets_received, a.retransmits), (1, 0), "{a:?}");
+        let b = join_tcp(&w, pod_b, side, 50 * MS, 150 * MS, &cfg);
+        assert_eq!((b.resets_received, b.retransmits), (0, 1), "{b:?}");
+        // A span whose namespace is unknown joins nothing rather than guess.
+        assert!(
+            join_tcp(&w, 0, side, 50 * MS, 150 * MS, &cfg)
+                .hits
+                .is_empty()
+        );
     }
 }

@@ -35,10 +35,11 @@ use self::{
 use super::detect::{DetectConfig, Detector};
 use crate::shared::{
     clock::Clock,
-    event::{Identify, KernelEvent},
+    event::{Identify, KernelEvent, PodLabels},
     evidence::{RunqEntry, TcpEntry},
     incident::{Incident, IncidentOutput},
     netkey::{self, EphemeralPorts},
+    origin::Origin,
     span::{SpanFacts, SpanIntake, SpanOutput, SpanRef, SpanSummary, hex, kv_i, kv_s, span_count},
     telemetry::CorrelationMetrics,
 };
@@ -109,6 +110,7 @@ impl Ingested {
                 peer: t.remote.into(),
                 segs: t.segs,
                 state: t.state,
+                netns: t.netns,
             }),
         }
     }
@@ -228,6 +230,11 @@ pub struct Correlator {
     /// Processes with run-queue evidence, and when last seen: their threads' spans get
     /// run-queue attributes even when zero (zero is then a measurement, not an absence).
     runq_pids: HashMap<u32, u64>,
+    /// Pool name → the host pid of its last span (to name a pool incident's pod). Bounded by
+    /// the detector's own bound on pools.
+    pool_pids: HashMap<String, u32>,
+    /// The agent's network namespace: that of spans that name neither a process nor an origin.
+    own_netns: u64,
     identify: Arc<dyn Identify>,
     out: Outputs,
     resource: Vec<KeyValue>,
@@ -262,6 +269,8 @@ impl Correlator {
                 Clock::now_unix_ns(),
             ),
             runq_pids: HashMap::new(),
+            pool_pids: HashMap::new(),
+            own_netns: identify.netns(std::process::id()),
             identify,
             out,
             resource: vec![
@@ -322,14 +331,12 @@ impl Correlator {
             }
             Ingested::Tcp(e) => {
                 self.detector.on_tcp(&e);
-                self.evidence.tcp.push(
-                    netkey::Oriented {
-                        local: e.local,
-                        peer: e.peer,
-                    }
-                    .key(),
-                    e,
-                );
+                let key = netkey::Oriented {
+                    local: e.local,
+                    peer: e.peer,
+                }
+                .key();
+                self.evidence.tcp.push((e.netns, key), e);
             }
         }
     }
@@ -356,19 +363,35 @@ impl Correlator {
                 .incidents_open
                 .with_label_values(&[inc.class.as_str()])
                 .inc();
-            tracing::warn!(incident = %inc.id, class = inc.class.as_str(), "{}", inc.summary);
+            let inc = self.with_pod(inc);
+            tracing::warn!(incident = %inc.id, class = inc.class.as_str(), pod = inc.pod.as_ref().map(PodLabels::display), "{}", inc.summary);
             self.out.incidents.incident(inc);
         }
         for inc in ch.updated {
+            let inc = self.with_pod(inc);
             self.out.incidents.incident(inc);
         }
         for inc in ch.closed {
+            let inc = self.with_pod(inc);
             self.emit_closed(inc);
         }
         self.m.settle.set(self.detector.settle_ns() as f64 / 1e9);
         self.m
             .late_inputs
             .inc_by(std::mem::take(&mut self.detector.late));
+    }
+
+    /// Names the pod of an incident's subject: a process's, or the process a pool runs in.
+    fn with_pod(&self, mut inc: Incident) -> Incident {
+        if inc.pod.is_none() {
+            let pid = match inc.subject.split_once(':') {
+                Some(("pid", p)) => p.parse().ok(),
+                Some(("pool", name)) => self.pool_pids.get(name).copied(),
+                _ => None,
+            };
+            inc.pod = pid.and_then(|p| self.identify.pod(p));
+        }
+        inc
     }
 
     fn emit_closed(&mut self, inc: Incident) {
@@ -443,10 +466,17 @@ impl Correlator {
                 .as_ref()
                 .map(|r| r.attributes.as_slice())
                 .unwrap_or(&[]);
+            // Where the ids of these spans are numbers (a pod's pid namespace, or ours).
+            let origin = Origin::read(res);
             for ss in scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut() {
-                    let facts = SpanFacts::read(span, res);
+                    let mut facts = SpanFacts::read(span, res);
                     let r = SpanRef::of(span);
+                    // Host terms, once, here: the joins and the detector compare like with like.
+                    let pod = self.translate_ids(&mut facts, origin.as_ref());
+                    if let Some(p) = &pod {
+                        add_pod_attributes(span, p);
+                    }
                     let tid = facts.tid.filter(|&t| self.is_linux_tid(facts.pid, t));
                     let runq = tid.map(|tid| {
                         join_runq(
@@ -466,9 +496,17 @@ impl Correlator {
                             self.m.spans_joined.with_label_values(&["runq"]).inc();
                         }
                     }
+                    // The span's side of a connection is in its process's network namespace;
+                    // without a process, in ours if it names no origin (unknown otherwise).
+                    let netns = match (facts.pid, &origin) {
+                        (Some(pid), _) => self.identify.netns(pid),
+                        (None, None) => self.own_netns,
+                        (None, Some(_)) => 0,
+                    };
                     let tcp = facts.conn.map(|c| {
                         join_tcp(
                             &self.evidence.tcp,
+                            netns,
                             c,
                             facts.start_ns,
                             facts.end_ns,
@@ -494,6 +532,41 @@ impl Correlator {
         self.store.release(spans);
         if let Some(f) = &self.out.spans {
             f.push(req);
+        }
+    }
+
+    /// Puts a span's `process.pid`/`thread.id` in host terms (a pod's are namespace-local);
+    /// ids that cannot be are dropped from the facts (no join) and counted by reason. Returns
+    /// the pod the span's process runs in, when it runs in one.
+    fn translate_ids(
+        &mut self,
+        facts: &mut SpanFacts,
+        origin: Option<&Origin>,
+    ) -> Option<PodLabels> {
+        let pid = facts.pid?;
+        match self.identify.host_ids(origin, pid, facts.tid) {
+            Ok((host_pid, host_tid)) => {
+                facts.pid = Some(host_pid);
+                facts.tid = host_tid;
+                if let Some(pool) = &facts.pool {
+                    self.pool_pids.insert(pool.clone(), host_pid);
+                }
+                origin.and_then(|_| self.identify.pod(host_pid))
+            }
+            Err(reason) => {
+                // Host spans from a process we cannot see keep today's rule (the kernel's own
+                // evidence for the tid decides, in is_linux_tid); a pod's ids never join
+                // untranslated.
+                self.m
+                    .span_ids_unresolved
+                    .with_label_values(&[reason])
+                    .inc();
+                if origin.is_some() || reason == "not_host_pid" {
+                    facts.pid = None;
+                    facts.tid = None;
+                }
+                None
+            }
         }
     }
 
@@ -531,6 +604,7 @@ fn summary(span: &opentelemetry_proto::tonic::trace::v1::Span, f: &SpanFacts) ->
             || k.starts_with("thread.")
             || k.starts_with("pool.")
             || k.starts_with("task.")
+            || k.starts_with("k8s.")
             || k == "session.id"
     };
     let attributes = span
@@ -562,5 +636,15 @@ fn summary(span: &opentelemetry_proto::tonic::trace::v1::Span, f: &SpanFacts) ->
             .filter(|e| e.name.starts_with("kernelsight."))
             .map(|e| (e.name.clone(), e.time_unix_nano))
             .collect(),
+    }
+}
+
+/// The `k8s.*` attributes of the pod the span's thread ran in, as the agent found it (from the
+/// cgroup and the API: what the resource claims is not taken on trust).
+fn add_pod_attributes(span: &mut opentelemetry_proto::tonic::trace::v1::Span, pod: &PodLabels) {
+    for kv in pod.attributes() {
+        if !span.attributes.iter().any(|a| a.key == kv.key) {
+            span.attributes.push(kv);
+        }
     }
 }

@@ -121,6 +121,7 @@ impl Sim {
             peer: ep(peer),
             segs: 1,
             state: 1,
+            netns: 1,
         };
         self.d.on_tcp(&e);
     }
