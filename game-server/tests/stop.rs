@@ -125,7 +125,12 @@ async fn stops_within_grace(close_port: bool) {
     let mut srv = Server::start_with_env(
         &dir,
         // Only the shutdown flush can write the player's data.
-        &["--flush-interval-ms", "600000", "--shutdown-grace-ms", &grace],
+        &[
+            "--flush-interval-ms",
+            "600000",
+            "--shutdown-grace-ms",
+            &grace,
+        ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &ep.url),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
@@ -137,7 +142,10 @@ async fn stops_within_grace(close_port: bool) {
     // The endpoint worked: spans were exported.
     let t = Instant::now();
     while ep.posts.load(Ordering::SeqCst) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "no export reached the endpoint");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no export reached the endpoint"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ep.vanish.store(true, Ordering::SeqCst);

@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::{
     setup::Env,
-    util::{Proc, run as run_cmd, step},
+    util::{Proc, run as run_cmd, step, stop_on_signals, stop_requested},
 };
 
 pub fn build(env: &Env) -> Result<()> {
@@ -24,6 +24,12 @@ pub struct RunArgs {
     /// Agent HTTP address (/metrics, /incidents, UI).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub agent_addr: String,
+    /// The agent's OTLP/gRPC receiver.
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    pub otlp_grpc_addr: String,
+    /// The agent's OTLP/HTTP receiver (the game server exports here).
+    #[arg(long, default_value = "127.0.0.1:4318")]
+    pub otlp_http_addr: String,
     /// Bot sessions that play while it runs (0: none).
     #[arg(long, default_value_t = 20)]
     pub bots: u32,
@@ -31,46 +37,55 @@ pub struct RunArgs {
 
 pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     build(env)?;
+    // From here on a signal stops the children before xtask exits (the build above is in our
+    // process group and stops with the terminal's Ctrl-C by itself).
+    stop_on_signals();
     let bin = env.root.join("target/release");
     let data = env.root.join("target/run-data");
     std::fs::create_dir_all(&data)?;
     // The agent first: its OTLP receiver (4317/4318) must be up before the server exports.
-    let agent = Command::new(bin.join("kernelsight-agent"))
-        .args(["--http-addr", &args.agent_addr, "--comm", "game-server"])
+    let mut agent = Proc::spawn(
+        Command::new(bin.join("kernelsight-agent"))
+            .args(["--http-addr", &args.agent_addr, "--comm", "game-server"])
+            .args(["--otlp-grpc-addr", &args.otlp_grpc_addr])
+            .args(["--otlp-http-addr", &args.otlp_http_addr])
         // The page's task lane (arrivals, queue depth) reads the pool's metrics from the server.
-        .args(["--pool-metrics-url", &format!("http://{}/metrics", args.game_addr)])
-        .spawn()
-        .context("starting kernelsight-agent")?;
-    let mut agent = Proc(agent);
+            .args(["--pool-metrics-url", &format!("http://{}/metrics", args.game_addr)]),
+    )
+    .context("starting kernelsight-agent")?;
     std::thread::sleep(Duration::from_secs(2));
     if let Some(status) = agent.0.try_wait()? {
         bail!("kernelsight-agent exited ({status}); it needs root or CAP_BPF + CAP_PERFMON");
     }
-    let server = Command::new(bin.join("game-server"))
-        .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
-        .arg(&data)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "1000")
-        .spawn()
-        .context("starting game-server")?;
-    let _server = Proc(server);
+    let _server = Proc::spawn(
+        Command::new(bin.join("game-server"))
+            .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
+            .arg(&data)
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", args.otlp_http_addr),
+            )
+            .env("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+    )
+    .context("starting game-server")?;
     let _bots = if args.bots > 0 {
         std::thread::sleep(Duration::from_secs(1));
-        let bots = Command::new(bin.join("bots"))
-            .args(["--url", &format!("ws://{}/ws", args.game_addr)])
-            .args([
-                "--sessions",
-                &args.bots.to_string(),
-                "--rooms",
-                "4",
-                "--rate",
-                "10",
-            ])
-            .args(["--duration", "86400"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting bots")?;
-        Some(Proc(bots))
+        let bots = Proc::spawn(
+            Command::new(bin.join("bots"))
+                .args(["--url", &format!("ws://{}/ws", args.game_addr)])
+                .args([
+                    "--sessions",
+                    &args.bots.to_string(),
+                    "--rooms",
+                    "4",
+                    "--rate",
+                    "10",
+                ])
+                .args(["--duration", "86400"])
+                .stdout(std::process::Stdio::null()),
+        )
+        .context("starting bots")?;
+        Some(bots)
     } else {
         None
     };
@@ -87,9 +102,21 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
         args.bots, args.game_addr
     ));
     step("press Ctrl-C to stop");
-    // The agent is the part that needs privileges; if it exits, say so and stop.
-    let status = agent.0.wait()?;
-    bail!("kernelsight-agent exited ({status})")
+    loop {
+        if let Some(sig) = stop_requested() {
+            // Dropping the guards stops bots, then the server (it flushes its spans to the
+            // agent), then the agent (it detaches its programs).
+            step(format!(
+                "signal {sig}: stopping bots, game server and agent"
+            ));
+            return Ok(());
+        }
+        // The agent is the part that needs privileges; if it exits, say so and stop.
+        if let Some(status) = agent.0.try_wait()? {
+            bail!("kernelsight-agent exited ({status})")
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[derive(Args)]

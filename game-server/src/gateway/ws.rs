@@ -84,7 +84,8 @@ pub fn admit<'a>(
     let Some(tok) = q.token.as_deref().or_else(|| bearer(headers)) else {
         return Err((StatusCode::UNAUTHORIZED, "token_missing"));
     };
-    let player = token::verify(secret, tok).map_err(|_| (StatusCode::UNAUTHORIZED, "token_invalid"))?;
+    let player =
+        token::verify(secret, tok).map_err(|_| (StatusCode::UNAUTHORIZED, "token_invalid"))?;
     let Ok((encoding, protocol)) = negotiate(protocols, q) else {
         return Err((StatusCode::BAD_REQUEST, "encoding"));
     };

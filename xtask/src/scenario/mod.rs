@@ -291,7 +291,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         Ok(std::fs::File::create(data.join(format!("{name}.log")))?)
     };
 
-    let mut agent = Proc(
+    let mut agent = Proc::spawn(
         Command::new(&bins.agent)
             .args(["--http-addr", &agent_http.to_string()])
             .args([
@@ -302,12 +302,11 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             ])
             .args(["--comm", "game-server"])
             .env("RUST_LOG", "info")
-            .stderr(logs("agent")?)
-            .spawn()
-            .context("starting the agent")?,
-    );
+            .stderr(logs("agent")?),
+    )
+    .context("starting the agent")?;
     wait_ready(agent_http, "the agent", &mut agent)?;
-    let mut server = Proc(
+    let mut server = Proc::spawn(
         Command::new(&bins.server)
             .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
             .arg(&data)
@@ -317,15 +316,14 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             // Export spans twice a second, so detection is not waiting on the batcher.
             .env("OTEL_BSP_SCHEDULE_DELAY", "500")
             .env("RUST_LOG", "info")
-            .stderr(logs("game-server")?)
-            .spawn()
-            .context("starting the game server")?,
-    );
+            .stderr(logs("game-server")?),
+    )
+    .context("starting the game server")?;
     wait_ready(game, "the game server", &mut server)?;
     let server_pid = server.0.id();
 
     let total = a.warmup + a.fault + a.after;
-    let bots = Proc(
+    let bots = Proc::spawn(
         Command::new(&bins.bots)
             .args(["--url", &format!("ws://{game}/ws")])
             .args([
@@ -336,10 +334,9 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             ])
             .args(["--rate", "10", "--duration", &total.to_string(), "--json"])
             .stdout(Stdio::piped())
-            .stderr(logs("bots")?)
-            .spawn()
-            .context("starting the bots")?,
-    );
+            .stderr(logs("bots")?),
+    )
+    .context("starting the bots")?;
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -381,11 +378,11 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             let xtask = std::env::current_exe()?;
             let hogs = (0..=cores)
                 .map(|_| -> Result<Proc> {
-                    Ok(Proc(
-                        Command::new(&xtask)
-                            .args(["hog", "--seconds", &a.fault.to_string()])
-                            .spawn()?,
-                    ))
+                    Ok(Proc::spawn(Command::new(&xtask).args([
+                        "hog",
+                        "--seconds",
+                        &a.fault.to_string(),
+                    ]))?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             (Fault::Hogs(hogs), Some(format!("pid:{server_pid}")))
