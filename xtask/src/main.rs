@@ -25,6 +25,12 @@ enum Cmd {
     Run(tasks::RunArgs),
     /// Run the whole test suite (set-up included).
     Test(tasks::TestArgs),
+    /// Run every fuzz target for a while on its committed corpus (part of `test`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 15)]
+        seconds: u32,
+    },
     /// Run server + agent + bots on loopback, inject one fault, compare detection to ground truth.
     Scenario(scenario::ScenarioArgs),
     /// Burn one CPU for a while (the noisy-neighbour scenario's hog; internal).
@@ -50,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Build => setup::run().and_then(|env| tasks::build(&env)),
         Cmd::Run(args) => setup::run().and_then(|env| tasks::run(&env, args)),
         Cmd::Test(args) => setup::run().and_then(|env| tasks::test(&env, args)),
+        Cmd::Fuzz { seconds } => setup::run().and_then(|env| tasks::fuzz_smoke(&env, seconds)),
         Cmd::Bench(args) => setup::run().and_then(|env| bench::run(&env, args)),
         Cmd::SchedWorkload { seconds } => bench::sched_workload(seconds),
         // With --no-build (the test suite) the set-up has been done by whoever built the binaries.

@@ -121,6 +121,9 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct TestArgs {
+    /// Seconds each fuzz target runs on its corpus after the tests (0: skip the fuzz smoke).
+    #[arg(long, default_value_t = 15)]
+    pub fuzz_seconds: u32,
     /// Extra arguments for `cargo test` (after `--`).
     #[arg(last = true)]
     pub rest: Vec<String>,
@@ -132,7 +135,7 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
     build(env)?;
     step("running the test suite");
     // --no-fail-fast: one failing test binary must not hide the results of the others.
-    run_cmd(
+    let suite = run_cmd(
         env.cargo()
             .args([
                 "test",
@@ -142,5 +145,45 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
                 "--no-fail-fast",
             ])
             .args(&args.rest),
-    )
+    );
+    // The fuzz smoke runs even when a test failed: its result is independent.
+    let fuzz = fuzz_smoke(env, args.fuzz_seconds);
+    suite.and(fuzz)
+}
+
+/// Every fuzz target for a short while on its committed corpus (fuzz/README.md has the long
+/// campaigns). All targets build in one cargo invocation; without a sanitizer (safe Rust: ASan
+/// would halve the speed and find nothing a panic or overflow check does not), with debug
+/// assertions. New inputs go to a scratch copy under fuzz/target, never into the repository.
+pub fn fuzz_smoke(env: &Env, seconds: u32) -> Result<()> {
+    if seconds == 0 {
+        return Ok(());
+    }
+    let fuzz = env.root.join("fuzz");
+    let cargo_fuzz = |args: &[&str]| {
+        // rustup's `cargo` proxy (not $CARGO, which is this toolchain's cargo and takes no
+        // `+nightly`): libFuzzer's instrumentation needs nightly.
+        let mut c = Command::new("cargo");
+        c.current_dir(&fuzz)
+            .env("PATH", env.path())
+            .args([&format!("+{}", crate::setup::NIGHTLY), "fuzz"])
+            .args(args);
+        c
+    };
+    run_cmd(&mut cargo_fuzz(&["build", "-s", "none", "-a"]))?;
+    let list = crate::util::output(&mut cargo_fuzz(&["list"])).context("cargo fuzz list")?;
+    for target in list.split_whitespace() {
+        let scratch = fuzz.join("target/smoke-corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        let seeds = fuzz.join("corpus").join(target);
+        run_cmd(
+            cargo_fuzz(&["run", "-s", "none", "-a", target])
+                .arg(&scratch)
+                .arg(&seeds)
+                .args(["--", &format!("-max_total_time={seconds}")])
+                .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]),
+        )
+        .with_context(|| format!("fuzz target {target} failed (see fuzz/artifacts/{target})"))?;
+    }
+    Ok(())
 }

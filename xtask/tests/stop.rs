@@ -36,7 +36,12 @@ fn start(via_cargo: bool) -> Child {
     };
     cmd.current_dir(root())
         .args(["run", "--bots", "2"])
-        .args(["--game-addr", "127.0.0.1:17731", "--agent-addr", "127.0.0.1:19731"])
+        .args([
+            "--game-addr",
+            "127.0.0.1:17731",
+            "--agent-addr",
+            "127.0.0.1:19731",
+        ])
         .args(["--otlp-grpc-addr", "127.0.0.1:14731"])
         .args(["--otlp-http-addr", "127.0.0.1:14732"])
         .stdin(Stdio::null())
@@ -49,10 +54,16 @@ fn start(via_cargo: bool) -> Child {
 /// Direct children of `pid`, from every thread's `children` list.
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
         let Ok(t) = t else { continue };
         let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     out
 }
@@ -89,7 +100,14 @@ fn loaded_programs() -> Vec<String> {
 }
 
 fn stop_and_check(via_cargo: bool, sig: i32) {
-    let what = format!("{} + signal {sig}", if via_cargo { "cargo xtask run" } else { "xtask run" });
+    let what = format!(
+        "{} + signal {sig}",
+        if via_cargo {
+            "cargo xtask run"
+        } else {
+            "xtask run"
+        }
+    );
     let mut xtask = start(via_cargo);
     let pid = xtask.id();
     // Up when the agent, the server and the bots are its children (the release build is done).
@@ -106,7 +124,10 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         if let Some(status) = xtask.try_wait().unwrap() {
             panic!("{what}: xtask exited before starting everything ({status})");
         }
-        assert!(Instant::now() < deadline, "{what}: children not up: {names:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: children not up: {names:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     if via_cargo {
@@ -116,7 +137,10 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
     // The agent attached its programs (so the check after the stop can see a leftover).
     let deadline = Instant::now() + Duration::from_secs(30);
     while loaded_programs().is_empty() {
-        assert!(Instant::now() < deadline, "{what}: the agent attached nothing");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the agent attached nothing"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -146,7 +170,10 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let progs = loaded_programs();
-    assert!(progs.is_empty(), "{what}: eBPF programs left attached: {progs:?}");
+    assert!(
+        progs.is_empty(),
+        "{what}: eBPF programs left attached: {progs:?}"
+    );
 }
 
 /// One test, variants in sequence: they share ports and the kernel's program list.

@@ -15,6 +15,8 @@ const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 /// Nesting deeper than this (anonymous members, arrays of arrays) is a corrupt BTF, not a kernel.
 const MAX_DEPTH: u32 = 32;
+/// Structs visited looking for one member: vmlinux's task_struct needs a few dozen.
+const MAX_VISITS: u32 = 10_000;
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -163,16 +165,26 @@ impl Btf {
             .get(name)?
             .iter()
             .find(|&&id| self.ty(id).is_some_and(|t| t.kind == KIND_STRUCT))?;
-        let (bits, type_id) = self.find(self.ty(id)?, member, 0, 0)?;
+        let mut budget = MAX_VISITS;
+        let (bits, type_id) = self.find(self.ty(id)?, member, 0, 0, &mut budget)?;
         let size = self.size_of(type_id, 0)?;
         Some((bits / 8, size))
     }
 
-    /// `depth` bounds the descent: a corrupt BTF can make a struct contain itself.
-    fn find(&self, t: &Type, member: &str, base_bits: u32, depth: u32) -> Option<(u32, u32)> {
-        if depth > MAX_DEPTH {
+    /// `depth` and `budget` bound the descent: a corrupt BTF can make a struct contain itself,
+    /// or nest anonymous members that fan out into exponentially many paths.
+    fn find(
+        &self,
+        t: &Type,
+        member: &str,
+        base_bits: u32,
+        depth: u32,
+        budget: &mut u32,
+    ) -> Option<(u32, u32)> {
+        if depth > MAX_DEPTH || *budget == 0 {
             return None;
         }
+        *budget -= 1;
         for m in &t.members {
             if m.name == member {
                 return Some((base_bits.checked_add(m.bit_offset)?, m.type_id));
@@ -183,7 +195,7 @@ impl Btf {
                 .resolve(m.type_id)
                 .filter(|i| i.kind == KIND_STRUCT || i.kind == KIND_UNION)
                 && let Some(bits) = base_bits.checked_add(m.bit_offset)
-                && let Some(found) = self.find(inner, member, bits, depth + 1)
+                && let Some(found) = self.find(inner, member, bits, depth + 1, budget)
             {
                 return Some(found);
             }
@@ -280,6 +292,39 @@ mod tests {
         let b = blob(&[vec![N("s"), strukt(1), V(8), N(""), V(1), V(0)]]);
         let btf = Btf::parse(&b).unwrap();
         assert_eq!(btf.member("s", "missing"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/btf.rs (a timeout): anonymous members that each hold two
+    /// anonymous members of the next struct make 2^depth paths to search.
+    #[test]
+    fn fanned_out_anonymous_members_end_quickly() {
+        // type i (1..=30): struct { <anon>: type i+1, <anon>: type i+1 }; type 31: empty struct
+        let mut types: Vec<Vec<W>> = (1..=30)
+            .map(|i| {
+                vec![
+                    N(""),
+                    strukt(2),
+                    V(8),
+                    N(""),
+                    V(i + 1),
+                    V(0),
+                    N(""),
+                    V(i + 1),
+                    V(0),
+                ]
+            })
+            .collect();
+        types[0][0] = N("s");
+        types.push(vec![N(""), strukt(0), V(0)]);
+        let btf = Btf::parse(&blob(&types)).unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(btf.member("s", "missing"), None);
+        // 2^30 paths without the budget (minutes); a few ms with it. Generous for slow CI.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     /// Found by fuzz/fuzz_targets/btf.rs: an array of itself recursed in size_of.
