@@ -52,7 +52,11 @@ fn token_text(t: &Tok) -> Option<String> {
             flip,
             cut,
         } => {
-            let player = if token::valid_player_id(player) { player } else { "p" };
+            let player = if token::valid_player_id(player) {
+                player
+            } else {
+                "p"
+            };
             let mut t = token::issue(SECRET, player, *ttl as u64 + 60).into_bytes();
             if *expired {
                 // Re-sign with an expiry in the past: same shape, valid MAC, expired.
@@ -87,22 +91,33 @@ fn enc(s: &str) -> String {
 }
 
 fuzz_target!(|inp: Input| {
-    let allowed = vec!["http://127.0.0.1:7000".to_string(), "https://game.example".to_string()];
+    let allowed = vec![
+        "http://127.0.0.1:7000".to_string(),
+        "https://game.example".to_string(),
+    ];
     let mut headers = HeaderMap::new();
     if let Some(o) = &inp.origin {
-        let Ok(v) = HeaderValue::from_bytes(o) else { return };
+        let Ok(v) = HeaderValue::from_bytes(o) else {
+            return;
+        };
         headers.insert(header::ORIGIN, v);
     }
     if let Some(b) = token_text(&inp.bearer) {
-        let Ok(v) = HeaderValue::from_str(&format!("Bearer {b}")) else { return };
+        let Ok(v) = HeaderValue::from_str(&format!("Bearer {b}")) else {
+            return;
+        };
         headers.insert(header::AUTHORIZATION, v);
     } else if let Some(raw) = &inp.authorization_raw {
-        let Ok(v) = HeaderValue::from_bytes(raw) else { return };
+        let Ok(v) = HeaderValue::from_bytes(raw) else {
+            return;
+        };
         headers.insert(header::AUTHORIZATION, v);
     }
     let mut protocols = Vec::new();
     for p in &inp.protocols {
-        let Ok(v) = HeaderValue::from_bytes(p) else { return };
+        let Ok(v) = HeaderValue::from_bytes(p) else {
+            return;
+        };
         protocols.push(v);
     }
     // The query string as a browser would send it; whatever the extractor rejects is a 400
@@ -114,8 +129,12 @@ fuzz_target!(|inp: Input| {
     if let Some(e) = &inp.encoding {
         q.push(format!("encoding={}", enc(e)));
     }
-    let Ok(uri) = format!("/ws?{}", q.join("&")).parse::<Uri>() else { return };
-    let Ok(Query(query)) = Query::<WsQuery>::try_from_uri(&uri) else { return };
+    let Ok(uri) = format!("/ws?{}", q.join("&")).parse::<Uri>() else {
+        return;
+    };
+    let Ok(Query(query)) = Query::<WsQuery>::try_from_uri(&uri) else {
+        return;
+    };
     match admit(&allowed, SECRET, &headers, &query, &protocols) {
         Ok(a) => {
             // Only an allowed origin (or none), and only a player a token can name.
