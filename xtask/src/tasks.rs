@@ -172,18 +172,28 @@ pub fn fuzz_smoke(env: &Env, seconds: u32) -> Result<()> {
     };
     run_cmd(&mut cargo_fuzz(&["build", "-s", "none", "-a"]))?;
     let list = crate::util::output(&mut cargo_fuzz(&["list"])).context("cargo fuzz list")?;
+    // The built binaries directly: `cargo fuzz run` would re-check the build once per target.
+    let bins = fuzz.join("target/x86_64-unknown-linux-gnu/release");
     for target in list.split_whitespace() {
         let scratch = fuzz.join("target/smoke-corpus").join(target);
+        let artifacts = fuzz.join("artifacts").join(target);
         std::fs::create_dir_all(&scratch)?;
+        std::fs::create_dir_all(&artifacts)?;
         let seeds = fuzz.join("corpus").join(target);
         run_cmd(
-            cargo_fuzz(&["run", "-s", "none", "-a", target])
+            Command::new(bins.join(target))
+                .arg(format!("-artifact_prefix={}/", artifacts.display()))
+                .arg(format!("-max_total_time={seconds}"))
+                .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"])
                 .arg(&scratch)
-                .arg(&seeds)
-                .args(["--", &format!("-max_total_time={seconds}")])
-                .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]),
+                .arg(&seeds),
         )
-        .with_context(|| format!("fuzz target {target} failed (see fuzz/artifacts/{target})"))?;
+        .with_context(|| {
+            format!(
+                "fuzz target {target} failed (the input is in {})",
+                artifacts.display()
+            )
+        })?;
     }
     Ok(())
 }
