@@ -21,11 +21,13 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn shutdown(self) {
+    /// Flushes queued spans, giving up after `timeout`: an OTLP endpoint that vanished must not
+    /// hold the process past its shutdown grace (the spans still queued are lost, and said so).
+    pub fn shutdown(self, timeout: std::time::Duration) {
         if let Some(p) = self.provider
-            && let Err(e) = p.shutdown()
+            && let Err(e) = p.shutdown_with_timeout(timeout)
         {
-            eprintln!("otlp shutdown: {e}");
+            eprintln!("otlp shutdown: spans still queued are dropped: {e}");
         }
     }
 

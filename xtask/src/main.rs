@@ -29,6 +29,12 @@ enum Cmd {
     Test(tasks::TestArgs),
     /// Check formatting (rustfmt.toml) and lints (clippy, warnings are errors).
     Lint,
+    /// Run every fuzz target for a while on its committed corpus (part of `test`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 15)]
+        seconds: u32,
+    },
     /// Run server + agent + bots on loopback, inject one fault, compare detection to ground truth.
     Scenario(scenario::ScenarioArgs),
     /// Burn one CPU for a while (the noisy-neighbour scenario's hog; internal).
@@ -61,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Run(args) => setup::run().and_then(|env| tasks::run(&env, args)),
         Cmd::Test(args) => setup::run().and_then(|env| tasks::test(&env, args)),
         Cmd::Lint => setup::run().and_then(|env| tasks::lint(&env)),
+        Cmd::Fuzz { seconds } => setup::run().and_then(|env| tasks::fuzz_smoke(&env, seconds)),
         Cmd::Bench(args) => setup::run().and_then(|env| bench::run(&env, args)),
         Cmd::SchedWorkload { seconds } => bench::sched_workload(seconds),
         Cmd::Kernels(args) => setup::run().and_then(|env| kernels::run(&env, args)),

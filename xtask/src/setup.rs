@@ -15,6 +15,7 @@ use crate::util::{output, run as run_cmd, step, workspace_root};
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the test suite and scenarios use, with what for.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -86,6 +87,7 @@ pub fn run() -> Result<Env> {
     nightly_with_rust_src()?;
     stable_components()?;
     let tools_bin = bpf_linker(&tools)?;
+    cargo_fuzz(&tools)?;
     debian_packages()?;
     let python = python_venv(&root, &tools)?;
     ui_test_node_modules(&root)?;
@@ -206,6 +208,35 @@ fn bpf_linker(tools: &Path) -> Result<PathBuf> {
     )
     .context("building bpf-linker failed")?;
     Ok(bin)
+}
+
+/// cargo-fuzz (libFuzzer driver for fuzz/), built with the default stable toolchain into
+/// `.tools/bin`; the fuzz targets themselves build with nightly (`cargo +nightly fuzz`).
+fn cargo_fuzz(tools: &Path) -> Result<()> {
+    let bin = tools.join("bin/cargo-fuzz");
+    if let Some(v) = output(Command::new(&bin).arg("--version"))
+        && v.contains(CARGO_FUZZ_VERSION)
+    {
+        step(format!("cargo-fuzz {CARGO_FUZZ_VERSION}: present"));
+        return Ok(());
+    }
+    step(format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (a minute, once)",
+        tools.display()
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            .arg("--root")
+            .arg(tools),
+    )
+    .context("installing cargo-fuzz failed")
 }
 
 fn debian_packages() -> Result<()> {

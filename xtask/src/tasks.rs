@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::{
     setup::Env,
-    util::{Proc, run as run_cmd, step},
+    util::{Proc, run as run_cmd, step, stop_on_signals, stop_requested},
 };
 
 pub fn build(env: &Env) -> Result<()> {
@@ -24,6 +24,12 @@ pub struct RunArgs {
     /// Agent HTTP address (/metrics, /incidents, UI).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub agent_addr: String,
+    /// The agent's OTLP/gRPC receiver.
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    pub otlp_grpc_addr: String,
+    /// The agent's OTLP/HTTP receiver (the game server exports here).
+    #[arg(long, default_value = "127.0.0.1:4318")]
+    pub otlp_http_addr: String,
     /// Bot sessions that play while it runs (0: none).
     #[arg(long, default_value_t = 20)]
     pub bots: u32,
@@ -31,6 +37,9 @@ pub struct RunArgs {
 
 pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     build(env)?;
+    // From here on a signal stops the children before xtask exits (the build above is in our
+    // process group and stops with the terminal's Ctrl-C by itself).
+    stop_on_signals();
     let bin = env.root.join("target/release");
     let data = env.root.join("target/run-data");
     std::fs::create_dir_all(&data)?;
@@ -38,43 +47,49 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
     // with the run.
     let redis = crate::redis::Redis::start(&data.join("redis"))?;
     // The agent first: its OTLP receiver (4317/4318) must be up before the server exports.
-    let agent = Command::new(bin.join("kernelsight-agent"))
-        .args(["--http-addr", &args.agent_addr, "--comm", "game-server"])
+    let mut agent = Proc::spawn(
+        Command::new(bin.join("kernelsight-agent"))
+            .args(["--http-addr", &args.agent_addr, "--comm", "game-server"])
+            .args(["--otlp-grpc-addr", &args.otlp_grpc_addr])
+            .args(["--otlp-http-addr", &args.otlp_http_addr])
         // The page's task lane (arrivals, queue depth) reads the pool's metrics from the server.
-        .args(["--pool-metrics-url", &format!("http://{}/metrics", args.game_addr)])
-        .spawn()
-        .context("starting kernelsight-agent")?;
-    let mut agent = Proc(agent);
+            .args(["--pool-metrics-url", &format!("http://{}/metrics", args.game_addr)]),
+    )
+    .context("starting kernelsight-agent")?;
     std::thread::sleep(Duration::from_secs(2));
     if let Some(status) = agent.0.try_wait()? {
         bail!("kernelsight-agent exited ({status}); it needs root or CAP_BPF + CAP_PERFMON");
     }
-    let server = Command::new(bin.join("game-server"))
-        .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
-        .arg(&data)
-        .args(["--redis-addr", &redis.addr.to_string()])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "1000")
-        .spawn()
-        .context("starting game-server")?;
-    let _server = Proc(server);
+    let _server = Proc::spawn(
+        Command::new(bin.join("game-server"))
+            .args(["--listen", &args.game_addr, "--dev", "--data-dir"])
+            .arg(&data)
+            .args(["--redis-addr", &redis.addr.to_string()])
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", args.otlp_http_addr),
+            )
+            .env("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+    )
+    .context("starting game-server")?;
     let _bots = if args.bots > 0 {
         std::thread::sleep(Duration::from_secs(1));
-        let bots = Command::new(bin.join("bots"))
-            .args(["--url", &format!("ws://{}/ws", args.game_addr)])
-            .args([
-                "--sessions",
-                &args.bots.to_string(),
-                "--rooms",
-                "4",
-                "--rate",
-                "10",
-            ])
-            .args(["--duration", "86400"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting bots")?;
-        Some(Proc(bots))
+        let bots = Proc::spawn(
+            Command::new(bin.join("bots"))
+                .args(["--url", &format!("ws://{}/ws", args.game_addr)])
+                .args([
+                    "--sessions",
+                    &args.bots.to_string(),
+                    "--rooms",
+                    "4",
+                    "--rate",
+                    "10",
+                ])
+                .args(["--duration", "86400"])
+                .stdout(std::process::Stdio::null()),
+        )
+        .context("starting bots")?;
+        Some(bots)
     } else {
         None
     };
@@ -95,13 +110,28 @@ pub fn run(env: &Env, args: RunArgs) -> Result<()> {
         args.bots, args.game_addr
     ));
     step("press Ctrl-C to stop");
-    // The agent is the part that needs privileges; if it exits, say so and stop.
-    let status = agent.0.wait()?;
-    bail!("kernelsight-agent exited ({status})")
+    loop {
+        if let Some(sig) = stop_requested() {
+            // Dropping the guards stops bots, then the server (it flushes its spans to the
+            // agent), then the agent (it detaches its programs).
+            step(format!(
+                "signal {sig}: stopping bots, game server and agent"
+            ));
+            return Ok(());
+        }
+        // The agent is the part that needs privileges; if it exits, say so and stop.
+        if let Some(status) = agent.0.try_wait()? {
+            bail!("kernelsight-agent exited ({status})")
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[derive(Args)]
 pub struct TestArgs {
+    /// Seconds each fuzz target runs on its corpus after the tests (0: skip the fuzz smoke).
+    #[arg(long, default_value_t = 15)]
+    pub fuzz_seconds: u32,
     /// Extra arguments for `cargo test` (after `--`).
     #[arg(last = true)]
     pub rest: Vec<String>,
@@ -142,17 +172,70 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
             ])
             .args(&args.rest),
     );
-    if !args.rest.is_empty() {
+    let kernels = if args.rest.is_empty() {
+        // The host kernel is covered above; the kernels users' nodes run, each in a qemu guest.
+        step("running the kernel matrix (5.10, 6.1, 6.12 under qemu)");
+        crate::kernels::run(env, crate::kernels::KernelsArgs::ci())
+    } else {
         step("kernel matrix skipped: cargo test arguments were given");
-        return tests;
+        Ok(())
+    };
+    // The fuzz smoke runs even when a test failed: its result is independent.
+    let fuzz = fuzz_smoke(env, args.fuzz_seconds);
+    let failed: Vec<String> = [tests, kernels, fuzz]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failed.join("\n"))
     }
-    // The host kernel is covered above; the kernels users' nodes run, each in a qemu guest.
-    step("running the kernel matrix (5.10, 6.1, 6.12 under qemu)");
-    let kernels = crate::kernels::run(env, crate::kernels::KernelsArgs::ci());
-    match (tests, kernels) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(t), Ok(())) => Err(t),
-        (Ok(()), Err(k)) => Err(k),
-        (Err(t), Err(k)) => bail!("{t:#}\n{k:#}"),
+}
+
+/// Every fuzz target for a short while on its committed corpus (fuzz/README.md has the long
+/// campaigns). All targets build in one cargo invocation; without a sanitizer (safe Rust: ASan
+/// would halve the speed and find nothing a panic or overflow check does not), with debug
+/// assertions. New inputs go to a scratch copy under fuzz/target, never into the repository.
+pub fn fuzz_smoke(env: &Env, seconds: u32) -> Result<()> {
+    if seconds == 0 {
+        return Ok(());
     }
+    let fuzz = env.root.join("fuzz");
+    let cargo_fuzz = |args: &[&str]| {
+        // rustup's `cargo` proxy (not $CARGO, which is this toolchain's cargo and takes no
+        // `+nightly`): libFuzzer's instrumentation needs nightly.
+        let mut c = Command::new("cargo");
+        c.current_dir(&fuzz)
+            .env("PATH", env.path())
+            .args([&format!("+{}", crate::setup::NIGHTLY), "fuzz"])
+            .args(args);
+        c
+    };
+    run_cmd(&mut cargo_fuzz(&["build", "-s", "none", "-a"]))?;
+    let list = crate::util::output(&mut cargo_fuzz(&["list"])).context("cargo fuzz list")?;
+    // The built binaries directly: `cargo fuzz run` would re-check the build once per target.
+    let bins = fuzz.join("target/x86_64-unknown-linux-gnu/release");
+    for target in list.split_whitespace() {
+        let scratch = fuzz.join("target/smoke-corpus").join(target);
+        let artifacts = fuzz.join("artifacts").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        std::fs::create_dir_all(&artifacts)?;
+        let seeds = fuzz.join("corpus").join(target);
+        run_cmd(
+            Command::new(bins.join(target))
+                .arg(format!("-artifact_prefix={}/", artifacts.display()))
+                .arg(format!("-max_total_time={seconds}"))
+                .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"])
+                .arg(&scratch)
+                .arg(&seeds),
+        )
+        .with_context(|| {
+            format!(
+                "fuzz target {target} failed (the input is in {})",
+                artifacts.display()
+            )
+        })?;
+    }
+    Ok(())
 }

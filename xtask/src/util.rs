@@ -1,8 +1,10 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command},
+    sync::atomic::{AtomicI32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -49,26 +51,90 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
-/// A child killed (SIGTERM, then SIGKILL) when dropped.
+/// A child in its own process group, stopped with the whole group (SIGTERM, then SIGKILL)
+/// when dropped. Spawned through [`Proc::spawn`] it also gets SIGTERM from the kernel if xtask
+/// dies without dropping it (SIGKILL, a panic that aborts): nothing outlives xtask.
 pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
+        let parent = std::process::id() as i32;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Own group: a terminal's Ctrl-C reaches xtask only, which stops the children
+                // in order (bots, server, agent) instead of all at once.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // xtask died between fork and prctl: the signal will never come.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            })
+        };
+        cmd.spawn().map(Proc)
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child, not yet waited for.
-        unsafe { kill(self.0.id() as i32, 15) };
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let pid = self.0.id() as i32;
+        // The group if it has one (children spawned by `spawn`), else the process.
+        // SAFETY: getpgid/kill on our own child, not yet waited for.
+        let target = if unsafe { libc::getpgid(pid) } == pid {
+            -pid
+        } else {
+            pid
+        };
+        // SAFETY: as above.
+        unsafe { libc::kill(target, libc::SIGTERM) };
+        // The agent detaches its programs and the server flushes player data: give them time.
+        let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
+                // Anything the child left in its group goes too.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.0.kill();
+        unsafe { libc::kill(target, libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
 
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
+/// The signal that asked xtask to stop (SIGINT, SIGTERM or SIGHUP), once
+/// [`stop_on_signals`] is in place; 0 while none came.
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop(sig: libc::c_int) {
+    STOP.store(sig, Ordering::SeqCst);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP set a flag (see [`stop_requested`]) instead of
+/// killing xtask outright, so that its children are stopped before it exits.
+pub fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(
+                sig,
+                on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+}
+
+pub fn stop_requested() -> Option<i32> {
+    match STOP.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
 }
 
 pub fn http(

@@ -1,7 +1,7 @@
 //! HTTP gateway: the WebSocket endpoint and the plain HTTP endpoints.
 
 mod http;
-mod ws;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

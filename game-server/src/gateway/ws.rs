@@ -40,8 +40,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Pick the encoding: the client's first supported subprotocol, else `?encoding=`, else JSON.
-fn negotiate(ws: &WebSocketUpgrade, q: &WsQuery) -> Result<(Encoding, Option<HeaderValue>), ()> {
-    for p in ws.requested_protocols() {
+fn negotiate<'a>(
+    protocols: impl IntoIterator<Item = &'a HeaderValue>,
+    q: &WsQuery,
+) -> Result<(Encoding, Option<HeaderValue>), ()> {
+    for p in protocols {
         if let Some(e) = p.to_str().ok().and_then(Encoding::from_subprotocol) {
             return Ok((e, Some(p.clone())));
         }
@@ -50,6 +53,48 @@ fn negotiate(ws: &WebSocketUpgrade, q: &WsQuery) -> Result<(Encoding, Option<Hea
         None => Ok((Encoding::Json, None)),
         Some(s) => Encoding::parse(s).map(|e| (e, None)).ok_or(()),
     }
+}
+
+/// What the upgrade admits: the token's player, the encoding, and the subprotocol to echo.
+#[derive(Debug)]
+pub struct Admitted {
+    pub player: String,
+    pub encoding: Encoding,
+    pub protocol: Option<HeaderValue>,
+}
+
+/// The upgrade's checks (origin allowlist, token, encoding), pure so they can be fuzzed
+/// (fuzz/fuzz_targets/ws_handshake.rs). Err is the status and the metric's reason label.
+pub fn admit<'a>(
+    allowed_origins: &[String],
+    secret: &[u8],
+    headers: &HeaderMap,
+    q: &WsQuery,
+    protocols: impl IntoIterator<Item = &'a HeaderValue>,
+) -> Result<Admitted, (StatusCode, &'static str)> {
+    // Browsers always send Origin; it must be on the allowlist. Non-browser clients
+    // (no Origin) cannot be driven by a hostile page, and still need a valid token.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| allowed_origins.iter().any(|a| a == o));
+        if !ok {
+            return Err((StatusCode::FORBIDDEN, "origin"));
+        }
+    }
+    let Some(tok) = q.token.as_deref().or_else(|| bearer(headers)) else {
+        return Err((StatusCode::UNAUTHORIZED, "token_missing"));
+    };
+    let player =
+        token::verify(secret, tok).map_err(|_| (StatusCode::UNAUTHORIZED, "token_invalid"))?;
+    let Ok((encoding, protocol)) = negotiate(protocols, q) else {
+        return Err((StatusCode::BAD_REQUEST, "encoding"));
+    };
+    Ok(Admitted {
+        player,
+        encoding,
+        protocol,
+    })
 }
 
 pub async fn upgrade(
@@ -62,27 +107,22 @@ pub async fn upgrade(
     if app.shutdown.is_cancelled() {
         return reject(&app, StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
     }
-    // Browsers always send Origin; it must be on the allowlist. Non-browser clients
-    // (no Origin) cannot be driven by a hostile page, and still need a valid token.
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| app.cfg.allowed_origins.iter().any(|a| a == o));
-        if !ok {
-            return reject(&app, StatusCode::FORBIDDEN, "origin");
-        }
-    }
-    let Some(tok) = q.token.as_deref().or_else(|| bearer(&headers)) else {
-        return reject(&app, StatusCode::UNAUTHORIZED, "token_missing");
+    let admitted = admit(
+        &app.cfg.allowed_origins,
+        &app.secret,
+        &headers,
+        &q,
+        ws.requested_protocols(),
+    );
+    let Admitted {
+        player,
+        encoding,
+        protocol,
+    } = match admitted {
+        Ok(a) => a,
+        Err((status, reason)) => return reject(&app, status, reason),
     };
-    let player = match token::verify(&app.secret, tok) {
-        Ok(p) => p,
-        Err(_) => return reject(&app, StatusCode::UNAUTHORIZED, "token_invalid"),
-    };
-    let Ok((encoding, proto)) = negotiate(&ws, &q) else {
-        return reject(&app, StatusCode::BAD_REQUEST, "encoding");
-    };
-    if let Some(p) = proto {
+    if let Some(p) = protocol {
         ws.set_selected_protocol(p);
     }
     let session_id = app.new_session_id();

@@ -440,7 +440,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         Some(p) => agent_cmd.arg("--cgroup").arg(&p.cgroup_parent),
         None => agent_cmd.args(["--comm", "game-server"]),
     };
-    let mut agent = Proc(
+    let mut agent = Proc::spawn(
         agent_cmd
             .args(["--http-addr", &agent_http.to_string()])
             .args([
@@ -450,10 +450,9 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
                 &otlp_http.to_string(),
             ])
             .env("RUST_LOG", "info")
-            .stderr(logs("agent")?)
-            .spawn()
-            .context("starting the agent")?,
-    );
+            .stderr(logs("agent")?),
+    )
+    .context("starting the agent")?;
     wait_ready(agent_http, "the agent", &mut agent)?;
     let mut server_cmd = match &pod {
         Some(p) => {
@@ -463,7 +462,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         }
         None => Command::new(&bins.server),
     };
-    let mut server = Proc(
+    let mut server = Proc::spawn(
         server_cmd
             .args(["--listen", &game.to_string(), "--dev", "--data-dir"])
             .arg(&data)
@@ -473,10 +472,9 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             // Export spans twice a second, so detection is not waiting on the batcher.
             .env("OTEL_BSP_SCHEDULE_DELAY", "500")
             .env("RUST_LOG", "info")
-            .stderr(logs("game-server")?)
-            .spawn()
-            .context("starting the game server")?,
-    );
+            .stderr(logs("game-server")?),
+    )
+    .context("starting the game server")?;
     let server_pid = match &pod {
         // The subject of a cpu_contention incident is the host pid the kernel reports.
         Some(p) => p.wait_ready(&mut server)?,
@@ -487,7 +485,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     };
 
     let total = a.warmup + a.fault + a.after;
-    let bots = Proc(
+    let bots = Proc::spawn(
         Command::new(&bins.bots)
             .args(["--url", &format!("ws://{game}/ws")])
             .args([
@@ -498,10 +496,9 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             ])
             .args(["--rate", "10", "--duration", &total.to_string(), "--json"])
             .stdout(Stdio::piped())
-            .stderr(logs("bots")?)
-            .spawn()
-            .context("starting the bots")?,
-    );
+            .stderr(logs("bots")?),
+    )
+    .context("starting the bots")?;
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -554,11 +551,11 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             let xtask = std::env::current_exe()?;
             let hogs = (0..=cores)
                 .map(|_| -> Result<Proc> {
-                    Ok(Proc(
-                        Command::new(&xtask)
-                            .args(["hog", "--seconds", &a.fault.to_string()])
-                            .spawn()?,
-                    ))
+                    Ok(Proc::spawn(Command::new(&xtask).args([
+                        "hog",
+                        "--seconds",
+                        &a.fault.to_string(),
+                    ]))?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             (Fault::Hogs(hogs), Some(format!("pid:{server_pid}")))

@@ -13,6 +13,10 @@ const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
+/// Nesting deeper than this (anonymous members, arrays of arrays) is a corrupt BTF, not a kernel.
+const MAX_DEPTH: u32 = 32;
+/// Structs visited looking for one member: vmlinux's task_struct needs a few dozen.
+const MAX_VISITS: u32 = 10_000;
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -161,22 +165,37 @@ impl Btf {
             .get(name)?
             .iter()
             .find(|&&id| self.ty(id).is_some_and(|t| t.kind == KIND_STRUCT))?;
-        let (bits, type_id) = self.find(self.ty(id)?, member, 0)?;
-        let size = self.size_of(type_id)?;
+        let mut budget = MAX_VISITS;
+        let (bits, type_id) = self.find(self.ty(id)?, member, 0, 0, &mut budget)?;
+        let size = self.size_of(type_id, 0)?;
         Some((bits / 8, size))
     }
 
-    fn find(&self, t: &Type, member: &str, base_bits: u32) -> Option<(u32, u32)> {
+    /// `depth` and `budget` bound the descent: a corrupt BTF can make a struct contain itself,
+    /// or nest anonymous members that fan out into exponentially many paths.
+    fn find(
+        &self,
+        t: &Type,
+        member: &str,
+        base_bits: u32,
+        depth: u32,
+        budget: &mut u32,
+    ) -> Option<(u32, u32)> {
+        if depth > MAX_DEPTH || *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
         for m in &t.members {
             if m.name == member {
-                return Some((base_bits + m.bit_offset, m.type_id));
+                return Some((base_bits.checked_add(m.bit_offset)?, m.type_id));
             }
         }
         for m in t.members.iter().filter(|m| m.name.is_empty()) {
             if let Some(inner) = self
                 .resolve(m.type_id)
                 .filter(|i| i.kind == KIND_STRUCT || i.kind == KIND_UNION)
-                && let Some(found) = self.find(inner, member, base_bits + m.bit_offset)
+                && let Some(bits) = base_bits.checked_add(m.bit_offset)
+                && let Some(found) = self.find(inner, member, bits, depth + 1, budget)
             {
                 return Some(found);
             }
@@ -184,14 +203,17 @@ impl Btf {
         None
     }
 
-    fn size_of(&self, id: u32) -> Option<u32> {
+    fn size_of(&self, id: u32, depth: u32) -> Option<u32> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
         let t = self.resolve(id)?;
         match t.kind {
             1 | KIND_STRUCT | KIND_UNION | 6 | 16 | 19 => Some(t.size_or_type), // INT, STRUCT, UNION, ENUM, FLOAT, ENUM64
             2 => Some(8),                                                       // PTR
             3 => {
                 let (elem, n) = t.array?;
-                self.size_of(elem)?.checked_mul(n)
+                self.size_of(elem, depth + 1)?.checked_mul(n)
             }
             _ => None,
         }
@@ -215,6 +237,127 @@ mod tests {
         assert_eq!(comm_size, 16);
         assert!(btf.member("task_struct", "no_such_field").is_none());
         assert!(btf.member("no_such_struct", "pid").is_none());
+    }
+
+    /// A word of a type record: a value, or a name (interned into the string section).
+    enum W {
+        V(u32),
+        N(&'static str),
+    }
+    use W::{N, V};
+
+    /// A BTF blob from type records (name, info, size_or_type, then the kind's extra words).
+    fn blob(types: &[Vec<W>]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut t = Vec::new();
+        for w in types.iter().flatten() {
+            let v = match w {
+                V(v) => *v,
+                N("") => 0,
+                N(n) => {
+                    let off = strings.len() as u32;
+                    strings.extend(n.as_bytes());
+                    strings.push(0);
+                    off
+                }
+            };
+            t.extend(v.to_le_bytes());
+        }
+        let mut b = Vec::new();
+        let hdr = [
+            0x0001_eb9f,
+            24,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ];
+        for w in hdr {
+            b.extend(w.to_le_bytes());
+        }
+        b.extend(t);
+        b.extend(strings);
+        b
+    }
+
+    const fn strukt(members: u32) -> W {
+        V(KIND_STRUCT << 24 | members)
+    }
+
+    /// Found by fuzz/fuzz_targets/btf.rs: a struct whose anonymous member is the struct itself
+    /// recursed until the stack overflowed.
+    #[test]
+    fn self_containing_struct_is_not_followed_forever() {
+        // type 1: struct s { <anon>: struct s @ bit 0 }
+        let b = blob(&[vec![N("s"), strukt(1), V(8), N(""), V(1), V(0)]]);
+        let btf = Btf::parse(&b).unwrap();
+        assert_eq!(btf.member("s", "missing"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/btf.rs (a timeout): anonymous members that each hold two
+    /// anonymous members of the next struct make 2^depth paths to search.
+    #[test]
+    fn fanned_out_anonymous_members_end_quickly() {
+        // type i (1..=30): struct { <anon>: type i+1, <anon>: type i+1 }; type 31: empty struct
+        let mut types: Vec<Vec<W>> = (1..=30)
+            .map(|i| {
+                vec![
+                    N(""),
+                    strukt(2),
+                    V(8),
+                    N(""),
+                    V(i + 1),
+                    V(0),
+                    N(""),
+                    V(i + 1),
+                    V(0),
+                ]
+            })
+            .collect();
+        types[0][0] = N("s");
+        types.push(vec![N(""), strukt(0), V(0)]);
+        let btf = Btf::parse(&blob(&types)).unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(btf.member("s", "missing"), None);
+        // 2^30 paths without the budget (minutes); a few ms with it. Generous for slow CI.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    /// Found by fuzz/fuzz_targets/btf.rs: an array of itself recursed in size_of.
+    #[test]
+    fn self_containing_array_has_no_size() {
+        // type 1: struct s { a: type 2 }; type 2: array of type 2
+        let b = blob(&[
+            vec![N("s"), strukt(1), V(8), N("a"), V(2), V(0)],
+            vec![N(""), V(3 << 24), V(0), V(2), V(0), V(4)],
+        ]);
+        let btf = Btf::parse(&b).unwrap();
+        assert_eq!(btf.member("s", "a"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/btf.rs: an anonymous member's bit offset plus the inner
+    /// member's overflowed u32 (a panic in debug builds, a wrong offset in release).
+    #[test]
+    fn member_offset_overflow_is_not_an_offset() {
+        // type 1: struct s { <anon>: struct t @ bit u32::MAX }; 2: struct t { x: int @ bit 8 }
+        let b = blob(&[
+            vec![N("s"), strukt(1), V(8), N(""), V(2), V(u32::MAX)],
+            vec![N("t"), strukt(1), V(8), N("x"), V(3), V(8)],
+            vec![N("int"), V(1 << 24), V(4), V(32)],
+        ]);
+        let btf = Btf::parse(&b).unwrap();
+        assert_eq!(btf.member("s", "x"), None);
+        // The same layout at a sane offset is found (the test builds valid BTF).
+        let b = blob(&[
+            vec![N("s"), strukt(1), V(8), N(""), V(2), V(64)],
+            vec![N("t"), strukt(1), V(8), N("x"), V(3), V(8)],
+            vec![N("int"), V(1 << 24), V(4), V(32)],
+        ]);
+        assert_eq!(Btf::parse(&b).unwrap().member("s", "x"), Some((9, 4)));
     }
 
     #[test]
