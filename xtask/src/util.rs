@@ -98,11 +98,13 @@ impl Drop for Proc {
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
                 // Anything the child left in its group goes too.
+                // SAFETY: signalling our own child's process group.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // SAFETY: our own child (or its group), not yet waited for.
         unsafe { libc::kill(target, libc::SIGKILL) };
         let _ = self.0.wait();
     }

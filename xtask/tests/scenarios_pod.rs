@@ -79,6 +79,7 @@ fn leftovers() -> Vec<String> {
 #[test]
 fn pod_mode_surge_and_rst_storm_join_and_detect_as_on_the_host() {
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc_geteuid() },
         0,
         "scenarios load eBPF programs and make namespaces: run as root (CI does)"

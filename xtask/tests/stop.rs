@@ -144,6 +144,7 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // SAFETY: signalling a process this test started.
     unsafe { libc::kill(pid as i32, sig) };
     let deadline = Instant::now() + Duration::from_secs(40);
     while xtask.try_wait().unwrap().is_none() {
@@ -163,6 +164,7 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         }
         if Instant::now() > deadline {
             for (k, _) in &left {
+                // SAFETY: cleaning up processes this test started.
                 unsafe { libc::kill(*k as i32, libc::SIGKILL) };
             }
             panic!("{what}: children left running: {left:?}");

@@ -3,7 +3,10 @@
 //! namespace (`unshare --pid --fork --mount-proc`), optionally in a network namespace. Inside,
 //! a small Python program starts named threads and reports its namespace-local ids; the host
 //! ids are found by thread name (`comm`), independently of the agent's NSpid reading.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},

@@ -1,7 +1,10 @@
 //! A private, real `redis-server` per test (Debian's, installed by `cargo xtask setup`): a free
 //! loopback port, its data dir under the test's temp dir, AOF with fsync on every write.
 //! Killed when dropped, also when the test panics.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

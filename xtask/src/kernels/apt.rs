@@ -184,6 +184,7 @@ impl Apt {
             .env("DEBIAN_FRONTEND", "noninteractive");
         // Files land in .tools (owned by whoever runs this); as root, apt would otherwise drop
         // to _apt, which cannot write there.
+        // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             cmd.args(["-o", "APT::Sandbox::User=root"]);
         }

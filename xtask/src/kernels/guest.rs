@@ -567,6 +567,7 @@ fn linger_abort(ip: IpAddr) -> Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
+    // SAFETY: a valid socket fd and a linger struct that outlives the call.
     let rc = unsafe {
         libc::setsockopt(
             server.as_raw_fd(),
@@ -820,6 +821,7 @@ impl Hogs {
 /// up into a run queue someone else holds.
 fn hog(name: &str) -> ! {
     let cname = std::ffi::CString::new(name).expect("no NUL");
+    // SAFETY: a NUL-terminated name that outlives the call.
     unsafe { libc::prctl(libc::PR_SET_NAME, cname.as_ptr()) };
     let work = || {
         loop {

@@ -218,11 +218,13 @@ fn lock(path: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     std::fs::create_dir_all(path.parent().expect("lock file has a parent"))?;
     let f = std::fs::File::create(path)?;
+    // SAFETY: an open file's fd, for the life of `f`.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         step(format!(
             "kernels: another `cargo xtask kernels` runs in this tree; waiting for {}",
             path.display()
         ));
+        // SAFETY: as above.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             bail!(
                 "flock {}: {}",

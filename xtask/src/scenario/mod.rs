@@ -234,7 +234,7 @@ enum Fault {
     /// nft table in the pod's network namespace (named).
     NftIn(String),
     /// Held so that ending the fault (drop) stops them.
-    Hogs(#[allow(dead_code)] Vec<Proc>),
+    Hogs(#[expect(dead_code, reason = "held only for its drop, which stops the hogs")] Vec<Proc>),
 }
 
 impl Drop for Fault {
@@ -658,6 +658,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
 }
 
 pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
         bail!("scenarios load eBPF programs and change nftables: run them as root");
     }

@@ -365,6 +365,7 @@ mod tests {
     fn host_spans_name_processes_of_our_namespace() {
         let mut t = PidTranslator::default();
         let me = std::process::id();
+        // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         let now = Instant::now();
         assert_eq!(
