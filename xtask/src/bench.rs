@@ -66,10 +66,7 @@ pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
         What::Pool => run_cmd(env.cargo().args(["bench", "-p", "game-pool"])),
         What::Server { rest } => {
             // bots bench spawns the release server binary next to it: build both.
-            run_cmd(
-                env.cargo()
-                    .args(["build", "--release", "-p", "game-server"]),
-            )?;
+            crate::tasks::build(env)?;
             run_cmd(
                 Command::new(env.root.join("target/release/bots"))
                     .arg("bench")
@@ -185,7 +182,8 @@ fn delta(
 /// scheduler events (a machine busy with other work changes the mix of events, and with it
 /// the average cost, between runs; within a run it is the same for both).
 fn probes(env: &Env, seconds: u64) -> Result<()> {
-    run_cmd(env.cargo().args(["build", "--release", "-p", "agent"]))?;
+    // The same package set as every release build (no re-unified dependency rebuild).
+    crate::tasks::build(env)?;
     let agent = env.root.join("target/release/kernelsight-agent");
     let xtask = std::env::current_exe()?;
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";

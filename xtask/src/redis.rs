@@ -85,10 +85,11 @@ impl Redis {
             ])
             .arg("--logfile")
             .arg(self.dir.join("redis.log"))
-            .stdout(Stdio::null())
-            .spawn()
+            .stdout(Stdio::null());
+        // Own process group and a parent-death signal, like every child of a run: Redis must
+        // not outlive an xtask that was killed.
+        let mut p = Proc::spawn(child)
             .context("starting redis-server (run `cargo xtask setup`: it installs redis-server)")?;
-        let mut p = Proc(child);
         // Wait for LISTEN in /proc/net/tcp: a connect attempt too early would be answered with
         // an RST, which the agent rightly reports.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -52,6 +52,19 @@ pub fn normalise_container_id(id: &str) -> Option<String> {
     (id.len() >= 12 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
 }
 
+/// The Kubernetes pod a cgroup path belongs to, as the pod's UID: kubelet names pod cgroups
+/// `pod<uid>` (cgroupfs driver, `/kubepods/burstable/pod<uid>/<container>`) or
+/// `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd driver).
+pub fn pod_uid_from_cgroup_path(path: &str) -> Option<String> {
+    path.split('/').find_map(|part| {
+        let part = part.strip_suffix(".slice").unwrap_or(part);
+        let (_, uid) = part.rsplit_once("pod")?;
+        let uid = uid.replace('_', "-");
+        // A UID is 36 characters of hex and dashes; anything else is not a pod directory.
+        (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

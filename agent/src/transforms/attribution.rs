@@ -33,18 +33,8 @@ pub fn cgroup_id_of(pid: u32) -> Option<u64> {
     Some(std::fs::metadata(dir).ok()?.ino())
 }
 
-/// The Kubernetes pod a cgroup path belongs to, as the pod's UID: kubelet names pod cgroups
-/// `pod<uid>` (cgroupfs driver, `/kubepods/burstable/pod<uid>/<container>`) or
-/// `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd driver).
-pub fn pod_uid_from_cgroup_path(path: &str) -> Option<String> {
-    path.split('/').find_map(|part| {
-        let part = part.strip_suffix(".slice").unwrap_or(part);
-        let (_, uid) = part.rsplit_once("pod")?;
-        let uid = uid.replace('_', "-");
-        // A UID is 36 characters of hex and dashes; anything else is not a pod directory.
-        (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
-    })
-}
+// Pure and shared with the pod directory; kept reachable here for the pipeline and the fuzzer.
+pub use crate::shared::origin::pod_uid_from_cgroup_path;
 
 /// The pod UID of `pid`, when it runs in a Kubernetes pod.
 pub fn pod_uid_of(pid: u32) -> Option<String> {

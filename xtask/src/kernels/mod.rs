@@ -143,7 +143,9 @@ pub fn run(env: &Env, args: KernelsArgs) -> Result<()> {
             .canonicalize()
             .with_context(|| format!("--agent {}", p.display()))?,
         None => {
-            run_cmd(env.cargo().args(["build", "--release", "-p", "agent"]))?;
+            // The same package set as every other release build: building the agent alone
+            // unifies its dependencies' features differently and rebuilds them all.
+            crate::tasks::build(env)?;
             env.root.join("target/release/kernelsight-agent")
         }
     };

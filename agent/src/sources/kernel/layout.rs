@@ -58,7 +58,7 @@ mod tests {
 
     fn format(kernel: &str, tp: &str) -> Format {
         let path = format!(
-            "{}/src/probes/testdata/formats/{kernel}/{tp}.format",
+            "{}/src/sources/kernel/testdata/formats/{kernel}/{tp}.format",
             env!("CARGO_MANIFEST_DIR")
         );
         Format::parse(&std::fs::read_to_string(&path).unwrap()).unwrap()

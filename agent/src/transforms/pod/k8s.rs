@@ -152,7 +152,7 @@ impl PodDirectory {
 
     /// The pod (and container) of a process, from its cgroup path.
     pub fn by_cgroup_path(&self, path: &str) -> Option<PodOf> {
-        let uid = crate::transforms::attribution::pod_uid_from_cgroup_path(path)?;
+        let uid = crate::shared::origin::pod_uid_from_cgroup_path(path)?;
         let pod = self.by_uid(&uid)?;
         let container = pod.container_in(path).map(str::to_owned);
         Some(PodOf { pod, container })

@@ -42,7 +42,7 @@ impl Scope {
                 part.rsplit('-').next() == Some(id.as_str())
             }),
             Scope::Pod(uid) => {
-                crate::transforms::attribution::pod_uid_from_cgroup_path(cgroup_path).as_deref()
+                crate::shared::origin::pod_uid_from_cgroup_path(cgroup_path).as_deref()
                     == Some(uid.as_str())
             }
         }
