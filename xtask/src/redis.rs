@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::process::CommandExt as _;
+
 use anyhow::{Context as _, Result, bail};
 
 use crate::util::{Proc, listening_in};
@@ -86,10 +88,20 @@ impl Redis {
             .arg("--logfile")
             .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null());
-        // Own process group and a parent-death signal, like every child of a run: Redis must
-        // not outlive an xtask that was killed.
-        let mut p = Proc::spawn(child)
-            .context("starting redis-server (run `cargo xtask setup`: it installs redis-server)")?;
+        // A parent-death signal, so Redis never outlives an xtask that was killed (it stays in
+        // xtask's process group: a terminal's Ctrl-C reaches it with everything else).
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            child.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let mut p = Proc(child.spawn().context(
+            "starting redis-server (run `cargo xtask setup`: it installs redis-server)",
+        )?);
         // Wait for LISTEN in /proc/net/tcp: a connect attempt too early would be answered with
         // an RST, which the agent rightly reports.
         let deadline = Instant::now() + Duration::from_secs(10);
