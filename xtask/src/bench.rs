@@ -185,7 +185,7 @@ fn probes(env: &Env, seconds: u64) -> Result<()> {
     // The same package set as every release build (no re-unified dependency rebuild).
     crate::tasks::build(env)?;
     let agent = env.root.join("target/release/kernelsight-agent");
-    let xtask = std::env::current_exe()?;
+    let xtask = crate::util::self_exe();
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let old = std::fs::read_to_string(stats_path).context("kernel.bpf_stats_enabled")?;
     std::fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;

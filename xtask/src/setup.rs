@@ -52,6 +52,8 @@ pub struct Env {
     pub root: PathBuf,
     pub tools_bin: PathBuf,
     pub python: PathBuf,
+    /// When set-up began (xtask test reports time per phase).
+    pub started: std::time::Instant,
 }
 
 impl Env {
@@ -62,6 +64,7 @@ impl Env {
             tools_bin: root.join(".tools/bin"),
             python: root.join(".tools/venv/bin/python3"),
             root,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -81,6 +84,7 @@ impl Env {
 }
 
 pub fn run() -> Result<Env> {
+    let started = std::time::Instant::now();
     let root = workspace_root();
     let tools = root.join(".tools");
     std::fs::create_dir_all(&tools)?;
@@ -96,6 +100,7 @@ pub fn run() -> Result<Env> {
         root,
         tools_bin,
         python,
+        started,
     })
 }
 

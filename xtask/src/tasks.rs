@@ -155,10 +155,15 @@ pub fn lint(env: &Env) -> Result<()> {
 }
 
 pub fn test(env: &Env, args: TestArgs) -> Result<()> {
+    // Where a CI run's time goes, printed at the end (CI keeps a cold run under 30 minutes).
+    let mut phases = Phases::default();
+    phases.mark("setup", env.started);
     lint(env)?;
+    phases.lap("fmt + clippy");
     // The scenario tests run the release binaries: debug builds of server, agent and bots
     // together saturate two cores, which is itself real CPU contention the agent reports.
     build(env)?;
+    phases.lap("release build");
     step("running the test suite");
     // --no-fail-fast: one failing test binary must not hide the results of the others.
     let tests = run_cmd(
@@ -172,6 +177,7 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
             ])
             .args(&args.rest),
     );
+    phases.lap("cargo test (build + run)");
     let kernels = if args.rest.is_empty() {
         // The host kernel is covered above; the kernels users' nodes run, each in a qemu guest.
         step("running the kernel matrix (5.10, 6.1, 6.12 under qemu)");
@@ -180,8 +186,11 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
         step("kernel matrix skipped: cargo test arguments were given");
         Ok(())
     };
+    phases.lap("kernel matrix");
     // The fuzz smoke runs even when a test failed: its result is independent.
     let fuzz = fuzz_smoke(env, args.fuzz_seconds);
+    phases.lap("fuzz smoke (build + run)");
+    phases.print();
     let failed: Vec<String> = [tests, kernels, fuzz]
         .into_iter()
         .filter_map(|r| r.err().map(|e| format!("{e:#}")))
@@ -190,6 +199,36 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
         Ok(())
     } else {
         bail!("{}", failed.join("\n"))
+    }
+}
+
+/// Wall-clock time per phase of `test`.
+#[derive(Default)]
+struct Phases {
+    last: Option<std::time::Instant>,
+    rows: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn mark(&mut self, name: &'static str, since: std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.rows.push((name, now - since));
+        self.last = Some(now);
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        let since = self.last.unwrap_or_else(std::time::Instant::now);
+        self.mark(name, since);
+    }
+
+    fn print(&self) {
+        let total: std::time::Duration = self.rows.iter().map(|(_, d)| *d).sum();
+        let mut table = String::from("phase | seconds\n---|---:\n");
+        for (name, d) in &self.rows {
+            table.push_str(&format!("{name} | {:.0}\n", d.as_secs_f64()));
+        }
+        table.push_str(&format!("total | {:.0}", total.as_secs_f64()));
+        step(format!("time per phase:\n{table}"));
     }
 }
 

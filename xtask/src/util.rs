@@ -18,6 +18,14 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// This very binary, for re-running it (hogs, probes) or packing it into a guest. Not
+/// `current_exe()`: `cargo test` relinks `target/debug/xtask` while `cargo xtask test` runs (the
+/// test build unifies other features), and the old path then names a deleted file; the running
+/// image stays readable and executable through /proc.
+pub fn self_exe() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
 pub fn step(msg: impl AsRef<str>) {
     eprintln!("xtask: {}", msg.as_ref());
 }

@@ -168,8 +168,13 @@ pub fn run(env: &Env, args: KernelsArgs) -> Result<()> {
     };
     let _one_at_a_time = lock(&env.root.join(".tools/kernels/run.lock"))?;
     let kernels = apt::kernels(&env.root.join(".tools"), &lines, args.refresh)?;
-    let driver = std::env::current_exe().context("locating the xtask binary (the guest driver)")?;
     let out = env.root.join("target/kernels");
+    // A copy of this running binary: its path may name a deleted file by now (see `self_exe`),
+    // and ldd, which the initramfs builder runs on it, needs a path of its own.
+    std::fs::create_dir_all(&out)?;
+    let driver = out.join("driver");
+    std::fs::copy(crate::util::self_exe(), &driver)
+        .context("copying the xtask binary (the guest driver)")?;
     if let Some(dir) = &args.dump {
         for kernel in &kernels {
             dump(kernel, &agent, &driver, &out, dir, args.timeout)?;

@@ -548,7 +548,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             let cores = std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2);
-            let xtask = std::env::current_exe()?;
+            let xtask = crate::util::self_exe();
             // Two hogs per core and one more: since the socket-owner hooks no longer run in
             // the server's own send/recv path, its threads need less CPU and cores+1 hogs cost
             // it only ~55-65 ms/s of run-queue delay (measured: 15-20 ms/s baseline), right
