@@ -157,7 +157,7 @@ pub fn lint(env: &Env) -> Result<()> {
 pub fn test(env: &Env, args: TestArgs) -> Result<()> {
     // Where a CI run's time goes, printed at the end (CI keeps a cold run under 30 minutes).
     let mut phases = Phases::default();
-    phases.mark("setup", env.started);
+    phases.mark("setup", env.started, 0.0);
     lint(env)?;
     phases.lap("fmt + clippy");
     // The scenario tests run the release binaries: debug builds of server, agent and bots
@@ -202,32 +202,51 @@ pub fn test(env: &Env, args: TestArgs) -> Result<()> {
     }
 }
 
-/// Wall-clock time per phase of `test`.
+/// Wall-clock and CPU time (of the children that ended: compilers, tests) per phase of
+/// `test`. The CPU column says what a phase costs on a quiet machine when the wall clock was
+/// taken on a busy one.
 #[derive(Default)]
 struct Phases {
-    last: Option<std::time::Instant>,
-    rows: Vec<(&'static str, std::time::Duration)>,
+    last: Option<(std::time::Instant, f64)>,
+    rows: Vec<(&'static str, f64, f64)>,
 }
 
 impl Phases {
-    fn mark(&mut self, name: &'static str, since: std::time::Instant) {
+    fn children_cpu() -> f64 {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a full rusage into the pointer it is given.
+        let ru = unsafe {
+            libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr());
+            ru.assume_init()
+        };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(ru.ru_utime) + secs(ru.ru_stime)
+    }
+
+    fn mark(&mut self, name: &'static str, since: std::time::Instant, cpu_since: f64) {
         let now = std::time::Instant::now();
-        self.rows.push((name, now - since));
-        self.last = Some(now);
+        let cpu = Self::children_cpu();
+        self.rows
+            .push((name, (now - since).as_secs_f64(), cpu - cpu_since));
+        self.last = Some((now, cpu));
     }
 
     fn lap(&mut self, name: &'static str) {
-        let since = self.last.unwrap_or_else(std::time::Instant::now);
-        self.mark(name, since);
+        let (since, cpu) = self
+            .last
+            .unwrap_or_else(|| (std::time::Instant::now(), Self::children_cpu()));
+        self.mark(name, since, cpu);
     }
 
     fn print(&self) {
-        let total: std::time::Duration = self.rows.iter().map(|(_, d)| *d).sum();
-        let mut table = String::from("phase | seconds\n---|---:\n");
-        for (name, d) in &self.rows {
-            table.push_str(&format!("{name} | {:.0}\n", d.as_secs_f64()));
+        let mut table = String::from("phase | wall s | CPU s\n---|---:|---:\n");
+        let (mut wall, mut cpu) = (0.0, 0.0);
+        for (name, w, c) in &self.rows {
+            table.push_str(&format!("{name} | {w:.0} | {c:.0}\n"));
+            wall += w;
+            cpu += c;
         }
-        table.push_str(&format!("total | {:.0}", total.as_secs_f64()));
+        table.push_str(&format!("total | {wall:.0} | {cpu:.0}"));
         step(format!("time per phase:\n{table}"));
     }
 }
