@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{config, eventually, metric0, within};
+use common::{config, eventually, metric0, occupy, within};
 use game_pool::{Pool, TaskError};
 use prometheus::Registry;
 use tokio::sync::oneshot;
@@ -14,17 +14,7 @@ use tokio::sync::oneshot;
 async fn cancel_queued_task_never_runs() {
     let reg = Registry::new();
     let pool = Pool::new(config("cq", 1, 1, 8), &reg).unwrap();
-    let (release, gate) = oneshot::channel::<()>();
-    let (started_tx, started) = oneshot::channel::<()>();
-    let blocker = pool
-        .submit("block", Duration::from_secs(30), move |_| async move {
-            let _ = started_tx.send(());
-            let _ = gate.await;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    within("blocker start", started).await.unwrap();
+    let (release, blocker) = occupy(&pool, "block", Duration::from_secs(30)).await;
 
     let ran = Arc::new(AtomicBool::new(false));
     let r = ran.clone();

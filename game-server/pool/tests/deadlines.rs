@@ -5,27 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{config, eventually, metric0, within};
+use common::{config, eventually, metric0, occupy, within};
 use game_pool::{Pool, TaskError};
 use prometheus::Registry;
-use tokio::sync::oneshot;
 
 #[tokio::test]
 async fn queued_task_past_deadline_is_dropped_as_queue_timeout() {
     let reg = Registry::new();
     let pool = Pool::new(config("dl-q", 1, 1, 8), &reg).unwrap();
     // Occupy the only worker until we say so.
-    let (release, gate) = oneshot::channel::<()>();
-    let (started_tx, started) = oneshot::channel::<()>();
-    let blocker = pool
-        .submit("block", Duration::from_secs(30), move |_| async move {
-            let _ = started_tx.send(());
-            let _ = gate.await;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    within("blocker start", started).await.unwrap();
+    let (release, blocker) = occupy(&pool, "block", Duration::from_secs(30)).await;
 
     let ran = Arc::new(AtomicBool::new(false));
     let r = ran.clone();

@@ -3,26 +3,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, metric, metric0, within};
+use common::{config, metric, metric0, occupy, within};
 use game_pool::{Pool, PoolError};
 use prometheus::Registry;
-use tokio::sync::oneshot;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exposes_the_documented_metrics_with_pool_label() {
     let reg = Registry::new();
     let pool = Pool::new(config("m1", 1, 1, 4), &reg).unwrap();
-    let (release, gate) = oneshot::channel::<()>();
-    let (started_tx, started) = oneshot::channel::<()>();
-    let busy = pool
-        .submit("render", Duration::from_secs(10), move |_| async move {
-            let _ = started_tx.send(());
-            let _ = gate.await;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    within("start", started).await.unwrap();
+    let (release, busy) = occupy(&pool, "render", Duration::from_secs(10)).await;
     let queued = pool
         .submit("save", Duration::from_secs(10), |_| async { Ok(()) })
         .await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{config, metric0, within};
+use common::{config, metric0, occupy, within};
 use game_pool::{Pool, Rejected, TaskError};
 use prometheus::Registry;
 
@@ -123,17 +123,7 @@ async fn waiting_submitters_are_bounded_by_their_deadline() {
 async fn a_submit_abandoned_while_waiting_for_room_still_adds_up() {
     let reg = Registry::new();
     let pool = Pool::new(config("ovl-drop", 1, 1, 1), &reg).unwrap();
-    let (release, gate) = tokio::sync::oneshot::channel::<()>();
-    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-    let running = pool
-        .submit("hold", Duration::from_secs(30), move |_| async move {
-            let _ = started_tx.send(());
-            let _ = gate.await;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    within("start", started).await.unwrap();
+    let (release, running) = occupy(&pool, "hold", Duration::from_secs(30)).await;
     let queued = pool
         .submit("hold", Duration::from_secs(30), |_| async { Ok(()) })
         .await

@@ -4,8 +4,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use game_pool::{BreakerConfig, PoolConfig};
+use game_pool::{BreakerConfig, Pool, PoolConfig, TaskHandle};
 use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::sync::oneshot;
 
 /// A small pool with fast timers, for tests.
 pub fn config(name: &str, min: usize, max: usize, capacity: usize) -> PoolConfig {
@@ -78,4 +79,25 @@ pub fn threads_named(prefix: &str) -> usize {
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
         .filter(|comm| comm.trim_end().starts_with(prefix))
         .count()
+}
+
+/// Occupies one worker with a task of `kind` that runs until the returned sender is used (or
+/// dropped); returns once the task has started, with its handle.
+pub async fn occupy(
+    pool: &Pool,
+    kind: &'static str,
+    deadline: Duration,
+) -> (oneshot::Sender<()>, TaskHandle<()>) {
+    let (release, gate) = oneshot::channel::<()>();
+    let (started_tx, started) = oneshot::channel::<()>();
+    let handle = pool
+        .submit(kind, deadline, move |_| async move {
+            let _ = started_tx.send(());
+            let _ = gate.await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    within(&format!("{kind} start"), started).await.unwrap();
+    (release, handle)
 }
