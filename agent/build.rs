@@ -35,11 +35,37 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let out = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    share_ebpf_target_dir(&out)?;
     quietly(&out.join("aya-build.stdout"), || {
         // The machine's nightly is named "nightly"; rustup must not try to fetch another.
         aya_build::build_ebpf([package], Toolchain::Custom("nightly"))
     })
     .context("building agent-ebpf failed; `cargo xtask setup` installs what it needs (nightly rust-src, bpf-linker)")
+}
+
+/// Each build of the agent (clippy's check, debug, release, the fuzz build) runs this script
+/// with its own OUT_DIR, and aya-build builds the eBPF crate, and `core` for the BPF target,
+/// under OUT_DIR: the same release build of the same sources, once per profile (about a minute
+/// of CPU each on a cold CI machine). Its target dir is made a link to one shared directory, so
+/// cargo's own fingerprints make every build after the first a no-op (and cargo's lock on that
+/// directory serialises builds that run at once).
+fn share_ebpf_target_dir(out: &Path) -> anyhow::Result<()> {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("../target"),
+    };
+    let shared = target.join("ebpf");
+    std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // Where aya-build 0.2 puts its inner cargo's target dir (`--target-dir`).
+    let inner = out.join("aya-build/target/agent-ebpf");
+    std::fs::create_dir_all(inner.parent().context("aya-build dir")?)?;
+    match std::fs::symlink_metadata(&inner) {
+        Ok(m) if m.file_type().is_symlink() => return Ok(()),
+        Ok(_) => std::fs::remove_dir_all(&inner)?,
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(&shared, &inner)
+        .with_context(|| format!("linking {} to {}", inner.display(), shared.display()))
 }
 
 /// Runs `f` with this process's stdout (what cargo reads from a build script) sent to `capture`,

@@ -270,30 +270,91 @@ pub fn fuzz_smoke(env: &Env, seconds: u32) -> Result<()> {
             .args(args);
         c
     };
-    run_cmd(&mut cargo_fuzz(&["build", "-s", "none", "-a"]))?;
+    // A dev build (opt-level 0, assertions and overflow checks on, as in the campaigns'
+    // release profile): it costs less than half the CPU of the optimised one, the largest
+    // part of this smoke on a cold CI machine, and ~15 s per target still runs thousands of
+    // inputs. The long campaigns (fuzz/README.md) use `cargo fuzz run`, optimised.
+    run_cmd(&mut cargo_fuzz(&["build", "--dev", "-s", "none", "-a"]))?;
     let list = crate::util::output(&mut cargo_fuzz(&["list"])).context("cargo fuzz list")?;
     // The built binaries directly: `cargo fuzz run` would re-check the build once per target.
-    let bins = fuzz.join("target/x86_64-unknown-linux-gnu/release");
-    for target in list.split_whitespace() {
+    // One target per core at a time (each is one single-threaded process); each one's output
+    // goes to a log of its own, shown in full only when it fails.
+    let bins = fuzz.join("target/x86_64-unknown-linux-gnu/debug");
+    let logs = fuzz.join("target/smoke-logs");
+    std::fs::create_dir_all(&logs)?;
+    let targets: Vec<String> = list.split_whitespace().map(str::to_owned).collect();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    let one = |target: &str| -> Result<String> {
         let scratch = fuzz.join("target/smoke-corpus").join(target);
         let artifacts = fuzz.join("artifacts").join(target);
         std::fs::create_dir_all(&scratch)?;
         std::fs::create_dir_all(&artifacts)?;
         let seeds = fuzz.join("corpus").join(target);
-        run_cmd(
-            Command::new(bins.join(target))
-                .arg(format!("-artifact_prefix={}/", artifacts.display()))
-                .arg(format!("-max_total_time={seconds}"))
-                .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"])
-                .arg(&scratch)
-                .arg(&seeds),
-        )
-        .with_context(|| {
-            format!(
-                "fuzz target {target} failed (the input is in {})",
-                artifacts.display()
-            )
-        })?;
+        let log = logs.join(format!("{target}.log"));
+        let out = std::fs::File::create(&log)?;
+        let status = Command::new(bins.join(target))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"])
+            .arg(&scratch)
+            .arg(&seeds)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()
+            .with_context(|| format!("starting fuzz target {target}"))?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let stat = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map_or("?", str::trim)
+                .to_owned()
+        };
+        if !status.success() {
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "fuzz target {target} failed ({status}); the input is in {}; its log ({}) ends:\n{}",
+                artifacts.display(),
+                log.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(format!(
+            "{target}: {} runs, {} new units, peak RSS {} MB",
+            stat("stat::number_of_executed_units:"),
+            stat("stat::new_units_added:"),
+            stat("stat::peak_rss_mb:")
+        ))
+    };
+    step(format!(
+        "fuzz smoke: {} targets, {seconds} s each, {cores} at a time (logs in {})",
+        targets.len(),
+        logs.display()
+    ));
+    std::thread::scope(|scope| {
+        for _ in 0..cores.min(targets.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(target) = targets.get(i) else { break };
+                    match one(target) {
+                        Ok(line) => step(format!("fuzz smoke: {line}")),
+                        Err(e) => failures
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(format!("{e:#}")),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
     }
     Ok(())
 }

@@ -1,26 +1,13 @@
 //! `cargo xtask run` leaves nothing behind: SIGTERM (to `cargo`, as `timeout`, systemd or a CI
 //! runner sends it), SIGINT and SIGHUP stop the agent, the game server and the bots, and so does
 //! xtask's own death (SIGKILL: the children's parent-death signal). Checked by pid, and the
-//! agent's eBPF programs must be gone from the kernel afterwards. Needs root and the release
+//! agent's eBPF programs (by id) must be gone from the kernel afterwards. Needs root and the release
 //! binaries (`cargo xtask test` builds them first); runs on non-default ports.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
-
-/// Program names of the agent's eBPF programs (agent-ebpf/src), as `bpftool` shows them.
-const PROGRAMS: &[&str] = &[
-    "sched_switch",
-    "sched_wakeup",
-    "sched_wakeup_ne",
-    "sched_process_e",
-    "tcp_send_reset",
-    "tcp_receive_res",
-    "tcp_retransmit_",
-    "inet_sock_set_s",
-    "tcp_destroy_soc",
-];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -49,6 +36,32 @@ fn start(via_cargo: bool) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// Kills the xtask under test and everything below it unless the check got to the end: a
+/// failed check must not leave an agent, a server and bots running (they would hold ports,
+/// eBPF programs and whatever the test runner holds, such as a lock file).
+struct Cleanup {
+    pid: u32,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut all = vec![self.pid];
+        let mut i = 0;
+        while i < all.len() {
+            all.extend(children(all[i]));
+            i += 1;
+        }
+        for pid in all {
+            // SAFETY: killing processes this test started (and their descendants).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
 }
 
 /// Direct children of `pid`, from every thread's `children` list.
@@ -83,7 +96,28 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn loaded_programs() -> Vec<String> {
+/// Ids of the eBPF programs `pid` holds (its program and link fds name them in fdinfo). By id,
+/// not by name: another agent on the host (or a test running beside this one) may load
+/// programs of the same names.
+fn programs_held_by(pid: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Which of `ids` the kernel still has loaded.
+fn still_loaded(ids: &[u64]) -> Vec<u64> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
@@ -93,9 +127,8 @@ fn loaded_programs() -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|p| p["name"].as_str())
-        .filter(|n| PROGRAMS.contains(n))
-        .map(str::to_owned)
+        .filter_map(|p| p["id"].as_u64())
+        .filter(|id| ids.contains(id))
         .collect()
 }
 
@@ -110,6 +143,7 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
     );
     let mut xtask = start(via_cargo);
     let pid = xtask.id();
+    let mut cleanup = Cleanup { pid, armed: true };
     // Up when the agent, the server and the bots are its children (the release build is done).
     let deadline = Instant::now() + Duration::from_secs(240);
     let kids = loop {
@@ -135,14 +169,22 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         assert_eq!(comm(pid), "xtask", "cargo exec'd xtask in its own pid");
     }
     // The agent attached its programs (so the check after the stop can see a leftover).
+    let agent = *kids
+        .iter()
+        .find(|&&k| comm(k) == "kernelsight-age")
+        .expect("agent among the children");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while loaded_programs().is_empty() {
+    let programs = loop {
+        let ids = programs_held_by(agent);
+        if !ids.is_empty() {
+            break ids;
+        }
         assert!(
             Instant::now() < deadline,
             "{what}: the agent attached nothing"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
 
     // SAFETY: signalling a process this test started.
     unsafe { libc::kill(pid as i32, sig) };
@@ -151,6 +193,8 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         assert!(Instant::now() < deadline, "{what}: xtask did not exit");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Reaped: its pid may be reused from here on. The children are checked by pid below.
+    cleanup.armed = false;
     // After a SIGKILL the children are orphans, stopped by their parent-death signal.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -171,10 +215,10 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let progs = loaded_programs();
+    let left = still_loaded(&programs);
     assert!(
-        progs.is_empty(),
-        "{what}: eBPF programs left attached: {progs:?}"
+        left.is_empty(),
+        "{what}: eBPF programs left loaded (ids {left:?} of the agent's {programs:?})"
     );
 }
 
