@@ -61,7 +61,7 @@ pub(crate) enum RoomCmd {
         reply: oneshot::Sender<()>,
     },
     Input {
-        player: String,
+        player: Arc<str>,
         session_id: u64,
         input: Input,
     },
@@ -76,10 +76,10 @@ pub struct RoomHandle {
 
 impl RoomHandle {
     /// Inputs are best effort: under overload they are dropped, never queued without bound.
-    pub fn input(&self, player: &str, session_id: u64, input: Input) -> bool {
+    pub fn input(&self, player: &Arc<str>, session_id: u64, input: Input) -> bool {
         self.tx
             .try_send(RoomCmd::Input {
-                player: player.to_string(),
+                player: player.clone(),
                 session_id,
                 input,
             })
