@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 use super::percentile;
 use crate::protocol::{ClientMsg, Encoding, Input, ServerMsg, unix_micros};
 
+/// Each bot pings once a second and asks to collect gold on every 10th input (the workload the
+/// Colyseus peer reproduces: game-server/peer/workload.json).
+pub const PING_EVERY: Duration = Duration::from_secs(1);
+pub const COLLECT_EVERY_INPUTS: u32 = 10;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadOpts {
     /// WebSocket URL of the server; several (comma-separated) spread the bots over them as
@@ -266,7 +271,7 @@ async fn session(
     let mut inputs = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate.max(0.1)));
     // A bot that falls behind does not burst to catch up: it would distort the rate.
     inputs.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut next_ping = Instant::now() + Duration::from_secs(1);
+    let mut next_ping = Instant::now() + PING_EVERY;
     let mut sent_at = [Instant::now(); 128];
     let mut seq: u32 = 0;
     let mut last_ack: u32 = 0;
@@ -346,16 +351,16 @@ async fn session(
                 }
                 let now = Instant::now();
                 sent_at[seq as usize % 128] = now;
-                send(&mut ws, enc, &mut buf, &ClientMsg::Input(Input { seq, dx, dy, collect: seq.is_multiple_of(10) })).await?;
+                send(&mut ws, enc, &mut buf, &ClientMsg::Input(Input { seq, dx, dy, collect: seq.is_multiple_of(COLLECT_EVERY_INPUTS) })).await?;
                 n_inputs += 1;
                 if n_inputs.is_multiple_of(16) {
                     flush_counts(&ctx.progress, &mut n_inputs, &mut n_deltas, &mut n_bytes);
                 }
                 // The once-a-second ping rides on an input wake-up (no timer of its own).
                 if now >= next_ping {
-                    next_ping += Duration::from_secs(1);
+                    next_ping += PING_EVERY;
                     if next_ping < now {
-                        next_ping = now + Duration::from_secs(1);
+                        next_ping = now + PING_EVERY;
                     }
                     ping_id += 1;
                     send(&mut ws, enc, &mut buf, &ClientMsg::Ping { id: ping_id, ts: unix_micros() }).await?;

@@ -4,6 +4,10 @@
 mod task;
 mod world;
 
+pub use world::{
+    MAX_INPUTS_PER_TICK, MAX_QUEUED_INPUTS, NPC_SPEED, NPC_TURN_ONE_IN, PLAYER_SPEED, WORLD_SIZE,
+};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
