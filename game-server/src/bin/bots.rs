@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     }
     // On one CPU (pinned, or a 1-CPU machine) a current-thread runtime: no work stealing and
     // no cross-thread wake-ups, which is what lets one core drive the most sessions.
-    let one_cpu = std::thread::available_parallelism().map_or(false, |n| n.get() == 1);
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let rt = if one_cpu {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
