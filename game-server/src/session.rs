@@ -2,12 +2,13 @@
 //! frames from a bounded queue, keeps a single heartbeat deadline, and closes with
 //! a clear code and reason.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
 use tokio::sync::{Notify, mpsc};
@@ -75,14 +76,25 @@ enum WriteErr {
     Io,
 }
 
+/// The socket, read and written by the session's one task (not split: no lock between a
+/// read half and a write half), and the frames waiting to be written.
 struct Conn {
-    sink: SplitSink<WebSocket, Message>,
+    ws: WebSocket,
     enc: Encoding,
     kick: Arc<KickSignal>,
     write_timeout: Duration,
     sent: IntCounter,
     sent_bytes: IntCounter,
-    batch: Vec<Message>,
+    batch: VecDeque<Message>,
+    /// Since when frames have been waiting to be written (None: nothing to write). The main
+    /// loop checks it when the heartbeat fires, instead of a timer per write.
+    writing: Option<Instant>,
+}
+
+/// What the socket did: the pending write finished, or a message (or the end) arrived.
+enum Io {
+    Written(Result<(), axum::Error>),
+    Read(Option<Result<Message, axum::Error>>),
 }
 
 impl Conn {
@@ -100,22 +112,46 @@ impl Conn {
         self.sent.inc();
         self.sent_bytes.inc_by(data.len() as u64);
         let m = self.frame(data);
-        self.batch.push(m);
+        self.push_msg(m);
     }
 
-    /// Write the queued batch with one flush; give up if kicked or the peer stalls.
+    fn push_msg(&mut self, m: Message) {
+        self.batch.push_back(m);
+        self.writing.get_or_insert_with(Instant::now);
+    }
+
+    /// Make progress on the queued frames: all of them go into tungstenite's write buffer,
+    /// then one flush writes them (one syscall for the batch while the socket takes it).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        while !self.batch.is_empty() {
+            ready!(self.ws.poll_ready_unpin(cx))?;
+            if let Some(m) = self.batch.pop_front() {
+                self.ws.start_send_unpin(m)?;
+            }
+        }
+        ready!(self.ws.poll_flush_unpin(cx))?;
+        self.writing = None;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Poll the pending write (if any) and the next incoming message.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
+        if self.writing.is_some()
+            && let Poll::Ready(r) = self.poll_write(cx)
+        {
+            return Poll::Ready(Io::Written(r));
+        }
+        self.ws.poll_next_unpin(cx).map(Io::Read)
+    }
+
+    /// Write what is queued now (the rare direct replies: welcome, errors, redirect); give up
+    /// if kicked or the peer stalls.
     async fn flush(&mut self) -> Result<(), WriteErr> {
         let kick = self.kick.clone();
-        let sink = &mut self.sink;
-        let batch = &mut self.batch;
-        let write = async move {
-            for m in batch.drain(..) {
-                sink.feed(m).await?;
-            }
-            sink.flush().await
-        };
+        let limit = self.write_timeout;
+        let write = std::future::poll_fn(|cx| self.poll_write(cx));
         tokio::select! {
-            r = tokio::time::timeout(self.write_timeout, write) => match r {
+            r = tokio::time::timeout(limit, write) => match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(WriteErr::Io),
                 Err(_) => Err(WriteErr::Timeout),
@@ -195,9 +231,10 @@ struct Session {
     app: Arc<App>,
     sid: u64,
     player: String,
+    /// The same, shared with every input command sent to the room (no allocation per input).
+    player_rc: Arc<str>,
     enc: Encoding,
     conn: Conn,
-    stream: SplitStream<WebSocket>,
     rx: mpsc::Receiver<Bytes>,
     member: Member,
     room: Option<RoomHandle>,
@@ -209,20 +246,20 @@ struct Session {
 
 impl Session {
     fn new(ws: WebSocket, app: Arc<App>, p: SessionParams) -> Self {
-        let (sink, stream) = ws.split();
         let (tx, rx) = mpsc::channel(app.cfg.outbound_queue.max(1));
         let kick = Arc::new(KickSignal::default());
         let enc = p.encoding;
         let m = &app.metrics;
         Self {
             conn: Conn {
-                sink,
+                ws,
                 enc,
                 kick: kick.clone(),
                 write_timeout: app.cfg.heartbeat_timeout(),
                 sent: m.messages_sent_total.with_label_values(&[enc.as_str()]),
                 sent_bytes: m.sent_bytes_total.clone(),
-                batch: Vec::with_capacity(32),
+                batch: VecDeque::with_capacity(8),
+                writing: None,
             },
             received: m.messages_received_total.with_label_values(&[enc.as_str()]),
             received_bytes: m.received_bytes_total.clone(),
@@ -232,12 +269,12 @@ impl Session {
                 tx,
                 kick,
             },
-            stream,
             rx,
             room: None,
             scratch: BytesMut::with_capacity(256),
             sid: p.session_id,
             resume: p.resume,
+            player_rc: Arc::from(p.player.as_str()),
             player: p.player,
             enc,
             app,
@@ -324,15 +361,26 @@ impl Session {
         let mut last_ping = Instant::now();
         let mut ping_id: u32 = 0;
         let mut limit = RateLimit::new(rate, burst);
+        // Created once and kept pinned: a fresh future per loop turn would register and
+        // unregister a waiter (under a lock) on every message.
         let shutdown = self.app.shutdown.clone();
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
         let kick = self.member.kick.clone();
+        let kicked = kick.wait();
+        tokio::pin!(kicked);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ending { code: Some(close::GOING_AWAY), reason: "server_shutdown", kick: false },
-                (code, reason) = kick.wait() => return Ending::kick(code, reason),
+                _ = &mut shutdown => return Ending { code: Some(close::GOING_AWAY), reason: "server_shutdown", kick: false },
+                (code, reason) = &mut kicked => return Ending::kick(code, reason),
                 _ = &mut heartbeat => {
                     let now = Instant::now();
+                    // A peer that stops reading until a write has waited for the write
+                    // timeout is a slow consumer too (checked here: no timer per write).
+                    if self.conn.writing.is_some_and(|t| now - t >= self.conn.write_timeout) {
+                        return self.write_ending(WriteErr::Timeout);
+                    }
                     let idle = now - last_seen;
                     if idle >= kick_after {
                         return Ending::kick(close::HEARTBEAT_TIMEOUT, "heartbeat_timeout");
@@ -342,21 +390,23 @@ impl Session {
                         ping_id = ping_id.wrapping_add(1);
                         let ts = crate::protocol::unix_micros();
                         // Both: WebSocket ping for libraries that answer it, app ping for clients behind proxies.
-                        self.conn.batch.push(Message::Ping(Bytes::copy_from_slice(&ts.to_le_bytes())));
+                        self.conn.push_msg(Message::Ping(Bytes::copy_from_slice(&ts.to_le_bytes())));
                         let b = self.encode(&ServerMsg::Ping { id: ping_id, ts });
                         self.conn.push(b);
-                        if let Err(e) = self.conn.flush().await {
-                            return self.write_ending(e);
-                        }
                     }
-                    let next = if idle >= ping_after {
+                    let mut next = if idle >= ping_after {
                         (last_seen + kick_after).min(now + ping_after)
                     } else {
                         last_seen + ping_after
                     };
+                    if let Some(t) = self.conn.writing {
+                        next = next.min((t + self.conn.write_timeout).max(now + Duration::from_millis(10)));
+                    }
                     heartbeat.as_mut().reset(next.into());
                 }
-                frame = self.rx.recv() => {
+                // While a write is pending, frames stay in the bounded queue; when it fills
+                // up the room drops the session as a slow consumer.
+                frame = self.rx.recv(), if self.conn.writing.is_none() => {
                     let Some(frame) = frame else { continue };
                     self.conn.push(frame);
                     // Drain what is already queued and write it with one flush.
@@ -366,15 +416,14 @@ impl Session {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = self.conn.flush().await {
-                        return self.write_ending(e);
-                    }
                 }
-                msg = self.stream.next() => {
-                    let msg = match msg {
-                        None => return Ending::quiet("peer_gone"),
-                        Some(Err(e)) => return classify_read_error(e),
-                        Some(Ok(m)) => m,
+                io = std::future::poll_fn(|cx| self.conn.poll_io(cx)) => {
+                    let msg = match io {
+                        Io::Written(Ok(())) => continue,
+                        Io::Written(Err(_)) => return Ending::quiet("io_error"),
+                        Io::Read(None) => return Ending::quiet("peer_gone"),
+                        Io::Read(Some(Err(e))) => return classify_read_error(e),
+                        Io::Read(Some(Ok(m))) => m,
                     };
                     let now = Instant::now();
                     last_seen = now;
@@ -413,13 +462,18 @@ impl Session {
         match msg {
             ClientMsg::Input(i) => {
                 if let Some(r) = &self.room
-                    && !r.input(&self.player, self.sid, i)
+                    && !r.input(&self.player_rc, self.sid, i)
                 {
                     self.app.metrics.inputs_dropped_total.inc();
                 }
                 Ok(())
             }
-            ClientMsg::Ping { id, ts } => self.send_now(&ServerMsg::Pong { id, ts }).await,
+            ClientMsg::Ping { id, ts } => {
+                // Written by the main loop with whatever else is queued.
+                let b = self.encode(&ServerMsg::Pong { id, ts });
+                self.conn.push(b);
+                Ok(())
+            }
             ClientMsg::Pong { .. } => Ok(()),
             ClientMsg::Join { room } => self.join(room).await,
             ClientMsg::Leave => {
@@ -550,12 +604,12 @@ impl Session {
             reason: Utf8Bytes::from_static(reason),
         }));
         let wrote = matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.conn.sink.send(frame)).await,
+            tokio::time::timeout(Duration::from_secs(5), self.conn.ws.send(frame)).await,
             Ok(Ok(()))
         );
         if wrote {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(Ok(m)) = self.stream.next().await {
+                while let Some(Ok(m)) = self.conn.ws.next().await {
                     if matches!(m, Message::Close(_)) {
                         break;
                     }

@@ -34,6 +34,9 @@ enum What {
     Overhead(OverheadArgs),
     /// The worker pool against tokio baselines (`cargo bench -p game-pool`).
     Pool,
+    /// Our game server beside a Colyseus server doing the same work, same session counts,
+    /// alternating in one run (server and load pinned to different CPUs).
+    Peer(crate::peer::PeerArgs),
     /// Sessions held at 20 Hz, messages/s, RSS per session, delta latency (`bots bench`).
     Server {
         /// Extra arguments for `bots bench` (e.g. `--steps 250,500,1000`).
@@ -63,15 +66,20 @@ pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
     match args.what {
         What::Probes { seconds } => probes(env, seconds),
         What::Overhead(a) => overhead(env, a),
+        What::Peer(a) => crate::peer::run(env, a),
         What::Pool => run_cmd(env.cargo().args(["bench", "-p", "game-pool"])),
         What::Server { rest } => {
             // bots bench spawns the release server binary next to it: build both.
             crate::tasks::build(env)?;
-            run_cmd(
-                Command::new(env.root.join("target/release/bots"))
-                    .arg("bench")
-                    .args(rest),
-            )
+            let mut cmd = Command::new(env.root.join("target/release/bots"));
+            cmd.arg("bench");
+            // Server and bots on different CPUs, so the server's CPU is measured apart.
+            if !rest.iter().any(|a| a.starts_with("--server-cpu"))
+                && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+            {
+                cmd.args(["--server-cpu", "1", "--bots-cpu", "0"]);
+            }
+            run_cmd(cmd.args(rest))
         }
     }
 }

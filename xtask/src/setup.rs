@@ -95,6 +95,7 @@ pub fn run() -> Result<Env> {
     debian_packages()?;
     let python = python_venv(&root, &tools)?;
     ui_test_node_modules(&root)?;
+    colyseus_peer(&root, &tools)?;
     tracefs()?;
     Ok(Env {
         root,
@@ -338,6 +339,33 @@ fn ui_test_node_modules(root: &Path) -> Result<()> {
             .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"),
     )
     .context("npm ci in agent/tests/ui failed (Node.js 20 and npm are needed)")?;
+    std::fs::write(&stamp, lock)?;
+    Ok(())
+}
+
+/// The Colyseus peer of `cargo xtask bench peer` (bench-only): game-server/peer/colyseus's
+/// locked packages, `npm ci` into `.tools/colyseus-peer` (the scripts stay in the repo and
+/// find them through NODE_PATH); only when missing or the lock file changed.
+fn colyseus_peer(root: &Path, tools: &Path) -> Result<()> {
+    let src = root.join("game-server/peer/colyseus");
+    let dir = tools.join("colyseus-peer");
+    let lock = std::fs::read_to_string(src.join("package-lock.json"))
+        .context("reading game-server/peer/colyseus/package-lock.json")?;
+    let stamp = dir.join("node_modules/.kernelsight-lock");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
+        step("colyseus peer node_modules: present");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir)?;
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(src.join(f), dir.join(f))?;
+    }
+    run_cmd(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir),
+    )
+    .context("npm ci for the Colyseus peer failed (Node.js 20 and npm are needed)")?;
     std::fs::write(&stamp, lock)?;
     Ok(())
 }

@@ -20,10 +20,26 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bots")
-        .build()?;
+    if let Some(Cmd::Bench(bench::BenchOpts {
+        bots_cpu: Some(cpu),
+        ..
+    })) = &cli.cmd
+    {
+        bench::pin_to_cpu(*cpu)?;
+    }
+    // On one CPU (pinned, or a 1-CPU machine) a current-thread runtime: no work stealing and
+    // no cross-thread wake-ups, which is what lets one core drive the most sessions.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let rt = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("bots")
+            .build()?
+    };
     rt.block_on(async move {
         match cli.cmd {
             Some(Cmd::Bench(o)) => {

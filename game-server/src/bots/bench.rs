@@ -39,6 +39,27 @@ pub struct BenchOpts {
     /// Print the rows as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Pin the server to this CPU (its runtime then has one worker), so that its CPU time and
+    /// the bots' are measured apart.
+    #[arg(long)]
+    pub server_cpu: Option<usize>,
+    /// Pin the bots (this process) to this CPU; with one CPU they run on a current-thread runtime.
+    #[arg(long)]
+    pub bots_cpu: Option<usize>,
+}
+
+/// Restrict the calling thread (and the threads and processes it creates later) to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // read and write that local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 type Scrape = Vec<(String, f64)>;
@@ -59,6 +80,13 @@ pub struct Row {
     pub inputs_ratio: f64,
     /// Server process CPU over the steady window (100 = one core).
     pub server_cpu_pct: f64,
+    /// Server CPU per 1,000 sessions (percent of one core).
+    pub server_cpu_pct_per_1k: f64,
+    /// The bots' own CPU over the steady window (100 = one core).
+    pub bots_cpu_pct: f64,
+    pub msgs_in_per_sec: f64,
+    /// Bytes the bots received per session per second (WebSocket payload).
+    pub bytes_in_per_session_per_sec: f64,
     pub msgs_out_per_sec: f64,
     pub bytes_out_per_sec: f64,
     pub rss_per_session_kib: f64,
@@ -140,7 +168,8 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
     let mut secret = [0u8; 24];
     getrandom::fill(&mut secret)?;
     let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let mut child = tokio::process::Command::new(&bin)
+    let mut child = tokio::process::Command::new(&bin);
+    child
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -166,7 +195,12 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    if let Some(cpu) = o.server_cpu {
+        // SAFETY: pin_to_cpu only calls sched_setaffinity, which is async-signal-safe.
+        unsafe { child.pre_exec(move || pin_to_cpu(cpu)) };
+    }
+    let mut child = child
         .spawn()
         .with_context(|| format!("spawn {}", bin.display()))?;
     let pid = child.id().context("server pid")?;
@@ -206,6 +240,7 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
                     // overhead` reads the kernel's BPF stats at these lines).
                     eprintln!("bench: phase {phase:?} sessions {n}");
                     cpu.lock().unwrap().push(cpu_secs(pid));
+                    cpu.lock().unwrap().push(cpu_secs(std::process::id()));
                     if let Ok(m) = scrape(addr).await {
                         scrapes.lock().unwrap().push(m);
                     }
@@ -238,10 +273,13 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
         let tick_p99_ms = hist_p99(before, after, "game_tick_duration_seconds") * 1000.0;
         let closed_early: u64 = s.closed_early.values().sum();
         let cpu = cpu.lock().unwrap().clone();
-        let server_cpu_pct = if cpu.len() == 2 {
-            (cpu[1] - cpu[0]) / secs * 100.0
+        let (server_cpu_pct, bots_cpu_pct) = if cpu.len() == 4 {
+            (
+                (cpu[2] - cpu[0]) / secs * 100.0,
+                (cpu[3] - cpu[1]) / secs * 100.0,
+            )
         } else {
-            0.0
+            (0.0, 0.0)
         };
         let delivered_ratio = s.deltas_per_sec / (n as f64 * o.rate as f64);
         let inputs_ratio = s.inputs_per_sec / (n as f64 * o.rate as f64);
@@ -266,6 +304,14 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
             delivered_ratio,
             inputs_ratio,
             server_cpu_pct,
+            server_cpu_pct_per_1k: server_cpu_pct / n.max(1) as f64 * 1000.0,
+            bots_cpu_pct,
+            msgs_in_per_sec: (sample(after, "game_messages_received_total{encoding=\"binary\"}")
+                + sample(after, "game_messages_received_total{encoding=\"json\"}")
+                - sample(before, "game_messages_received_total{encoding=\"binary\"}")
+                - sample(before, "game_messages_received_total{encoding=\"json\"}"))
+                / secs,
+            bytes_in_per_session_per_sec: s.bytes_in_per_sec / n.max(1) as f64,
             msgs_out_per_sec: (sent_total(after) - sent_total(before)) / secs,
             bytes_out_per_sec: (sample(after, "game_sent_bytes_total")
                 - sample(before, "game_sent_bytes_total"))
@@ -289,14 +335,14 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
 
 pub fn print_table(rows: &[Row], o: &BenchOpts) {
     println!(
-        "| sessions | rooms | held @{} Hz | tick p99 (budget {:.0} ms) | overruns | inputs sent | deltas delivered | msgs out/s | KiB out/s | server CPU | RSS/session | delta p99 | input→ack p99 |",
+        "| sessions | rooms | held @{} Hz | tick p99 (budget {:.0} ms) | overruns | inputs sent | deltas delivered | msgs in+out/s | KiB out/s | server CPU | server CPU / 1k sessions | bots CPU | RSS/session | delta p99 | input→ack p99 |",
         o.rate,
         1000.0 / o.rate as f64
     );
-    println!("|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | ≤ {} ms | {} | {:.1}% | {:.1}% | {:.0} | {:.0} | {:.0}% | {:.1} KiB | {:.1} ms | {:.1} ms |",
+            "| {} | {} | {} | ≤ {} ms | {} | {:.1}% | {:.1}% | {:.0} | {:.0} | {:.0}% | {:.1}% | {:.0}% | {:.1} KiB | {:.1} ms | {:.1} ms |",
             r.sessions,
             r.rooms,
             if r.held { "yes" } else { "no" },
@@ -304,9 +350,11 @@ pub fn print_table(rows: &[Row], o: &BenchOpts) {
             r.tick_overruns,
             r.inputs_ratio * 100.0,
             r.delivered_ratio * 100.0,
-            r.msgs_out_per_sec,
+            r.msgs_in_per_sec + r.msgs_out_per_sec,
             r.bytes_out_per_sec / 1024.0,
             r.server_cpu_pct,
+            r.server_cpu_pct_per_1k,
+            r.bots_cpu_pct,
             r.rss_per_session_kib,
             r.delta_latency_p99_ms,
             r.input_to_ack_p99_ms,

@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 use super::percentile;
 use crate::protocol::{ClientMsg, Encoding, Input, ServerMsg, unix_micros};
 
+/// Each bot pings once a second and asks to collect gold on every 10th input (the workload the
+/// Colyseus peer reproduces: game-server/peer/workload.json).
+pub const PING_EVERY: Duration = Duration::from_secs(1);
+pub const COLLECT_EVERY_INPUTS: u32 = 10;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadOpts {
     /// WebSocket URL of the server; several (comma-separated) spread the bots over them as
@@ -239,25 +244,24 @@ async fn session(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(ctx.enc.subprotocol()),
     );
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
+    // tungstenite zero-fills the free part of its read buffer (128 KiB by default) before
+    // every read; deltas are < 1 KiB, so 4 KiB keeps that memset from dominating the bots.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
     if !*ever_connected {
         *ever_connected = true;
         ctx.progress.connected.fetch_add(1, Ordering::Relaxed);
     }
-    let (mut sink, mut stream) = ws.split();
+    // One stream for reading and writing (no split: select! drops the read future before a
+    // branch writes, so no lock between a read half and a write half is needed).
     let mut buf = BytesMut::with_capacity(64);
     let enc = ctx.enc;
-    let mut send = async |sink: &mut futures_util::stream::SplitSink<_, Message>, m: &ClientMsg| {
-        enc.encode_client(m, &mut buf);
-        let b = buf.split().freeze();
-        let msg = match enc {
-            Encoding::Binary => Message::Binary(b),
-            Encoding::Json => Message::Text(String::from_utf8_lossy(&b).into_owned().into()),
-        };
-        sink.send(msg).await
-    };
     send(
-        &mut sink,
+        &mut ws,
+        enc,
+        &mut buf,
         &ClientMsg::Join {
             room: room.to_owned(),
         },
@@ -267,8 +271,7 @@ async fn session(
     let mut inputs = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate.max(0.1)));
     // A bot that falls behind does not burst to catch up: it would distort the rate.
     inputs.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut pings = tokio::time::interval(Duration::from_secs(1));
-    pings.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut next_ping = Instant::now() + PING_EVERY;
     let mut sent_at = [Instant::now(); 128];
     let mut seq: u32 = 0;
     let mut last_ack: u32 = 0;
@@ -276,25 +279,17 @@ async fn session(
     let (mut dx, mut dy) = (1i8, 0i8);
     let mut joined = false;
     let mut redirect = None;
+    // Counted locally and added to the shared counters in batches (fewer atomic writes).
+    let (mut n_inputs, mut n_deltas, mut n_bytes) = (0u64, 0u64, 0u64);
     let end = loop {
+        // Every bot wakes at least at the input rate once joined: checking the flag here
+        // costs less than a cancellation future per wake-up.
+        if ctx.stop.is_cancelled() {
+            break End::Stopped;
+        }
         tokio::select! {
-            _ = ctx.stop.cancelled() => break End::Stopped,
-            _ = inputs.tick(), if joined => {
-                seq += 1;
-                if seq.is_multiple_of(20) {
-                    // Wander: a new direction every second or so.
-                    dx = ((seq / 20 + i as u32) % 3) as i8 - 1;
-                    dy = ((seq / 60 + i as u32) % 3) as i8 - 1;
-                }
-                sent_at[seq as usize % 128] = Instant::now();
-                send(&mut sink, &ClientMsg::Input(Input { seq, dx, dy, collect: seq.is_multiple_of(10) })).await?;
-                ctx.progress.inputs.fetch_add(1, Ordering::Relaxed);
-            }
-            _ = pings.tick(), if joined => {
-                ping_id += 1;
-                send(&mut sink, &ClientMsg::Ping { id: ping_id, ts: unix_micros() }).await?;
-            }
-            m = stream.next() => {
+            biased;
+            m = ws.next() => {
                 let data = match m {
                     None => break End::Lost("eof".into()),
                     Some(Err(e)) => break End::Lost(format!("error: {e}")),
@@ -308,37 +303,102 @@ async fn session(
                     }
                     Some(Ok(_)) => continue,
                 };
-                let now = Instant::now();
-                let now_us = unix_micros();
-                ctx.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                n_bytes += data.len() as u64;
                 let measuring = ctx.measuring.is_cancelled();
-                match enc.decode_server(&data)? {
-                    ServerMsg::Delta { ack, ts, .. } => {
-                        ctx.progress.deltas.fetch_add(1, Ordering::Relaxed);
+                // Deltas are most of the traffic: only their ack and ts are measured, so the
+                // entities are not decoded.
+                let delta = match enc {
+                    Encoding::Binary => crate::protocol::binary::peek_delta(&data),
+                    Encoding::Json => None,
+                };
+                let msg = match delta {
+                    Some(d) => Ok(d),
+                    None => match enc.decode_server(&data)? {
+                        ServerMsg::Delta { ack, ts, .. } => Ok((ack, ts)),
+                        other => Err(other),
+                    },
+                };
+                match msg {
+                    Ok((ack, ts)) => {
+                        n_deltas += 1;
+                        if n_deltas.is_multiple_of(16) {
+                            flush_counts(&ctx.progress, &mut n_inputs, &mut n_deltas, &mut n_bytes);
+                        }
                         if measuring {
-                            r.delta.push(now_us.saturating_sub(ts) as u32);
+                            r.delta.push(unix_micros().saturating_sub(ts) as u32);
                         }
                         if ack > last_ack {
                             if measuring && seq.wrapping_sub(ack) < 128 {
-                                r.ack.push((now - sent_at[ack as usize % 128]).as_micros() as u32);
+                                r.ack.push(sent_at[ack as usize % 128].elapsed().as_micros() as u32);
                             }
                             last_ack = ack;
                         }
                     }
-                    ServerMsg::Pong { ts, .. } if measuring => r.rtt.push(now_us.saturating_sub(ts) as u32),
-                    ServerMsg::Ping { id, .. } => send(&mut sink, &ClientMsg::Pong { id }).await?,
-                    ServerMsg::Joined { .. } => joined = true,
-                    ServerMsg::Redirect { url, .. } => redirect = Some(url),
-                    ServerMsg::Error { code, msg } => anyhow::bail!("server error {code}: {msg}"),
-                    _ => {}
+                    Err(ServerMsg::Pong { ts, .. }) if measuring => r.rtt.push(unix_micros().saturating_sub(ts) as u32),
+                    Err(ServerMsg::Ping { id, .. }) => send(&mut ws, enc, &mut buf, &ClientMsg::Pong { id }).await?,
+                    Err(ServerMsg::Joined { .. }) => joined = true,
+                    Err(ServerMsg::Redirect { url, .. }) => redirect = Some(url),
+                    Err(ServerMsg::Error { code, msg }) => anyhow::bail!("server error {code}: {msg}"),
+                    Err(_) => {}
+                }
+            }
+            _ = inputs.tick(), if joined => {
+                seq += 1;
+                if seq.is_multiple_of(20) {
+                    // Wander: a new direction every second or so.
+                    dx = ((seq / 20 + i as u32) % 3) as i8 - 1;
+                    dy = ((seq / 60 + i as u32) % 3) as i8 - 1;
+                }
+                let now = Instant::now();
+                sent_at[seq as usize % 128] = now;
+                send(&mut ws, enc, &mut buf, &ClientMsg::Input(Input { seq, dx, dy, collect: seq.is_multiple_of(COLLECT_EVERY_INPUTS) })).await?;
+                n_inputs += 1;
+                if n_inputs.is_multiple_of(16) {
+                    flush_counts(&ctx.progress, &mut n_inputs, &mut n_deltas, &mut n_bytes);
+                }
+                // The once-a-second ping rides on an input wake-up (no timer of its own).
+                if now >= next_ping {
+                    next_ping += PING_EVERY;
+                    if next_ping < now {
+                        next_ping = now + PING_EVERY;
+                    }
+                    ping_id += 1;
+                    send(&mut ws, enc, &mut buf, &ClientMsg::Ping { id: ping_id, ts: unix_micros() }).await?;
                 }
             }
         }
     };
+    flush_counts(&ctx.progress, &mut n_inputs, &mut n_deltas, &mut n_bytes);
     if matches!(end, End::Stopped) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(None))).await;
     }
     Ok(end)
+}
+
+fn flush_counts(p: &Progress, inputs: &mut u64, deltas: &mut u64, bytes: &mut u64) {
+    p.inputs
+        .fetch_add(std::mem::take(inputs), Ordering::Relaxed);
+    p.deltas
+        .fetch_add(std::mem::take(deltas), Ordering::Relaxed);
+    p.bytes.fetch_add(std::mem::take(bytes), Ordering::Relaxed);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(
+    ws: &mut Ws,
+    enc: Encoding,
+    buf: &mut BytesMut,
+    m: &ClientMsg,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    enc.encode_client(m, buf);
+    let b = buf.split().freeze();
+    let msg = match enc {
+        Encoding::Binary => Message::Binary(b),
+        Encoding::Json => Message::Text(String::from_utf8_lossy(&b).into_owned().into()),
+    };
+    ws.send(msg).await
 }
 
 /// Run the load and return its summary. `hook` is awaited at each phase (bench scrapes there).

@@ -169,6 +169,17 @@ pub fn delta_header(tick: u64, ack: u32, ts: u64, gold: i64, out: &mut BytesMut)
     out.put_i64_le(gold);
 }
 
+/// `(ack, ts)` of a binary delta without decoding its entities (the bots measure only these),
+/// `None` for any other message.
+pub fn peek_delta(data: &[u8]) -> Option<(u32, u64)> {
+    if data.first() != Some(&S_DELTA) || data.len() < 29 {
+        return None;
+    }
+    let ack = u32::from_le_bytes(data[9..13].try_into().ok()?);
+    let ts = u64::from_le_bytes(data[13..21].try_into().ok()?);
+    Some((ack, ts))
+}
+
 pub fn delta_body(ents: &[Entity], gone: &[u32], out: &mut BytesMut) {
     out.reserve(4 + ents.len() * ENTITY_BYTES + gone.len() * 4);
     out.put_u16_le(ents.len() as u16);

@@ -4,6 +4,10 @@
 mod task;
 mod world;
 
+pub use world::{
+    MAX_INPUTS_PER_TICK, MAX_QUEUED_INPUTS, NPC_SPEED, NPC_TURN_ONE_IN, PLAYER_SPEED, WORLD_SIZE,
+};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,7 +65,7 @@ pub(crate) enum RoomCmd {
         reply: oneshot::Sender<()>,
     },
     Input {
-        player: String,
+        player: Arc<str>,
         session_id: u64,
         input: Input,
     },
@@ -76,10 +80,10 @@ pub struct RoomHandle {
 
 impl RoomHandle {
     /// Inputs are best effort: under overload they are dropped, never queued without bound.
-    pub fn input(&self, player: &str, session_id: u64, input: Input) -> bool {
+    pub fn input(&self, player: &Arc<str>, session_id: u64, input: Input) -> bool {
         self.tx
             .try_send(RoomCmd::Input {
-                player: player.to_string(),
+                player: player.clone(),
                 session_id,
                 input,
             })

@@ -11,14 +11,18 @@ use super::{JoinError, JoinOk, Member, Shared};
 use crate::persistence::PlayerRecord;
 use crate::protocol::{self, Encoding, Entity, Input, KIND_NPC, KIND_PLAYER, ServerMsg, close};
 
-pub(super) const WORLD_SIZE: f32 = 100.0;
+// The workload constants are public: the Colyseus peer's room must match them
+// (game-server/peer/workload.json, checked by tests/peer_workload.rs).
+pub const WORLD_SIZE: f32 = 100.0;
 /// Units per second at full input.
-const PLAYER_SPEED: f32 = 10.0;
-const NPC_SPEED: f32 = 3.0;
+pub const PLAYER_SPEED: f32 = 10.0;
+pub const NPC_SPEED: f32 = 3.0;
+/// An NPC picks a new direction with probability 1/N per tick.
+pub const NPC_TURN_ONE_IN: u64 = 64;
 /// Inputs buffered per player between ticks; more are dropped (a client may not outrun the sim).
-const MAX_QUEUED_INPUTS: usize = 8;
+pub const MAX_QUEUED_INPUTS: usize = 8;
 /// Inputs applied per player per tick, so a burst cannot teleport a player.
-const MAX_INPUTS_PER_TICK: usize = 4;
+pub const MAX_INPUTS_PER_TICK: usize = 4;
 const MAX_ITEMS: usize = 64;
 
 struct Player {
@@ -320,7 +324,7 @@ impl World {
             }
         }
         for i in 0..self.npcs.len() {
-            if self.rand_u64().is_multiple_of(64) {
+            if self.rand_u64().is_multiple_of(NPC_TURN_ONE_IN) {
                 let (vx, vy) = self.rand_dir();
                 self.npcs[i].vx = vx;
                 self.npcs[i].vy = vy;
