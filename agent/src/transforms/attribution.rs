@@ -19,6 +19,7 @@ use super::pod::{
     scope::Scope,
 };
 use crate::shared::{
+    culprit::CulpritStep,
     event::{Identify, KernelEvent, PodLabels},
     origin::Origin,
 };
@@ -136,6 +137,31 @@ impl Attribution {
         }
     }
 
+    /// Names each culprit of a step: comm and cgroup path from /proc while the process lives
+    /// (cached, bounded), else what the kernel recorded; its pod when it runs in one.
+    pub fn apply_culprits(&self, step: &mut CulpritStep) {
+        for s in &mut step.samples {
+            let pid = s.id.pid;
+            // A pid reused since the kernel charged it would be named wrongly; the kernel's
+            // cgroup id must agree with /proc's for /proc's answers to be used.
+            let live = self.cgroup_id(pid);
+            if live != 0 && (s.cgroup_id == 0 || live == s.cgroup_id) {
+                let comm = self.comm(pid);
+                if comm != "exited" {
+                    s.id.comm = comm;
+                }
+                let path = self.cgroup_path(pid);
+                if !path.is_empty() {
+                    s.id.cgroup = path;
+                }
+                if let Some(p) = self.pod(pid) {
+                    s.id.pod_name = p.name;
+                    s.id.pod_namespace = p.namespace;
+                }
+            }
+        }
+    }
+
     pub fn directory(&self) -> &PodDirectory {
         &self.directory
     }
@@ -152,6 +178,13 @@ impl Identify for Attribution {
 
     fn cgroup_id(&self, pid: u32) -> u64 {
         self.cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid)
+    }
+
+    fn cgroup_path(&self, pid: u32) -> String {
+        self.paths
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(pid)

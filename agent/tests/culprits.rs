@@ -1,0 +1,280 @@
+//! Who held the CPU, with the real programs and real hogs: a watched victim shares CPU 0 with
+//! hog processes, one of them in a cgroup v2 of its own (made here, removed after).
+//!
+//! - `two_hogs_one_in_a_cgroup_and_a_hog_that_stops_halfway`: the kernel's (victim, culprit)
+//!   table through the agent's aggregation: both hogs charged, each with its own cgroup id;
+//!   after one hog stops, only the other is charged.
+//! - `the_incident_names_the_hog_that_held_the_cpu`: the agent binary raises cpu_contention for
+//!   the victim, names the heavier hog (pid and cgroup path) at /incidents, and forwards the
+//!   incident span with `kernelsight.culprit.*`.
+mod common;
+mod correlation_support;
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use agent::{
+    shared::culprit::{CulpritDeltas, CulpritWindow, WindowBounds},
+    sources::kernel::{ProbeConfig, Probes},
+};
+use common::{eventually, free_port, http_get, require_root};
+use correlation_support::*;
+
+/// A process pinned to CPU 0, killed on drop.
+struct Pinned(Child);
+
+impl Pinned {
+    fn python(code: &str) -> Self {
+        Self(
+            Command::new("taskset")
+                .args(["-c", "0", "python3", "-c", code])
+                .spawn()
+                .expect("taskset and python3"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A cgroup v2 directory of our own under the root, removed on drop (after its processes are
+/// gone: drop the processes first).
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(tag: &str) -> Self {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/cgroup/ks-culprit-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("cgroup v2 at /sys/fs/cgroup");
+        Self(dir)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
+    }
+
+    /// The id `bpf_get_current_cgroup_id()` reports: the directory's inode.
+    fn id(&self) -> u64 {
+        std::fs::metadata(&self.0).unwrap().ino()
+    }
+
+    /// As /proc/PID/cgroup names it.
+    fn path(&self) -> String {
+        format!("/{}", self.0.file_name().unwrap().to_str().unwrap())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn cgroup_id_of(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    std::fs::metadata(format!("/sys/fs/cgroup{}", rel.trim_end()))
+        .unwrap()
+        .ino()
+}
+
+const BUSY: &str = "while True: pass";
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[test]
+fn two_hogs_one_in_a_cgroup_and_a_hog_that_stops_halfway() {
+    require_root();
+    let cage = Cgroup::new("unit");
+    let victim = Pinned::python(BUSY);
+    let mut probes = Probes::load(&ProbeConfig::default()).unwrap();
+    probes.watch(victim.pid()).unwrap();
+    let caged = Pinned::python(BUSY);
+    cage.add(caged.pid());
+    let free = Pinned::python(BUSY);
+    let (vpid, cpid, fpid) = (victim.pid(), caged.pid(), free.pid());
+
+    let mut deltas = CulpritDeltas::default();
+    let mut window = CulpritWindow::new(WindowBounds::default());
+    let mut read = |window: &mut CulpritWindow, t: u64| {
+        let step = deltas.step(probes.runq_culprits().unwrap(), t);
+        window.push(&step);
+        step
+    };
+    read(&mut window, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = read(&mut window, 1);
+    let top = window.top(vpid, 1, 1, 5);
+    eprintln!("both hogs: {top:#?}");
+    let of = |pid: u32| top.iter().find(|c| c.id.pid == pid);
+    let (c, f) = (
+        of(cpid).expect("the caged hog was charged"),
+        of(fpid).expect("the free hog was charged"),
+    );
+    // Three busy processes on one CPU: while the victim waits, the two hogs hold the CPU
+    // nearly all the time, about half each (other tasks on a shared machine take a little).
+    assert!(
+        c.share + f.share > 0.6 && c.share > 0.2 && f.share > 0.2,
+        "{top:?}"
+    );
+    // Each with its own cgroup, as the kernel saw it when it ran.
+    let id = |pid: u32| {
+        first
+            .samples
+            .iter()
+            .find(|s| s.victim == vpid && s.id.pid == pid)
+            .unwrap()
+            .cgroup_id
+    };
+    assert_eq!(id(cpid), cage.id());
+    assert_eq!(id(fpid), cgroup_id_of(fpid));
+    assert_ne!(id(cpid), id(fpid));
+    assert_eq!(c.id.comm, "python3");
+
+    // The free hog stops halfway: from then on only the caged one is charged.
+    drop(free);
+    read(&mut window, 2); // the tail of the free hog's time up to its exit
+    std::thread::sleep(Duration::from_millis(1500));
+    read(&mut window, 3);
+    let after = window.top(vpid, 3, 3, 5);
+    eprintln!("after the free hog stopped: {after:#?}");
+    assert!(
+        after.iter().all(|c| c.id.pid != fpid),
+        "a stopped hog is not charged: {after:?}"
+    );
+    let c = after
+        .iter()
+        .find(|c| c.id.pid == cpid)
+        .expect("the caged hog still charged");
+    assert!(c.share > 0.6, "{after:?}");
+    // Over the whole run the stopped hog keeps what it took while it ran.
+    let whole = window.top(vpid, 0, 3, 5);
+    assert!(whole.iter().any(|c| c.id.pid == fpid), "{whole:?}");
+    drop((caged, victim));
+}
+
+#[test]
+fn the_incident_names_the_hog_that_held_the_cpu() {
+    require_root();
+    let sink = Sink::start(&std::env::temp_dir().join(format!(
+        "kernelsight-culprit-{}.otlp",
+        std::process::id()
+    )));
+    let cage = Cgroup::new("e2e");
+    let victim = Pinned::python(BUSY);
+    let vpid = victim.pid();
+    let agent = common::Agent::start(&[
+        "--pid",
+        &vpid.to_string(),
+        "--otlp-grpc-addr",
+        &format!("127.0.0.1:{}", free_port()),
+        "--otlp-http-addr",
+        &format!("127.0.0.1:{}", free_port()),
+        "--otlp-forward",
+        &format!("http://{}", sink.addr),
+        "--span-wait-ms",
+        "300",
+        "--detect-warmup-buckets",
+        "3",
+    ]);
+    // A calm baseline: the victim alone on its CPU.
+    std::thread::sleep(Duration::from_secs(4));
+    let start = now_unix_ns();
+    // The hog that matters, in its own cgroup, and a lighter one (busy half the time) that
+    // must not be named first.
+    let heavy = Pinned::python(BUSY);
+    cage.add(heavy.pid());
+    let light = Pinned::python(
+        "import time\nwhile True:\n    t = time.time()\n    while time.time() - t < 0.01: pass\n    time.sleep(0.01)\n",
+    );
+    let incident = || -> Option<serde_json::Value> {
+        let (_, body) = http_get(agent.addr, "/incidents?class=cpu_contention")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["incidents"]
+            .as_array()?
+            .iter()
+            .find(|i| {
+                i["subject"] == format!("pid:{vpid}")
+                    && i["culprits"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["pid"] == light.pid()))
+            })
+            .cloned()
+    };
+    assert!(
+        eventually(Duration::from_secs(12), || incident().is_some()),
+        "no cpu_contention incident naming culprits for pid {vpid}: {:?}",
+        http_get(agent.addr, "/incidents")
+    );
+    let inc = incident().unwrap();
+    eprintln!(
+        "detected {:.1} s after the hogs started: {}",
+        (now_unix_ns() - start) as f64 / 1e9,
+        inc["summary"]
+    );
+    let top = &inc["culprits"][0];
+    assert_eq!(top["pid"], heavy.pid(), "{inc:#}");
+    assert_eq!(top["cgroup"], cage.path(), "{inc:#}");
+    assert_eq!(top["comm"], "python3");
+    assert!(top["share"].as_f64().unwrap() > 0.5, "{inc:#}");
+    let summary = inc["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("python3 (pid {}, cgroup {})", heavy.pid(), cage.path())),
+        "{summary}"
+    );
+
+    // The neighbour leaves; the incident closes and its span names the culprit.
+    drop((heavy, light));
+    let id = inc["id"].as_str().unwrap().to_owned();
+    let closed = || {
+        sink.spans().into_iter().find(|s| {
+            s.name == "kernelsight.incident.cpu_contention"
+                && attr(s, "kernelsight.incident.id")
+                    .is_some_and(|v| matches!(v, opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(x) if *x == id))
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(12), || closed().is_some()),
+        "incident {id} never closed and forwarded"
+    );
+    let span = closed().unwrap();
+    assert_eq!(
+        attr_i(&span, "kernelsight.culprit.pid"),
+        top["pid"].as_i64(),
+        "{:?}",
+        span.attributes
+    );
+    let cgroup = attr(&span, "kernelsight.culprit.cgroup");
+    assert!(
+        matches!(cgroup, Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(p)) if *p == cage.path()),
+        "{cgroup:?}"
+    );
+    let share = attr_f(&span, "kernelsight.culprit.share").unwrap();
+    assert!((0.5..=1.0).contains(&share), "{share}");
+    drop((agent, victim));
+}
