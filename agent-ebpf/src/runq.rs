@@ -218,9 +218,7 @@ fn charge(l: &TaskLayout, cpu: u32, prev: *const u8) {
             return;
         }
         let now = bpf_ktime_get_ns();
-        if now.saturating_sub((*c).progress_ns) > RUNQ_STALE_NS
-            || (*c).waiting > RUNQ_MAX_WAITING
-        {
+        if now.saturating_sub((*c).progress_ns) > RUNQ_STALE_NS || (*c).waiting > RUNQ_MAX_WAITING {
             (*c).waiting = 0;
             count(Counter::RunqCpuStale, 1);
             return;

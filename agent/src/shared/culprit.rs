@@ -193,7 +193,13 @@ impl CulpritWindow {
     /// The `n` culprits that ran longest while `victim` waited, in steps ending within
     /// `[from, to]`, with their shares; the rest (ranked lower, or not kept) as one `other`
     /// entry (pid 0) at the end when non-zero.
-    pub fn top(&self, victim: u32, from_unix_ns: u64, to_unix_ns: u64, n: usize) -> Vec<CulpritShare> {
+    pub fn top(
+        &self,
+        victim: u32,
+        from_unix_ns: u64,
+        to_unix_ns: u64,
+        n: usize,
+    ) -> Vec<CulpritShare> {
         let Some(q) = self.victims.get(&victim) else {
             return Vec::new();
         };
@@ -301,7 +307,11 @@ mod tests {
                 s * S,
             );
             assert_eq!(step.samples.len(), 2);
-            assert!(step.samples.iter().all(|x| x.ns == 600_000_000 || x.ns == 200_000_000));
+            assert!(
+                step.samples
+                    .iter()
+                    .all(|x| x.ns == 600_000_000 || x.ns == 200_000_000)
+            );
             w.push(&step);
         }
         let top = w.top(10, 2 * S, 4 * S, 5);

@@ -7,7 +7,8 @@ use std::{
 
 use agent_common::{COUNTER_MAX, Counter, TcpEventKind};
 use prometheus::{
-    CounterVec, Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 

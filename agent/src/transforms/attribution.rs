@@ -28,9 +28,13 @@ use crate::shared::{
 /// kernel's `bpf_get_current_cgroup_id()` reports.
 pub fn cgroup_id_of(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
+    // The v2 hierarchy's mount (/sys/fs/cgroup/unified on a hybrid host, where
+    // /sys/fs/cgroup itself is a tmpfs whose inodes are no cgroup ids), found once.
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(super::pod::cgroup2_root);
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let dir = root.join(rel.trim_start_matches('/'));
     Some(std::fs::metadata(dir).ok()?.ino())
 }
 
@@ -142,10 +146,12 @@ impl Attribution {
     pub fn apply_culprits(&self, step: &mut CulpritStep) {
         for s in &mut step.samples {
             let pid = s.id.pid;
-            // A pid reused since the kernel charged it would be named wrongly; the kernel's
-            // cgroup id must agree with /proc's for /proc's answers to be used.
+            // While it lives, /proc is right where the kernel's first sight may not be: a
+            // process renamed by exec, or moved into its cgroup after it first ran. (A pid
+            // reused within the last second would be misnamed: rare, and not worth a check.)
             let live = self.cgroup_id(pid);
-            if live != 0 && (s.cgroup_id == 0 || live == s.cgroup_id) {
+            if live != 0 {
+                s.cgroup_id = live;
                 let comm = self.comm(pid);
                 if comm != "exited" {
                     s.id.comm = comm;

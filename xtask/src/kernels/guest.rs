@@ -872,7 +872,10 @@ fn runq_inner(agent: &Agent, hogs: &Hogs) -> Result<Outcome> {
     // Who held the CPU: the bystander ran while the victim's threads waited.
     let culprit_s = m1.sum(
         "kernelsight_runq_culprit_seconds_total",
-        &[("victim_comm", "ks-victim"), ("culprit_comm", "ks-bystander")],
+        &[
+            ("victim_comm", "ks-victim"),
+            ("culprit_comm", "ks-bystander"),
+        ],
     );
     let data = json!({"victim": victim_n, "bystander": bystander_n, "watched": watched,
         "victim_slow_events": slow(&victim), "bystander_slow_events": slow(&bystander),

@@ -246,16 +246,13 @@ enum Fault {
     Hogs(Vec<Proc>, HogCgroup),
 }
 
-/// The noisy neighbour's own cgroup v2 (`/sys/fs/cgroup/ks-scenario-noisy-<xtask pid>`):
+/// The noisy neighbour's own cgroup v2 (`<cgroup2 root>/ks-scenario-noisy-<xtask pid>`):
 /// ground truth the agent is not told. Removed when its processes are gone.
 struct HogCgroup(PathBuf);
 
 impl HogCgroup {
     fn create() -> Result<Self> {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/cgroup/ks-scenario-noisy-{}",
-            std::process::id()
-        ));
+        let dir = pod::cgroup2_root().join(format!("ks-scenario-noisy-{}", std::process::id()));
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir)
             .with_context(|| format!("creating {} (cgroup v2)", dir.display()))?;
@@ -271,7 +268,10 @@ impl HogCgroup {
     fn path(&self) -> String {
         format!(
             "/{}",
-            self.0.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+            self.0
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
         )
     }
 }

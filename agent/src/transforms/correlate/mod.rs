@@ -91,7 +91,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// A kernel event, converted to the agent's clock and evidence types at ingestion.
 #[derive(Clone, Debug)]
 pub enum Ingested {
-    Runq { tid: u32, entry: RunqEntry },
+    Runq {
+        tid: u32,
+        entry: RunqEntry,
+    },
     Tcp(TcpEntry),
     /// One read of who ran while watched processes waited (attributed).
     Culprits(CulpritStep),
