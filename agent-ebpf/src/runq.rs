@@ -10,8 +10,8 @@
 //! switch only on CPUs where a watched thread waits, one array load on all others, and no
 //! ring event ever.
 use agent_common::{
-    Counter, CulpritKey, CulpritVal, RUNQ_CPU_SLOTS, RUNQ_SLOTS, RUNQ_TASK_SLOTS, RunqConfig,
-    RunqCpu, RunqEvent, RunqHist, RunqTask, TaskLayout,
+    CULPRIT_SLOT_COUNT, Counter, CulpritKey, CulpritSlot, CulpritVal, RUNQ_CPU_SLOTS, RUNQ_SLOTS,
+    RUNQ_TASK_SLOTS, RunqConfig, RunqCpu, RunqEvent, RunqHist, RunqTask, TaskLayout, culprit_slot,
 };
 use aya_ebpf::{
     helpers::{
@@ -19,7 +19,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 
@@ -60,8 +60,15 @@ pub static RUNQ_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// target's run-queue lock.
 #[map]
 pub static RUNQ_CPUS: Array<RunqCpu> = Array::with_max_entries(RUNQ_CPU_SLOTS, 0);
-/// (victim tgid, culprit tgid) → CPU time the culprit ran while the victim waited. LRU: pairs
-/// that stopped mattering (exited hogs) age out instead of filling the table.
+/// Per CPU, direct-mapped by (victim, culprit): where a switch adds the time it charges. An
+/// array slot, not a hash: per switch while a watched thread waits, the common case (the same
+/// few culprits again) is one array load.
+#[map]
+pub static RUNQ_CULPRIT_SLOTS: PerCpuArray<CulpritSlot> =
+    PerCpuArray::with_max_entries(CULPRIT_SLOT_COUNT, 0);
+/// (victim tgid, culprit tgid) → CPU time the culprit ran while the victim waited, for pairs
+/// moved out of their slot by another pair (rare). LRU: pairs that stopped mattering (exited
+/// hogs) age out instead of filling the table.
 #[map]
 pub static RUNQ_CULPRITS: LruPerCpuHashMap<CulpritKey, CulpritVal> =
     LruPerCpuHashMap::with_max_entries(8192, 0);
@@ -203,13 +210,15 @@ fn cpu_wait_end(l: &TaskLayout, cpu: u32, now: u64) {
     }
 }
 
-/// At a switch on `cpu`: if a watched thread waits in its queue, the task switched out (`prev`,
+/// At a switch: if a watched thread waits in this CPU's queue, the task switched out (`prev`,
 /// which is `current` here) is charged with the time it ran since the last mark.
 #[inline(always)]
-fn charge(l: &TaskLayout, cpu: u32, prev: *const u8) {
+fn charge(l: &TaskLayout, prev: *const u8) {
     if l.cpu == 0 {
         return;
     }
+    // `prev` is on this CPU: its cpu field is ours, without a helper call.
+    let cpu: u32 = field(prev, l.cpu);
     let Some(c) = RUNQ_CPUS.get_ptr_mut(cpu) else {
         return;
     };
@@ -232,18 +241,36 @@ fn charge(l: &TaskLayout, cpu: u32, prev: *const u8) {
             victim: (*c).victim,
             culprit: field(prev, l.tgid),
         };
-        match RUNQ_CULPRITS.get_ptr_mut(&key) {
-            // Per-CPU value: this CPU is its only writer.
-            Some(v) => (*v).ns += ran,
-            None => {
-                let v = CulpritVal {
-                    ns: ran,
-                    cgroup_id: bpf_get_current_cgroup_id(),
-                    comm: bpf_get_current_comm().unwrap_or([0; 16]),
-                };
-                if RUNQ_CULPRITS.insert(&key, &v, 0).is_err() {
-                    count(Counter::RunqCulpritsLost, 1);
-                }
+        let Some(slot) = RUNQ_CULPRIT_SLOTS.get_ptr_mut(culprit_slot(key.victim, key.culprit))
+        else {
+            return;
+        };
+        // Per-CPU slot: this CPU is its only writer.
+        if (*slot).key == key {
+            (*slot).val.ns += ran;
+            return;
+        }
+        if (*slot).val.ns != 0 {
+            spill(&*slot);
+        }
+        (*slot).key = key;
+        (*slot).val = CulpritVal {
+            ns: ran,
+            cgroup_id: bpf_get_current_cgroup_id(),
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+    }
+}
+
+/// Moves a slot's pair into the table (its slot is about to hold another pair).
+#[inline(always)]
+fn spill(s: &CulpritSlot) {
+    match RUNQ_CULPRITS.get_ptr_mut(&s.key) {
+        // Per-CPU value: this CPU is its only writer.
+        Some(v) => unsafe { (*v).ns += s.val.ns },
+        None => {
+            if RUNQ_CULPRITS.insert(&s.key, &s.val, 0).is_err() {
+                count(Counter::RunqCulpritsLost, 1);
             }
         }
     }
@@ -291,7 +318,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
 
-    charge(&l, unsafe { bpf_get_smp_processor_id() }, prev);
+    charge(&l, prev);
     // A wait pending on the task that ran is not a wait: it was woken while still on its CPU
     // (about to sleep). Drop it, so the CPU's waiting count does not blame others meanwhile.
     let prev_tid: u32 = field(prev, l.pid);

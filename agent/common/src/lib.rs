@@ -99,7 +99,8 @@ pub enum Counter {
     /// Run-queue waits lost because another thread took the thread's slot (tid collision in
     /// the per-thread array) between wakeup and switch-in.
     RunqSlotCollisions = 8,
-    /// Culprit CPU time not accounted because `RUNQ_CULPRITS` had no room for a new pair.
+    /// Culprit CPU time not accounted because `RUNQ_CULPRITS` refused a pair moved out of
+    /// its slot.
     RunqCulpritsLost = 9,
     /// Per-CPU "victim waiting" counts found stale (a decrement was lost) and reset.
     RunqCpuStale = 10,
@@ -330,6 +331,26 @@ pub struct CulpritVal {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Slots in `RUNQ_CULPRIT_SLOTS`, the per-CPU direct-mapped cache in front of `RUNQ_CULPRITS`
+/// (a power of two).
+pub const CULPRIT_SLOT_COUNT: u32 = 256;
+
+/// The slot of a (victim, culprit) pair in `RUNQ_CULPRIT_SLOTS`.
+#[inline(always)]
+pub const fn culprit_slot(victim: u32, culprit: u32) -> u32 {
+    (culprit ^ victim.wrapping_mul(0x9e37_79b9)) & (CULPRIT_SLOT_COUNT - 1)
+}
+
+/// One slot of `RUNQ_CULPRIT_SLOTS`: the pair it holds and what it accumulated. A pair that
+/// needs a taken slot moves the old pair's time into `RUNQ_CULPRITS` first, so a pair's total
+/// is its slots plus its table entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CulpritSlot {
+    pub key: CulpritKey,
+    pub val: CulpritVal,
+}
+
 /// Cumulative run-queue delay of one thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -372,6 +393,8 @@ mod pod {
     unsafe impl aya::Pod for super::CulpritKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CulpritVal {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CulpritSlot {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SockLayout {}
     // SAFETY: see above.

@@ -11,8 +11,8 @@ pub mod watch;
 use std::{collections::HashMap, path::PathBuf};
 
 use agent_common::{
-    COUNTER_MAX, Counter, CulpritKey, CulpritVal, RUNQ_TASK_SLOTS, RunqConfig, RunqHist, RunqTask,
-    RunqTotals, SockLayout, TaskLayout, TcpTpLayout,
+    COUNTER_MAX, CULPRIT_SLOT_COUNT, Counter, CulpritKey, CulpritSlot, CulpritVal, RUNQ_TASK_SLOTS,
+    RunqConfig, RunqHist, RunqTask, RunqTotals, SockLayout, TaskLayout, TcpTpLayout,
 };
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -109,6 +109,7 @@ pub struct Probes {
     runq_hist: PerCpuHashMap<MapData, u32, RunqHist>,
     runq_tasks: Array<MapData, RunqTask>,
     runq_culprits: PerCpuHashMap<MapData, CulpritKey, CulpritVal>,
+    runq_culprit_slots: PerCpuArray<MapData, CulpritSlot>,
 }
 
 const WATCH_SLOTS: u32 = 65536;
@@ -348,6 +349,7 @@ impl Probes {
         let runq_hist = PerCpuHashMap::try_from(take(&mut ebpf, "RUNQ_HIST")?)?;
         let runq_tasks = Array::try_from(take(&mut ebpf, "RUNQ_TASKS")?)?;
         let runq_culprits = PerCpuHashMap::try_from(take(&mut ebpf, "RUNQ_CULPRITS")?)?;
+        let runq_culprit_slots = PerCpuArray::try_from(take(&mut ebpf, "RUNQ_CULPRIT_SLOTS")?)?;
         drop((btf, kernel_btf));
         release_freed_heap();
         tracing::info!(
@@ -367,6 +369,7 @@ impl Probes {
             runq_hist,
             runq_tasks,
             runq_culprits,
+            runq_culprit_slots,
         })
     }
 
@@ -492,26 +495,38 @@ impl Probes {
     /// Who ran while watched processes waited: cumulative CPU time per (victim, culprit) pair,
     /// summed over CPUs, with the culprit's cgroup id and comm as the kernel saw them.
     pub fn runq_culprits(&self) -> Result<Vec<CulpritTotal>> {
-        let mut out = Vec::new();
+        let mut out: HashMap<(u32, u32), CulpritTotal> = HashMap::new();
+        let mut add = |k: CulpritKey, v: &CulpritVal| {
+            let t = out
+                .entry((k.victim, k.culprit))
+                .or_insert_with(|| CulpritTotal {
+                    victim: k.victim,
+                    culprit: k.culprit,
+                    ..CulpritTotal::default()
+                });
+            t.ns += v.ns;
+            if t.comm.is_empty() && v.comm[0] != 0 {
+                t.comm = crate::shared::event::comm_str(&v.comm);
+                t.cgroup_id = v.cgroup_id;
+            }
+        };
+        // The table first, then the slots: the kernel only moves time from a slot into the
+        // table, so a move between the two reads can hide time from this read (the next one
+        // sees it) but never count it twice.
         for item in self.runq_culprits.iter() {
             let (k, per_cpu) = item?;
-            let mut t = CulpritTotal {
-                victim: k.victim,
-                culprit: k.culprit,
-                ns: 0,
-                cgroup_id: 0,
-                comm: String::new(),
-            };
             for v in per_cpu.iter() {
-                t.ns += v.ns;
-                if t.comm.is_empty() && v.comm[0] != 0 {
-                    t.comm = crate::shared::event::comm_str(&v.comm);
-                    t.cgroup_id = v.cgroup_id;
+                add(k, v);
+            }
+        }
+        for i in 0..CULPRIT_SLOT_COUNT {
+            for s in self.runq_culprit_slots.get(&i, 0)?.iter() {
+                if s.val.ns != 0 {
+                    add(s.key, &s.val);
                 }
             }
-            out.push(t);
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 
     /// Cumulative run-queue delay of one thread of a watched process, while its slot is its own.
