@@ -3,13 +3,23 @@
 //! (`sched_switch` with prev still TASK_RUNNING); it ends when `sched_switch` puts the thread on a
 //! CPU. Per context switch the work is constant and hash-free for unwatched tasks: array slots
 //! indexed by id (inlined by the verifier), one per-CPU histogram lookup for a watched one.
+//!
+//! Culprits: while a watched thread is queued on a CPU (`RUNQ_CPUS[cpu].waiting > 0`), each
+//! switch on that CPU charges the task switched out with the time it ran since the last mark,
+//! in `RUNQ_CULPRITS` keyed by (victim tgid, culprit tgid): one per-CPU hash update per
+//! switch only on CPUs where a watched thread waits, one array load on all others, and no
+//! ring event ever.
 use agent_common::{
-    Counter, RUNQ_SLOTS, RUNQ_TASK_SLOTS, RunqConfig, RunqEvent, RunqHist, RunqTask, TaskLayout,
+    CULPRIT_SLOT_COUNT, Counter, CulpritKey, CulpritSlot, CulpritVal, RUNQ_CPU_SLOTS, RUNQ_SLOTS,
+    RUNQ_TASK_SLOTS, RunqConfig, RunqCpu, RunqEvent, RunqHist, RunqTask, TaskLayout, culprit_slot,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 
@@ -45,6 +55,28 @@ pub static RUNQ_HIST: PerCpuHashMap<u32, RunqHist> = PerCpuHashMap::with_max_ent
 static ZERO_HIST: Array<RunqHist> = Array::with_max_entries(1, 0);
 #[map]
 pub static RUNQ_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// Per CPU: how many watched threads wait in its queue, and since when the running task is
+/// charged. A plain array (not per-CPU): wakeups onto a CPU run on the waker's CPU, under the
+/// target's run-queue lock.
+#[map]
+pub static RUNQ_CPUS: Array<RunqCpu> = Array::with_max_entries(RUNQ_CPU_SLOTS, 0);
+/// Per CPU, direct-mapped by (victim, culprit): where a switch adds the time it charges. An
+/// array slot, not a hash: per switch while a watched thread waits, the common case (the same
+/// few culprits again) is one array load.
+#[map]
+pub static RUNQ_CULPRIT_SLOTS: PerCpuArray<CulpritSlot> =
+    PerCpuArray::with_max_entries(CULPRIT_SLOT_COUNT, 0);
+/// (victim tgid, culprit tgid) → CPU time the culprit ran while the victim waited, for pairs
+/// moved out of their slot by another pair (rare). LRU: pairs that stopped mattering (exited
+/// hogs) age out instead of filling the table.
+#[map]
+pub static RUNQ_CULPRITS: LruPerCpuHashMap<CulpritKey, CulpritVal> =
+    LruPerCpuHashMap::with_max_entries(8192, 0);
+/// A waiting count that has not changed for this long is a lost decrement, not a wait (the
+/// scheduler runs a queued thread long before that): it is reset and counted.
+const RUNQ_STALE_NS: u64 = 5_000_000_000;
+/// More watched threads than this waiting on one CPU means the count wrapped: reset.
+const RUNQ_MAX_WAITING: u64 = 1 << 20;
 
 const TASK_RUNNING: u64 = 0;
 
@@ -103,11 +135,13 @@ fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig) {
     }
     let Some(s) = slot(tid) else { return };
     let now = unsafe { bpf_ktime_get_ns() };
+    let cpu: u32 = if l.cpu != 0 { field(task, l.cpu) } else { 0 };
     unsafe {
         if (*s).tid != tid || (*s).tgid != tgid {
             if (*s).start_ns != 0 {
                 // Another live thread's wait is in this slot: it is lost, and counted.
                 count(Counter::RunqSlotCollisions, 1);
+                cpu_wait_end(l, (*s).cpu, now);
             }
             *s = RunqTask {
                 start_ns: now,
@@ -116,9 +150,128 @@ fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig) {
                 total_ns: 0,
                 count: 0,
                 max_ns: 0,
+                cpu,
+                _pad: 0,
             };
+            cpu_wait_begin(l, cpu, tgid, now);
         } else {
+            if (*s).start_ns == 0 {
+                cpu_wait_begin(l, cpu, tgid, now);
+            } else if (*s).cpu != cpu {
+                cpu_wait_end(l, (*s).cpu, now);
+                cpu_wait_begin(l, cpu, tgid, now);
+            }
             (*s).start_ns = now;
+            (*s).cpu = cpu;
+        }
+    }
+}
+
+/// A watched thread of `victim` is now queued on `cpu`.
+#[inline(always)]
+fn cpu_wait_begin(l: &TaskLayout, cpu: u32, victim: u32, now: u64) {
+    if l.cpu == 0 {
+        return; // the kernel's layout has no cpu field we know: no culprits, waits still counted
+    }
+    let Some(c) = RUNQ_CPUS.get_ptr_mut(cpu) else {
+        return;
+    };
+    unsafe {
+        if (*c).waiting == 0 || (*c).waiting > RUNQ_MAX_WAITING {
+            // The stretch starts: whoever runs now is charged from now on.
+            (*c).waiting = 0;
+            (*c).victim = victim;
+            (*c).mark_ns = now;
+        }
+        (*c).progress_ns = now;
+        (*c).waiting += 1;
+    }
+}
+
+/// A watched thread that was queued on `cpu` stopped waiting (it got a CPU, maybe another one
+/// after a migration, or its wait was dropped).
+#[inline(always)]
+fn cpu_wait_end(l: &TaskLayout, cpu: u32, now: u64) {
+    if l.cpu == 0 {
+        return;
+    }
+    let Some(c) = RUNQ_CPUS.get_ptr_mut(cpu) else {
+        return;
+    };
+    unsafe {
+        if (*c).waiting > 0 {
+            (*c).progress_ns = now;
+            // Not atomic: the BPF target has no atomic RMW in core. Every change is made under
+            // this CPU's run-queue lock but one: a thread that migrated while it waited ends
+            // its wait on another CPU. A lost update there leaves a count that stops moving,
+            // which `charge` resets after RUNQ_STALE_NS (and counts).
+            (*c).waiting -= 1;
+        }
+    }
+}
+
+/// At a switch: if a watched thread waits in this CPU's queue, the task switched out (`prev`,
+/// which is `current` here) is charged with the time it ran since the last mark.
+#[inline(always)]
+fn charge(l: &TaskLayout, prev: *const u8) {
+    if l.cpu == 0 {
+        return;
+    }
+    // `prev` is on this CPU: its cpu field is ours, without a helper call.
+    let cpu: u32 = field(prev, l.cpu);
+    let Some(c) = RUNQ_CPUS.get_ptr_mut(cpu) else {
+        return;
+    };
+    unsafe {
+        if (*c).waiting == 0 {
+            return;
+        }
+        let now = bpf_ktime_get_ns();
+        if now.saturating_sub((*c).progress_ns) > RUNQ_STALE_NS || (*c).waiting > RUNQ_MAX_WAITING {
+            (*c).waiting = 0;
+            count(Counter::RunqCpuStale, 1);
+            return;
+        }
+        let ran = now.saturating_sub((*c).mark_ns);
+        (*c).mark_ns = now;
+        if ran == 0 || field::<u32>(prev, l.pid) == 0 {
+            return; // the idle task holds no one up
+        }
+        let key = CulpritKey {
+            victim: (*c).victim,
+            culprit: field(prev, l.tgid),
+        };
+        let Some(slot) = RUNQ_CULPRIT_SLOTS.get_ptr_mut(culprit_slot(key.victim, key.culprit))
+        else {
+            return;
+        };
+        // Per-CPU slot: this CPU is its only writer.
+        if (*slot).key == key {
+            (*slot).val.ns += ran;
+            return;
+        }
+        if (*slot).val.ns != 0 {
+            spill(&*slot);
+        }
+        (*slot).key = key;
+        (*slot).val = CulpritVal {
+            ns: ran,
+            cgroup_id: bpf_get_current_cgroup_id(),
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+    }
+}
+
+/// Moves a slot's pair into the table (its slot is about to hold another pair).
+#[inline(always)]
+fn spill(s: &CulpritSlot) {
+    match RUNQ_CULPRITS.get_ptr_mut(&s.key) {
+        // Per-CPU value: this CPU is its only writer.
+        Some(v) => unsafe { (*v).ns += s.val.ns },
+        None => {
+            if RUNQ_CULPRITS.insert(&s.key, &s.val, 0).is_err() {
+                count(Counter::RunqCulpritsLost, 1);
+            }
         }
     }
 }
@@ -131,8 +284,9 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let tid: u32 = field(task, l.pid);
     if let Some(s) = slot(tid) {
         unsafe {
-            if (*s).tid == tid {
+            if (*s).tid == tid && (*s).start_ns != 0 {
                 (*s).start_ns = 0;
+                cpu_wait_end(&l, (*s).cpu, bpf_ktime_get_ns());
             }
         }
     }
@@ -164,6 +318,19 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
 
+    charge(&l, prev);
+    // A wait pending on the task that ran is not a wait: it was woken while still on its CPU
+    // (about to sleep). Drop it, so the CPU's waiting count does not blame others meanwhile.
+    let prev_tid: u32 = field(prev, l.pid);
+    if let Some(s) = slot(prev_tid) {
+        unsafe {
+            if (*s).start_ns != 0 && (*s).tid == prev_tid {
+                (*s).start_ns = 0;
+                cpu_wait_end(&l, (*s).cpu, bpf_ktime_get_ns());
+            }
+        }
+    }
+
     // Preempted but still runnable: its wait starts now. `state` was a long before 5.14.
     let prev_state = if l.state_size == 8 {
         field::<u64>(prev, l.state)
@@ -180,11 +347,14 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     if start == 0 || unsafe { (*s).tid } != tid {
         return 0;
     }
-    unsafe { (*s).start_ns = 0 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe {
+        (*s).start_ns = 0;
+        cpu_wait_end(&l, (*s).cpu, now);
+    }
     if tgid != field::<u32>(next, l.tgid) {
         return 0; // left behind by an earlier thread with this tid
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     let delay = now.saturating_sub(start);
     unsafe {
         (*s).total_ns += delay;

@@ -212,6 +212,11 @@ pub struct CorrelationArgs {
     /// cpu_contention: least run-queue delay (ms per second) in a process.
     #[arg(long, env = "KERNELSIGHT_CONTENTION_MIN_MS", default_value_t = 50.0)]
     pub contention_min_ms: f64,
+
+    /// Seconds of history (one-second buckets) before a task or CPU baseline is trusted and
+    /// its series can raise an incident.
+    #[arg(long, env = "KERNELSIGHT_DETECT_WARMUP_BUCKETS", default_value_t = 30)]
+    pub detect_warmup_buckets: u64,
 }
 
 impl CorrelationArgs {
@@ -251,6 +256,7 @@ impl CorrelationArgs {
             fault_min_resets: self.fault_min_resets,
             surge_min_rate: self.surge_min_rate,
             contention_min_ms: self.contention_min_ms,
+            warmup_buckets: self.detect_warmup_buckets,
             ..DetectConfig::default()
         }
     }

@@ -13,6 +13,7 @@ use crate::{
     http::{self, AppState, ui::Page},
     shared::{
         clock::Clock,
+        culprit::CulpritStep,
         event::{Identify, KernelEvent, KernelMaps},
         netkey::EphemeralPorts,
         span::{SpanIntake, SpanOutput},
@@ -158,15 +159,27 @@ pub async fn run(
         EphemeralPorts::from_sysctl(),
     ));
     let (second_tx, second_rx) = mpsc::channel(4);
+    let (culprit_tx, mut culprit_rx) = mpsc::channel::<CulpritStep>(4);
     let sampler = Sampler {
         kernel: Some(kernel),
         spans: Some(cm),
         watched: metrics.runq_watched.clone(),
         pool: cfg.ui.pool_url()?.map(Scraper::new),
+        culprits: Some(culprit_tx),
     };
     tokio::spawn(sampler.run(second_tx));
     let t = timeline.clone();
     tokio::spawn(async move { t.run(second_rx).await });
+
+    // Culprits, once a second: attributed (named from /proc), then to metrics and correlate.
+    let (m, a, f) = (metrics.clone(), attribution.clone(), feed.clone());
+    tokio::spawn(async move {
+        while let Some(mut step) = culprit_rx.recv().await {
+            a.apply_culprits(&mut step);
+            m.observe_culprits(&step);
+            f.push_culprits(step);
+        }
+    });
 
     // The fan-out: every kernel event, attributed, to each stage that takes it.
     let (m, t) = (metrics.clone(), timeline.clone());

@@ -28,6 +28,10 @@ enum What {
         /// Seconds of workload per configuration.
         #[arg(long, default_value_t = 4)]
         seconds: u64,
+        /// Agent binary to measure (default: this tree's release build), e.g. an older build
+        /// for a before/after comparison against the same runqlat in the same hour.
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
     },
     /// The agent's cost on the real workload: the game server under bots, agent off/on
     /// alternating, server CPU and latency plus per-program BPF cost (bpf_stats).
@@ -64,7 +68,7 @@ pub struct OverheadArgs {
 
 pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
     match args.what {
-        What::Probes { seconds } => probes(env, seconds),
+        What::Probes { seconds, agent } => probes(env, seconds, agent),
         What::Overhead(a) => overhead(env, a),
         What::Peer(a) => crate::peer::run(env, a),
         What::Pool => run_cmd(env.cargo().args(["bench", "-p", "game-pool"])),
@@ -189,10 +193,15 @@ fn delta(
 /// Both tracers are attached at once to the same workload, so they see exactly the same
 /// scheduler events (a machine busy with other work changes the mix of events, and with it
 /// the average cost, between runs; within a run it is the same for both).
-fn probes(env: &Env, seconds: u64) -> Result<()> {
-    // The same package set as every release build (no re-unified dependency rebuild).
-    crate::tasks::build(env)?;
-    let agent = env.root.join("target/release/kernelsight-agent");
+fn probes(env: &Env, seconds: u64, agent: Option<std::path::PathBuf>) -> Result<()> {
+    let agent = match agent {
+        Some(a) => a,
+        None => {
+            // The same package set as every release build (no re-unified dependency rebuild).
+            crate::tasks::build(env)?;
+            env.root.join("target/release/kernelsight-agent")
+        }
+    };
     let xtask = crate::util::self_exe();
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let old = std::fs::read_to_string(stats_path).context("kernel.bpf_stats_enabled")?;

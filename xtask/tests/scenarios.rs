@@ -76,6 +76,10 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
         );
     }
     let by = |n: &str| reports.iter().find(|r| r["scenario"] == n).unwrap();
+    // The noisy neighbour is named: one of the hogs' pids, in the hogs' own cgroup (ground
+    // truth the agent is not told).
+    let culprit = &by("noisy-neighbour")["culprit"];
+    assert_eq!(culprit["right"], true, "noisy-neighbour culprit: {culprit}");
     let rst = by("rst-storm");
     assert!(
         rst["redis_rejected_connections"].as_u64().unwrap() > 0,

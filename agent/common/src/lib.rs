@@ -99,9 +99,14 @@ pub enum Counter {
     /// Run-queue waits lost because another thread took the thread's slot (tid collision in
     /// the per-thread array) between wakeup and switch-in.
     RunqSlotCollisions = 8,
+    /// Culprit CPU time not accounted because `RUNQ_CULPRITS` refused a pair moved out of
+    /// its slot.
+    RunqCulpritsLost = 9,
+    /// Per-CPU "victim waiting" counts found stale (a decrement was lost) and reset.
+    RunqCpuStale = 10,
 }
 
-pub const COUNTER_MAX: u32 = 9;
+pub const COUNTER_MAX: u32 = 11;
 
 /// Byte offsets of the fields we read from a classic TCP tracepoint record. Read at load time
 /// from tracefs `format` files, so one object works across kernels whose layouts differ. A field
@@ -189,7 +194,9 @@ pub struct TaskLayout {
     pub state: u32,
     pub state_size: u32,
     pub comm: u32,
-    pub _pad: u32,
+    /// The CPU whose run queue the task is on: `task_struct.cpu` before 5.16,
+    /// `task_struct.thread_info.cpu` after (x86).
+    pub cpu: u32,
 }
 
 impl TaskLayout {
@@ -199,7 +206,7 @@ impl TaskLayout {
         state: 0,
         state_size: 0,
         comm: 0,
-        _pad: 0,
+        cpu: 0,
     };
 }
 
@@ -276,6 +283,72 @@ pub struct RunqTask {
     pub total_ns: u64,
     pub count: u64,
     pub max_ns: u64,
+    /// The CPU whose queue the pending wait is on (its count in `RUNQ_CPUS`).
+    pub cpu: u32,
+    pub _pad: u32,
+}
+
+/// Entries in `RUNQ_CPUS` (indexed by CPU number); CPUs beyond it are not culprit-accounted.
+pub const RUNQ_CPU_SLOTS: u32 = 1024;
+
+/// One CPU's "a watched thread is waiting here" mark (`RUNQ_CPUS[cpu]`). Changed under that
+/// CPU's run-queue lock (wakeups onto it, switches on it), except the rare decrement for a
+/// thread that migrated while it waited (see agent-ebpf's `cpu_wait_end`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunqCpu {
+    /// Watched threads queued on this CPU now.
+    pub waiting: u64,
+    /// The process whose thread started the current waiting stretch: the victim the CPU time
+    /// is charged against (with two watched processes waiting at once, the first one).
+    pub victim: u32,
+    pub _pad: u32,
+    /// Since when the task running now has been charged (its switch-in, or the start of the
+    /// waiting stretch if later).
+    pub mark_ns: u64,
+    /// When `waiting` last changed. A count that has not moved for the kernel's
+    /// `RUNQ_STALE_NS` is reset, so a lost decrement cannot blame a CPU forever.
+    pub progress_ns: u64,
+}
+
+/// Key of `RUNQ_CULPRITS`: CPU time process `culprit` ran while a thread of `victim` waited
+/// for that CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CulpritKey {
+    pub victim: u32,
+    pub culprit: u32,
+}
+
+/// Value of `RUNQ_CULPRITS` (per CPU): nanoseconds run, and who the culprit was when first
+/// seen (its cgroup v2 id and the comm of the thread that ran), read in the kernel because a
+/// hog may be gone by the time the agent looks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CulpritVal {
+    pub ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Slots in `RUNQ_CULPRIT_SLOTS`, the per-CPU direct-mapped cache in front of `RUNQ_CULPRITS`
+/// (a power of two).
+pub const CULPRIT_SLOT_COUNT: u32 = 256;
+
+/// The slot of a (victim, culprit) pair in `RUNQ_CULPRIT_SLOTS`.
+#[inline(always)]
+pub const fn culprit_slot(victim: u32, culprit: u32) -> u32 {
+    (culprit ^ victim.wrapping_mul(0x9e37_79b9)) & (CULPRIT_SLOT_COUNT - 1)
+}
+
+/// One slot of `RUNQ_CULPRIT_SLOTS`: the pair it holds and what it accumulated. A pair that
+/// needs a taken slot moves the old pair's time into `RUNQ_CULPRITS` first, so a pair's total
+/// is its slots plus its table entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CulpritSlot {
+    pub key: CulpritKey,
+    pub val: CulpritVal,
 }
 
 /// Cumulative run-queue delay of one thread.
@@ -314,6 +387,14 @@ mod pod {
     unsafe impl aya::Pod for super::RunqTotals {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RunqTask {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RunqCpu {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CulpritKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CulpritVal {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CulpritSlot {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SockLayout {}
     // SAFETY: see above.

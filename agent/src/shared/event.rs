@@ -6,6 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
+pub use super::culprit::CulpritTotal;
 use super::origin::Origin;
 use agent_common::{AF_INET, AF_INET6, COUNTER_MAX, RunqEvent, SockOwner, TcpEvent, TcpEventKind};
 
@@ -169,6 +170,8 @@ pub trait KernelMaps: Send + Sync {
     fn counters(&self) -> anyhow::Result<KernelCounters>;
     /// Per-process run-queue histograms, summed over CPUs.
     fn runq_histograms(&self) -> anyhow::Result<HashMap<u32, RunqHistogram>>;
+    /// Who ran while watched processes waited: cumulative (victim, culprit) CPU time.
+    fn runq_culprits(&self) -> anyhow::Result<Vec<CulpritTotal>>;
     /// Which kernel features loaded on this kernel, and why not.
     fn probe_status(&self) -> Vec<ProbeStatus>;
 }
@@ -180,6 +183,8 @@ pub trait Identify: Send + Sync {
     fn comm(&self, pid: u32) -> String;
     /// The cgroup v2 id, as `bpf_get_current_cgroup_id()` reports it (0: unknown).
     fn cgroup_id(&self, pid: u32) -> u64;
+    /// The cgroup v2 path (`/noisy`, from `/proc/PID/cgroup`); "" when unknown.
+    fn cgroup_path(&self, pid: u32) -> String;
     /// The Kubernetes pod UID ("" outside Kubernetes).
     fn pod_uid(&self, pid: u32) -> String;
     /// Whether `tid` is a thread of process `pid` now.

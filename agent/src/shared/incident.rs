@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{
     clock::Clock,
+    culprit::CulpritShare,
     event::PodLabels,
     span::{SpanRef, SpanSummary, hex, kv_f, kv_i, kv_s},
 };
@@ -99,6 +100,10 @@ pub struct Incident {
     /// The pod the subject runs in, when known (a process's or a pool's pod).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodLabels>,
+    /// `cpu_contention`: who ran on the CPU while the subject waited, largest first (the
+    /// rest as one `other` entry, pid 0).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub culprits: Vec<CulpritShare>,
 }
 
 fn random_id<const N: usize>() -> [u8; N] {
@@ -116,6 +121,27 @@ fn random_id<const N: usize>() -> [u8; N] {
         }
     }
     b
+}
+
+/// `kernelsight.culprit.*` for the top culprit of a `cpu_contention` incident.
+pub fn culprit_attributes(c: &CulpritShare) -> Vec<KeyValue> {
+    let mut v = vec![
+        kv_i("kernelsight.culprit.pid", i64::from(c.id.pid)),
+        kv_s("kernelsight.culprit.comm", c.id.comm.clone()),
+        kv_s("kernelsight.culprit.cgroup", c.id.cgroup.clone()),
+        kv_f("kernelsight.culprit.share", c.share),
+    ];
+    if !c.id.pod_name.is_empty() {
+        v.push(kv_s(
+            "kernelsight.culprit.k8s.pod.name",
+            c.id.pod_name.clone(),
+        ));
+        v.push(kv_s(
+            "kernelsight.culprit.k8s.namespace.name",
+            c.id.pod_namespace.clone(),
+        ));
+    }
+    v
 }
 
 impl Incident {
@@ -149,6 +175,7 @@ impl Incident {
             links: Vec::new(),
             links_total: 0,
             pod: None,
+            culprits: Vec::new(),
         }
     }
 
@@ -185,6 +212,9 @@ impl Incident {
             kv_s("kernelsight.incident.evidence", self.evidence.to_string()),
         ];
         attributes.extend(self.pod.iter().flat_map(PodLabels::attributes));
+        if let Some(c) = self.culprits.iter().find(|c| c.id.pid != 0) {
+            attributes.extend(culprit_attributes(c));
+        }
         if let Some(o) = self.evidence.as_object() {
             for (k, v) in o {
                 match v {

@@ -7,7 +7,8 @@ use std::{
 
 use agent_common::{COUNTER_MAX, Counter, TcpEventKind};
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
@@ -15,6 +16,7 @@ use prometheus::{
 pub const MAX_POD_LABELS: usize = 256;
 
 use crate::shared::{
+    culprit::{CulpritStep, OTHER},
     event::{Identify, KernelEvent, KernelMaps, ProbeStatus, RunqHistogram},
     telemetry::{NS, RingStats},
 };
@@ -41,7 +43,19 @@ pub struct Metrics {
     ring_malformed: IntCounterVec,
     pipeline_dropped: IntCounterVec,
     last_kernel: Mutex<[u64; COUNTER_MAX as usize]>,
+    runq_culprit_seconds: CounterVec,
+    runq_culprits_lost: IntCounter,
+    /// Label values handed out: victim comm → its culprit comms (bounded, see
+    /// [`MAX_CULPRIT_VICTIMS`] and [`MAX_CULPRITS_PER_VICTIM`]).
+    culprit_labels: Mutex<HashMap<String, std::collections::HashSet<String>>>,
 }
+
+/// Victim comms with their own culprit series; the rest are `victim_comm="other"`.
+pub const MAX_CULPRIT_VICTIMS: usize = 16;
+/// Culprit comms per victim with their own series (the first ones seen, which under
+/// contention are the largest: a step's samples come largest first); the rest are
+/// `culprit_comm="other"`.
+pub const MAX_CULPRITS_PER_VICTIM: usize = 10;
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
@@ -160,6 +174,25 @@ impl Metrics {
                 &["ring"],
             ),
             last_kernel: Mutex::new([0; COUNTER_MAX as usize]),
+            runq_culprit_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "runq_culprit_seconds_total",
+                        "CPU time other processes ran on a CPU while a watched process's thread waited in its run queue (top culprits per victim; the rest as \"other\").",
+                    )
+                    .namespace(NS),
+                    &["victim_comm", "culprit_comm"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            runq_culprits_lost: counter(
+                &r,
+                "runq_culprits_lost_total",
+                "Culprit CPU time the kernel could not account for lack of room in its table.",
+            ),
+            culprit_labels: Mutex::new(HashMap::new()),
             registry: r,
         }
     }
@@ -213,7 +246,38 @@ impl Metrics {
             .inc_by(delta(Counter::RunqEventsLost));
         self.owner_unknown.inc_by(delta(Counter::OwnerUnknown));
         self.runq_events.inc_by(delta(Counter::RunqEvents));
+        self.runq_culprits_lost
+            .inc_by(delta(Counter::RunqCulpritsLost));
         *last = *now;
+    }
+
+    /// Adds one step of culprit CPU time, largest first, under bounded label values.
+    pub fn observe_culprits(&self, step: &CulpritStep) {
+        let mut samples: Vec<_> = step.samples.iter().collect();
+        samples.sort_by(|a, b| b.ns.cmp(&a.ns));
+        let mut labels = self.culprit_labels.lock().expect("not poisoned");
+        for s in samples {
+            let victim = self
+                .identify
+                .as_ref()
+                .map_or_else(|| s.victim.to_string(), |i| i.comm(s.victim));
+            let victim = if labels.contains_key(&victim) || labels.len() < MAX_CULPRIT_VICTIMS {
+                victim
+            } else {
+                OTHER.to_owned()
+            };
+            let culprits = labels.entry(victim.clone()).or_default();
+            let culprit =
+                if culprits.contains(&s.id.comm) || culprits.len() < MAX_CULPRITS_PER_VICTIM {
+                    culprits.insert(s.id.comm.clone());
+                    s.id.comm.as_str()
+                } else {
+                    OTHER
+                };
+            self.runq_culprit_seconds
+                .with_label_values(&[victim.as_str(), culprit])
+                .inc_by(s.ns as f64 / 1e9);
+        }
     }
 
     fn pod_of(&self, pid: u32) -> String {

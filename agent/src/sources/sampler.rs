@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::pool::{PoolDelta, Scraper, parse_pool_metrics};
 use crate::shared::{
+    culprit::{CulpritDeltas, CulpritStep},
     event::{KernelCounters, KernelMaps, RunqHistogram},
     sample::{Inputs, RunqPoint, Sample, Second},
     telemetry::CorrelationMetrics,
@@ -30,6 +31,8 @@ pub struct Sampler {
     pub watched: IntGauge,
     /// The game server's pool metrics.
     pub pool: Option<Scraper>,
+    /// Where each second's culprit CPU time goes (who ran while watched processes waited).
+    pub culprits: Option<mpsc::Sender<CulpritStep>>,
 }
 
 fn now_unix_s() -> u64 {
@@ -44,6 +47,7 @@ impl Sampler {
     pub async fn run(self, out: mpsc::Sender<Second>) {
         let mut runq = RunqDelta::default();
         let mut pools = PoolDelta::default();
+        let mut culprits = CulpritDeltas::default();
         let mut last_counters: Option<KernelCounters> = None;
         let mut last_spans: Option<(u64, u64)> = None;
         // Tick just after each wall-clock second, so a sample covers one second of events.
@@ -72,6 +76,20 @@ impl Sampler {
                         sample.runq = (point.processes > 0).then_some(point);
                     }
                     Err(e) => probes_error = Some(format!("reading run-queue histograms: {e}")),
+                }
+                if let Some(tx) = &self.culprits {
+                    match k.runq_culprits() {
+                        Ok(now) => {
+                            let t_ns = SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_nanos() as u64);
+                            let step = culprits.step(now, t_ns);
+                            // Full only when the reader is seconds behind: this second's
+                            // step is dropped rather than the sampler blocked.
+                            let _ = tx.try_send(step);
+                        }
+                        Err(e) => probes_error = Some(format!("reading run-queue culprits: {e}")),
+                    }
                 }
                 match k.counters() {
                     Ok(now) => {

@@ -19,6 +19,7 @@ use super::pod::{
     scope::Scope,
 };
 use crate::shared::{
+    culprit::CulpritStep,
     event::{Identify, KernelEvent, PodLabels},
     origin::Origin,
 };
@@ -27,9 +28,13 @@ use crate::shared::{
 /// kernel's `bpf_get_current_cgroup_id()` reports.
 pub fn cgroup_id_of(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
+    // The v2 hierarchy's mount (/sys/fs/cgroup/unified on a hybrid host, where
+    // /sys/fs/cgroup itself is a tmpfs whose inodes are no cgroup ids), found once.
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(super::pod::cgroup2_root);
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let dir = root.join(rel.trim_start_matches('/'));
     Some(std::fs::metadata(dir).ok()?.ino())
 }
 
@@ -136,6 +141,33 @@ impl Attribution {
         }
     }
 
+    /// Names each culprit of a step: comm and cgroup path from /proc while the process lives
+    /// (cached, bounded), else what the kernel recorded; its pod when it runs in one.
+    pub fn apply_culprits(&self, step: &mut CulpritStep) {
+        for s in &mut step.samples {
+            let pid = s.id.pid;
+            // While it lives, /proc is right where the kernel's first sight may not be: a
+            // process renamed by exec, or moved into its cgroup after it first ran. (A pid
+            // reused within the last second would be misnamed: rare, and not worth a check.)
+            let live = self.cgroup_id(pid);
+            if live != 0 {
+                s.cgroup_id = live;
+                let comm = self.comm(pid);
+                if comm != "exited" {
+                    s.id.comm = comm;
+                }
+                let path = self.cgroup_path(pid);
+                if !path.is_empty() {
+                    s.id.cgroup = path;
+                }
+                if let Some(p) = self.pod(pid) {
+                    s.id.pod_name = p.name;
+                    s.id.pod_namespace = p.namespace;
+                }
+            }
+        }
+    }
+
     pub fn directory(&self) -> &PodDirectory {
         &self.directory
     }
@@ -152,6 +184,13 @@ impl Identify for Attribution {
 
     fn cgroup_id(&self, pid: u32) -> u64 {
         self.cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid)
+    }
+
+    fn cgroup_path(&self, pid: u32) -> String {
+        self.paths
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(pid)

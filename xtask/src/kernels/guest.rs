@@ -869,15 +869,29 @@ fn runq_inner(agent: &Agent, hogs: &Hogs) -> Result<Outcome> {
         .filter_map(|(k, _)| label(k, "pid").map(str::to_owned))
         .collect();
     let watched = m1.get("kernelsight_runq_watched_processes") as u64;
+    // Who held the CPU: the bystander ran while the victim's threads waited.
+    let culprit_s = m1.sum(
+        "kernelsight_runq_culprit_seconds_total",
+        &[
+            ("victim_comm", "ks-victim"),
+            ("culprit_comm", "ks-bystander"),
+        ],
+    );
     let data = json!({"victim": victim_n, "bystander": bystander_n, "watched": watched,
         "victim_slow_events": slow(&victim), "bystander_slow_events": slow(&bystander),
-        "histogram_pids": pids.len()});
+        "histogram_pids": pids.len(), "bystander_culprit_s": culprit_s});
     let text = format!(
-        "victim {victim_n} waits in 2 s ({} slow-wait events in all), bystander {bystander_n}, watched {watched}",
+        "victim {victim_n} waits in 2 s ({} slow-wait events in all), bystander {bystander_n}, watched {watched}, bystander ran {culprit_s:.3} s while the victim waited",
         slow(&victim)
     );
     let only_victim = pids.iter().all(|p| *p == victim);
-    if victim_n > 0 && bystander_n == 0 && slow(&bystander) == 0 && watched == 1 && only_victim {
+    if victim_n > 0
+        && bystander_n == 0
+        && slow(&bystander) == 0
+        && watched == 1
+        && only_victim
+        && culprit_s > 0.0
+    {
         Ok(pass(text, data))
     } else if !only_victim {
         Ok(fail(

@@ -171,6 +171,9 @@ struct Seen {
     affected: Vec<Value>,
     /// The subject's pod as the agent names it (`uid`, `namespace/name`), when it does.
     pod: Value,
+    /// cpu_contention: the top culprit the agent named (pid, comm, cgroup, share), as last
+    /// seen.
+    culprit: Value,
 }
 
 /// Polls /incidents and remembers when each incident first appeared.
@@ -202,7 +205,12 @@ fn watch_incidents(
                             })
                         })
                         .collect();
+                    let culprit = inc["culprits"][0].clone();
                     if let Some(s) = seen.iter_mut().find(|s| s.id == id) {
+                        if !culprit.is_null() {
+                            s.culprit = culprit;
+                            s.summary = inc["summary"].as_str().unwrap_or_default().to_owned();
+                        }
                         s.failed_spans = s.failed_spans.max(failed_spans);
                         if affected.len() > s.affected.len() {
                             s.affected = affected;
@@ -217,6 +225,7 @@ fn watch_incidents(
                             summary: inc["summary"].as_str().unwrap_or_default().to_owned(),
                             first_seen_unix_ns: now,
                             pod: inc["pod"].clone(),
+                            culprit,
                         });
                     }
                 }
@@ -233,8 +242,51 @@ enum Fault {
     Nft,
     /// nft table in the pod's network namespace (named).
     NftIn(String),
-    /// Held so that ending the fault (drop) stops them.
-    Hogs(#[expect(dead_code, reason = "held only for its drop, which stops the hogs")] Vec<Proc>),
+    /// Held so that ending the fault (drop) stops them; then their cgroup is removed.
+    Hogs(Vec<Proc>, HogCgroup),
+}
+
+/// The noisy neighbour's own cgroup v2 (`<cgroup2 root>/ks-scenario-noisy-<xtask pid>`):
+/// ground truth the agent is not told. Removed when its processes are gone.
+struct HogCgroup(PathBuf);
+
+impl HogCgroup {
+    fn create() -> Result<Self> {
+        let dir = pod::cgroup2_root().join(format!("ks-scenario-noisy-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("creating {} (cgroup v2)", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    fn add(&self, pid: u32) -> Result<()> {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving pid {pid} into {}", self.0.display()))
+    }
+
+    /// The path as /proc/PID/cgroup (and so the agent) names it.
+    fn path(&self) -> String {
+        format!(
+            "/{}",
+            self.0
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for HogCgroup {
+    fn drop(&mut self) {
+        // The hogs were killed just before; the kernel frees the cgroup once they are reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        step(format!("could not remove {}", self.0.display()));
+    }
 }
 
 impl Drop for Fault {
@@ -258,7 +310,8 @@ impl Drop for Fault {
                     ])
                     .status();
             }
-            Fault::None | Fault::Hogs(_) => {}
+            Fault::Hogs(hogs, _) => hogs.clear(),
+            Fault::None => {}
         }
     }
 }
@@ -369,6 +422,9 @@ struct RunReport {
     pod_uid: Option<String>,
     /// The agent's span counters at the end: received, joined by runq / tcp.
     spans: Value,
+    /// noisy-neighbour: the culprit the agent named against the ground truth (the hogs' pids
+    /// and cgroup): `{named, right, hog_pids, hog_cgroup}`.
+    culprit: Option<Value>,
 }
 
 impl RunReport {
@@ -401,6 +457,7 @@ impl RunReport {
             "mode": if self.pod { "pod" } else { "host" },
             "pod_uid": self.pod_uid,
             "spans": self.spans,
+            "culprit": self.culprit,
         })
     }
 }
@@ -507,6 +564,8 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     std::thread::sleep(Duration::from_secs(a.warmup));
     let fault_start_unix_ns = now_unix_ns();
     step(format!("scenario {}: fault starts", kind.name()));
+    // noisy-neighbour: the hogs' pids and their cgroup path.
+    let mut hog_truth: Option<(Vec<u32>, String)> = None;
     let (fault, expected_subject) = match kind {
         Kind::Calm => (Fault::None, None),
         Kind::Surge => {
@@ -553,16 +612,21 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             // the server's own send/recv path, its threads need less CPU and cores+1 hogs cost
             // it only ~55-65 ms/s of run-queue delay (measured: 15-20 ms/s baseline), right
             // at the detector's 50 ms/s floor. A neighbour that takes the CPU must be clear.
+            // In a cgroup of their own: the incident must name one of them, and that cgroup.
+            let cgroup = HogCgroup::create()?;
             let hogs = (0..=2 * cores)
                 .map(|_| -> Result<Proc> {
-                    Ok(Proc::spawn(Command::new(&xtask).args([
+                    let p = Proc::spawn(Command::new(&xtask).args([
                         "hog",
                         "--seconds",
                         &a.fault.to_string(),
-                    ]))?)
+                    ]))?;
+                    cgroup.add(p.0.id())?;
+                    Ok(p)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            (Fault::Hogs(hogs), Some(format!("pid:{server_pid}")))
+            hog_truth = Some((hogs.iter().map(|p| p.0.id()).collect(), cgroup.path()));
+            (Fault::Hogs(hogs, cgroup), Some(format!("pid:{server_pid}")))
         }
     };
     std::thread::sleep(Duration::from_secs(a.fault));
@@ -611,11 +675,28 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
                 .as_deref()
                 .is_none_or(|p| s.subject.starts_with(p))
     };
+    // The culprit is right when the agent's top culprit is one of the hogs, in their cgroup.
+    let culprit_right = |s: &Seen| -> bool {
+        hog_truth.as_ref().is_some_and(|(pids, cgroup)| {
+            s.culprit["pid"]
+                .as_u64()
+                .is_some_and(|p| pids.iter().any(|&h| u64::from(h) == p))
+                && s.culprit["cgroup"].as_str() == Some(cgroup.as_str())
+        })
+    };
     let detected = seen
         .iter()
         .filter(|s| matches(s))
         .min_by_key(|s| s.first_seen_unix_ns)
         .cloned();
+    let culprit = hog_truth.as_ref().map(|(pids, cgroup)| {
+        json!({
+            "named": detected.as_ref().map(|d| d.culprit.clone()),
+            "right": detected.as_ref().is_some_and(culprit_right),
+            "hog_pids": pids,
+            "hog_cgroup": cgroup,
+        })
+    });
     let ours = |s: &Seen| -> bool {
         if let Some(ep) = s.subject.strip_prefix("ep:") {
             let port = ep.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
@@ -647,6 +728,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     let _ = std::fs::remove_dir_all(&data);
     Ok(RunReport {
         kind,
+        culprit,
         fault_start_unix_ns,
         expected_subject,
         detected,
@@ -753,6 +835,21 @@ fn print_table(reports: &[RunReport]) {
         .iter()
         .map(|r| r.false_alarms.len() + usize::from(r.detected.is_some()))
         .sum();
+    // Who held the CPU (noisy-neighbour): the agent's top culprit against the hogs.
+    let culprits: Vec<&Value> = reports.iter().filter_map(|r| r.culprit.as_ref()).collect();
+    for c in &culprits {
+        let n = &c["named"];
+        println!(
+            "culprit named: {} (pid {}, cgroup {}, {:.0}% of the waiting): {} (hogs {} in {})",
+            n["comm"].as_str().unwrap_or("-"),
+            n["pid"],
+            n["cgroup"].as_str().unwrap_or("-"),
+            n["share"].as_f64().unwrap_or(0.0) * 100.0,
+            if c["right"] == true { "right" } else { "WRONG" },
+            c["hog_pids"],
+            c["hog_cgroup"].as_str().unwrap_or("-"),
+        );
+    }
     let mut ttd: Vec<f64> = reports.iter().filter_map(RunReport::ttd_s).collect();
     ttd.sort_by(f64::total_cmp);
     println!();
@@ -766,6 +863,13 @@ fn print_table(reports: &[RunReport]) {
         println!(
             "recall    {:.2} ({found} of {faults} faults found)",
             found as f64 / faults as f64
+        );
+    }
+    if !culprits.is_empty() {
+        println!(
+            "culprits right: {} of {}",
+            culprits.iter().filter(|c| c["right"] == true).count(),
+            culprits.len()
         );
     }
     if !ttd.is_empty() {

@@ -62,7 +62,7 @@ fn ip(args: &[&str]) -> Result<()> {
 
 /// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
 /// hybrid system).
-fn cgroup2_root() -> PathBuf {
+pub(super) fn cgroup2_root() -> PathBuf {
     std::fs::read_to_string("/proc/self/mounts")
         .ok()
         .and_then(|m| {

@@ -779,6 +779,14 @@ function el(tag, attrs, ...children) {
         el('div', {},
           el('h3', { text: 'Evidence' }),
           el('table', { class: 'kv', id: 'evidence' }, el('tbody', {}, kv)))),
+      d.culprits && d.culprits.length
+        ? el('div', { class: 'culprits' },
+          el('h3', { text: 'Who held the CPU while it waited' }),
+          el('table', { class: 'kv', id: 'culprits' }, el('tbody', {}, d.culprits.map((c) => el('tr', {},
+            el('td', { class: 'mono', text: c.pid ? `${c.comm} (pid ${c.pid})` : c.comm }),
+            el('td', { class: 'mono', text: c.pid ? `cgroup ${c.cgroup}${c.pod_name ? ` · pod ${c.pod_namespace}/${c.pod_name}` : ''}` : '' }),
+            el('td', { text: `${Math.round(c.share * 100)}% · ${fmtNum(c.ns / 1e6, 0)} ms` }))))))
+        : null,
       el('h3', { text: linked ? `Affected spans (${d.affected_spans.length} linked of ${d.links_total})` : 'Spans that touched it so far' }),
       linked ? null : el('p', { class: 'note', text: d.state === 'open'
         ? 'The incident is still open: its span links are gathered when it closes. Meanwhile, these spans with kernel evidence touched the same subject.'

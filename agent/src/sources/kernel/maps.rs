@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::Probes;
-use crate::shared::event::{KernelCounters, KernelMaps, ProbeStatus, RunqHistogram};
+use crate::shared::event::{CulpritTotal, KernelCounters, KernelMaps, ProbeStatus, RunqHistogram};
 
 /// The probes are shared with the watch-set task, which changes a map; readers only read.
 impl KernelMaps for Mutex<Probes> {
@@ -19,6 +19,12 @@ impl KernelMaps for Mutex<Probes> {
         self.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .runq_histograms()
+    }
+
+    fn runq_culprits(&self) -> anyhow::Result<Vec<CulpritTotal>> {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .runq_culprits()
     }
 
     fn probe_status(&self) -> Vec<ProbeStatus> {

@@ -11,8 +11,8 @@ pub mod watch;
 use std::{collections::HashMap, path::PathBuf};
 
 use agent_common::{
-    COUNTER_MAX, Counter, RUNQ_TASK_SLOTS, RunqConfig, RunqHist, RunqTask, RunqTotals, SockLayout,
-    TaskLayout, TcpTpLayout,
+    COUNTER_MAX, CULPRIT_SLOT_COUNT, Counter, CulpritKey, CulpritSlot, CulpritVal, RUNQ_TASK_SLOTS,
+    RunqConfig, RunqHist, RunqTask, RunqTotals, SockLayout, TaskLayout, TcpTpLayout,
 };
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -22,7 +22,7 @@ use aya::{
 };
 
 use self::tracefs::Tracefs;
-pub use crate::shared::event::RunqHistogram;
+pub use crate::shared::event::{CulpritTotal, RunqHistogram};
 
 /// The eBPF object built by build.rs from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -108,6 +108,8 @@ pub struct Probes {
     runq_watch_slots: Array<MapData, u32>,
     runq_hist: PerCpuHashMap<MapData, u32, RunqHist>,
     runq_tasks: Array<MapData, RunqTask>,
+    runq_culprits: PerCpuHashMap<MapData, CulpritKey, CulpritVal>,
+    runq_culprit_slots: PerCpuArray<MapData, CulpritSlot>,
 }
 
 const WATCH_SLOTS: u32 = 65536;
@@ -123,13 +125,25 @@ fn task_layout(btf: &btf::Btf) -> Result<TaskLayout> {
     let (comm, _) = field("comm")?;
     // `state` (long) became `__state` (unsigned int) in 5.14.
     let (state, state_size) = field("__state").or_else(|_| field("state"))?;
+    // The CPU a task is queued on: `task_struct.cpu` until 5.16 moved it into `thread_info`
+    // (embedded in task_struct on x86). Unknown: 0, and culprit accounting stays off.
+    let cpu = field("cpu").map(|(off, _)| off).ok().or_else(|| {
+        let (ti, _) = btf.member("task_struct", "thread_info")?;
+        let (cpu, _) = btf.member("thread_info", "cpu")?;
+        Some(ti + cpu)
+    });
+    if cpu.is_none() {
+        tracing::warn!(
+            "kernel BTF has neither task_struct.cpu nor thread_info.cpu: run-queue culprits are off"
+        );
+    }
     Ok(TaskLayout {
         pid,
         tgid,
         state,
         state_size,
         comm,
-        _pad: 0,
+        cpu: cpu.unwrap_or(0),
     })
 }
 
@@ -334,6 +348,8 @@ impl Probes {
         let runq_watch_slots = Array::try_from(take(&mut ebpf, "RUNQ_WATCH_SLOTS")?)?;
         let runq_hist = PerCpuHashMap::try_from(take(&mut ebpf, "RUNQ_HIST")?)?;
         let runq_tasks = Array::try_from(take(&mut ebpf, "RUNQ_TASKS")?)?;
+        let runq_culprits = PerCpuHashMap::try_from(take(&mut ebpf, "RUNQ_CULPRITS")?)?;
+        let runq_culprit_slots = PerCpuArray::try_from(take(&mut ebpf, "RUNQ_CULPRIT_SLOTS")?)?;
         drop((btf, kernel_btf));
         release_freed_heap();
         tracing::info!(
@@ -352,6 +368,8 @@ impl Probes {
             runq_watch_slots,
             runq_hist,
             runq_tasks,
+            runq_culprits,
+            runq_culprit_slots,
         })
     }
 
@@ -472,6 +490,43 @@ impl Probes {
             out.insert(tgid, h);
         }
         Ok(out)
+    }
+
+    /// Who ran while watched processes waited: cumulative CPU time per (victim, culprit) pair,
+    /// summed over CPUs, with the culprit's cgroup id and comm as the kernel saw them.
+    pub fn runq_culprits(&self) -> Result<Vec<CulpritTotal>> {
+        let mut out: HashMap<(u32, u32), CulpritTotal> = HashMap::new();
+        let mut add = |k: CulpritKey, v: &CulpritVal| {
+            let t = out
+                .entry((k.victim, k.culprit))
+                .or_insert_with(|| CulpritTotal {
+                    victim: k.victim,
+                    culprit: k.culprit,
+                    ..CulpritTotal::default()
+                });
+            t.ns += v.ns;
+            if t.comm.is_empty() && v.comm[0] != 0 {
+                t.comm = crate::shared::event::comm_str(&v.comm);
+                t.cgroup_id = v.cgroup_id;
+            }
+        };
+        // The table first, then the slots: the kernel only moves time from a slot into the
+        // table, so a move between the two reads can hide time from this read (the next one
+        // sees it) but never count it twice.
+        for item in self.runq_culprits.iter() {
+            let (k, per_cpu) = item?;
+            for v in per_cpu.iter() {
+                add(k, v);
+            }
+        }
+        for i in 0..CULPRIT_SLOT_COUNT {
+            for s in self.runq_culprit_slots.get(&i, 0)?.iter() {
+                if s.val.ns != 0 {
+                    add(s.key, &s.val);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// Cumulative run-queue delay of one thread of a watched process, while its slot is its own.

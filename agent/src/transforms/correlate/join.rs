@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::evidence::{NetConnKey, Windows};
 use crate::shared::{
+    culprit::CulpritShare,
     evidence::{Dir, RunqEntry, RunqJoin, TcpEntry, TcpHit, TcpJoin, tcp_state_name},
     netkey::Oriented,
     span::{event, kv_b, kv_f, kv_i, kv_s},
@@ -205,6 +206,19 @@ pub fn apply_runq(span: &mut Span, j: &RunqJoin, cfg: &JoinConfig) {
                 kv_i("kernelsight.runq.cpu", i64::from(e.cpu)),
             ],
         ));
+    }
+}
+
+/// Names the top culprit of the span's process around the span (per second, per process:
+/// the kernel accounts culprits per victim process, not per thread).
+pub fn apply_culprit(span: &mut Span, top: &[CulpritShare]) {
+    if let Some(c) = top.iter().find(|c| c.id.pid != 0) {
+        span.attributes
+            .push(kv_i("kernelsight.runq.culprit.pid", i64::from(c.id.pid)));
+        span.attributes
+            .push(kv_s("kernelsight.runq.culprit.comm", c.id.comm.clone()));
+        span.attributes
+            .push(kv_f("kernelsight.runq.culprit.share", c.share));
     }
 }
 

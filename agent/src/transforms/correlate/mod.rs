@@ -29,15 +29,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::{
     evidence::{Bounds, Evidence, Windows},
-    join::{JoinConfig, apply_runq, apply_tcp, join_runq, join_tcp},
+    join::{JoinConfig, apply_culprit, apply_runq, apply_tcp, join_runq, join_tcp},
     store::{Batch, SpanBudget, SpanStore},
 };
 use super::detect::{DetectConfig, Detector};
 use crate::shared::{
     clock::Clock,
+    culprit::{CulpritStep, CulpritWindow, WindowBounds, describe},
     event::{Identify, KernelEvent, PodLabels},
     evidence::{RunqEntry, TcpEntry},
-    incident::{Incident, IncidentOutput},
+    incident::{Class, Incident, IncidentOutput},
     netkey::{self, EphemeralPorts},
     origin::Origin,
     span::{SpanFacts, SpanIntake, SpanOutput, SpanRef, SpanSummary, hex, kv_i, kv_s, span_count},
@@ -81,14 +82,22 @@ const RUNQ_BOUNDS: Bounds = Bounds {
     per_key: 128,
     retention_ns: 60_000_000_000,
 };
+/// Culprits named per incident (the rest summed as "other").
+const CULPRIT_TOP: usize = 5;
+const CULPRIT_MARGIN_NS: u64 = 1_000_000_000;
 /// Correlator tick: how often held spans are checked for readiness.
 const TICK: Duration = Duration::from_millis(50);
 
 /// A kernel event, converted to the agent's clock and evidence types at ingestion.
 #[derive(Clone, Debug)]
 pub enum Ingested {
-    Runq { tid: u32, entry: RunqEntry },
+    Runq {
+        tid: u32,
+        entry: RunqEntry,
+    },
     Tcp(TcpEntry),
+    /// One read of who ran while watched processes waited (attributed).
+    Culprits(CulpritStep),
 }
 
 impl Ingested {
@@ -127,6 +136,12 @@ pub struct KernelFeed {
 impl KernelFeed {
     pub fn new(tx: mpsc::Sender<Ingested>, clock: Clock, m: CorrelationMetrics) -> Self {
         Self { tx, clock, m }
+    }
+
+    pub fn push_culprits(&self, step: CulpritStep) {
+        if self.tx.try_send(Ingested::Culprits(step)).is_err() {
+            self.m.kernel_dropped.inc();
+        }
     }
 
     pub fn push(&self, ev: &KernelEvent) {
@@ -235,6 +250,8 @@ pub struct Correlator {
     pool_pids: HashMap<String, u32>,
     /// The agent's network namespace: that of spans that name neither a process nor an origin.
     own_netns: u64,
+    /// Who ran while each watched process waited, per second (bounded).
+    culprits: CulpritWindow,
     identify: Arc<dyn Identify>,
     out: Outputs,
     resource: Vec<KeyValue>,
@@ -271,6 +288,7 @@ impl Correlator {
             runq_pids: HashMap::new(),
             pool_pids: HashMap::new(),
             own_netns: identify.netns(std::process::id()),
+            culprits: CulpritWindow::new(WindowBounds::default()),
             identify,
             out,
             resource: vec![
@@ -329,6 +347,7 @@ impl Correlator {
                 self.detector.on_runq(tid, &entry);
                 self.evidence.runq.push(tid, entry);
             }
+            Ingested::Culprits(step) => self.culprits.push(&step),
             Ingested::Tcp(e) => {
                 self.detector.on_tcp(&e);
                 let key = netkey::Oriented {
@@ -381,8 +400,47 @@ impl Correlator {
             .inc_by(std::mem::take(&mut self.detector.late));
     }
 
-    /// Names the pod of an incident's subject: a process's, or the process a pool runs in.
-    fn with_pod(&self, mut inc: Incident) -> Incident {
+    /// Names the pod of an incident's subject: a process's, or the process a pool runs in; and
+    /// for `cpu_contention`, who ran on the CPU while the process waited.
+    fn with_pod(&self, inc: Incident) -> Incident {
+        self.with_culprits(self.with_pod_only(inc))
+    }
+
+    /// The top culprits over the incident's time (one sample interval of margin before it,
+    /// since a sample covers the second before its time stamp; and after, since the last
+    /// bucket's sample may be newer than the bucket's end), in its evidence and summary.
+    fn with_culprits(&self, mut inc: Incident) -> Incident {
+        if inc.class != Class::CpuContention {
+            return inc;
+        }
+        let Some(pid) = inc
+            .subject
+            .strip_prefix("pid:")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return inc;
+        };
+        let top = self.culprits.top(
+            pid,
+            inc.start_unix_ns.saturating_sub(CULPRIT_MARGIN_NS),
+            inc.end_unix_ns + CULPRIT_MARGIN_NS,
+            CULPRIT_TOP,
+        );
+        if top.is_empty() {
+            return inc;
+        }
+        let victim = self.identify.comm(pid);
+        let waited_ms = inc.baseline.observed;
+        inc.summary = format!(
+            "{victim} waited {waited_ms:.0} ms/s for a CPU; during that time the CPU ran: {}. {}",
+            describe(&top),
+            inc.summary
+        );
+        inc.culprits = top;
+        inc
+    }
+
+    fn with_pod_only(&self, mut inc: Incident) -> Incident {
         if inc.pod.is_none() {
             let pid = match inc.subject.split_once(':') {
                 Some(("pid", p)) => p.parse().ok(),
@@ -494,6 +552,15 @@ impl Correlator {
                         apply_runq(span, j, &self.join);
                         if j.count > 0 {
                             self.m.spans_joined.with_label_values(&["runq"]).inc();
+                            if let Some(pid) = facts.pid {
+                                let top = self.culprits.top(
+                                    pid,
+                                    facts.start_ns.saturating_sub(CULPRIT_MARGIN_NS),
+                                    facts.end_ns + CULPRIT_MARGIN_NS,
+                                    1,
+                                );
+                                apply_culprit(span, &top);
+                            }
                         }
                     }
                     // The span's side of a connection is in its process's network namespace;
