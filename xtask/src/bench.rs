@@ -34,6 +34,9 @@ enum What {
     Overhead(OverheadArgs),
     /// The worker pool against tokio baselines (`cargo bench -p game-pool`).
     Pool,
+    /// The game server at 10× its held sessions (connection storm past its fd limit, slowloris,
+    /// non-readers) and the agent under 10× OTLP intake, a kernel-event burst and 20k sockets.
+    Overload(crate::overload::OverloadArgs),
     /// Sessions held at 20 Hz, messages/s, RSS per session, delta latency (`bots bench`).
     Server {
         /// Extra arguments for `bots bench` (e.g. `--steps 250,500,1000`).
@@ -64,6 +67,7 @@ pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
         What::Probes { seconds } => probes(env, seconds),
         What::Overhead(a) => overhead(env, a),
         What::Pool => run_cmd(env.cargo().args(["bench", "-p", "game-pool"])),
+        What::Overload(a) => crate::overload::run(env, a),
         What::Server { rest } => {
             // bots bench spawns the release server binary next to it: build both.
             crate::tasks::build(env)?;
