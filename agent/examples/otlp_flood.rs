@@ -74,7 +74,7 @@ fn body(seq: u64, n: u64) -> Bytes {
             let mut trace_id = [0u8; 16];
             trace_id[..8].copy_from_slice(&id.to_be_bytes());
             trace_id[8] = 1;
-            let attributes = if id % 2 == 0 {
+            let attributes = if id.is_multiple_of(2) {
                 vec![
                     kv(
                         "network.peer.address",
@@ -103,7 +103,7 @@ fn body(seq: u64, n: u64) -> Bytes {
             Span {
                 trace_id: trace_id.to_vec(),
                 span_id: (id + 1).to_be_bytes().to_vec(),
-                name: if id % 2 == 0 {
+                name: if id.is_multiple_of(2) {
                     "ws.session"
                 } else {
                     "pool.task"
