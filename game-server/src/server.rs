@@ -148,6 +148,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         session_base: random_u64(),
     });
 
+    let admission = Admission::new(
+        cfg.max_connections,
+        Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
+    );
+    tracing::info!(
+        max_connections = admission.max_connections,
+        "connection cap (beyond it: 503)"
+    );
     // Tests and tools read this line to learn the bound port.
     println!("game-server listening on {addr}");
     tracing::info!(%addr, dev = cfg.dev, "listening");
@@ -174,14 +182,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     tokio::spawn(shutdown_signal(shutdown.clone()));
     let router = gateway::router(app.clone());
-    let admission = Admission::new(
-        cfg.max_connections,
-        Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
-    );
-    tracing::info!(
-        max_connections = admission.max_connections,
-        "connection cap (beyond it: 503)"
-    );
     gateway::admission::serve(
         listener,
         router,
