@@ -60,8 +60,10 @@ fn heap_returns_below_its_bound_after_a_reset_storm() {
         decoded + lost >= connects as f64,
         "events neither decoded nor counted lost"
     );
+    // A debug agent on a loaded machine drains slower than the kernel fills the ring: then
+    // most of the burst is counted lost, which is the point of the count.
     assert!(
-        decoded > 10_000.0,
+        decoded + lost > 10_000.0,
         "the burst was too small to mean anything"
     );
     // Measured on the release build: 29.5 MiB of anonymous memory after such a burst with one
