@@ -452,12 +452,13 @@ fn bots_summary(mut p: Proc) -> Result<serde_json::Value> {
         .context("bots stdout")?
         .read_to_string(&mut out)?;
     let _ = p.0.wait();
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
+    // The summary is one pretty-printed JSON object after any progress lines.
+    let start = out
+        .find("\n{")
+        .map(|i| i + 1)
+        .or_else(|| out.starts_with('{').then_some(0))
         .with_context(|| format!("no JSON summary from bots: {out}"))?;
-    Ok(serde_json::from_str(line)?)
+    Ok(serde_json::from_str(&out[start..])?)
 }
 
 struct ServerPhase {
