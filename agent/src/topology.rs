@@ -28,13 +28,19 @@ use crate::{
     },
     transforms::{
         attribution::Attribution,
-        correlate::{Correlator, Drain, Intake, KernelFeed, Outputs, store::SpanBudget},
+        correlate::{Correlator, Drain, Ingested, Intake, KernelFeed, Outputs, store::SpanBudget},
         pod,
     },
 };
 
-/// Kernel events between the ring readers and attribution; full means dropped and counted.
-const KERNEL_CHANNEL: usize = 65536;
+/// Bytes of events each kernel-event channel holds at most (ring readers → attribution, and
+/// the fan-out → correlator): several ring-fulls (the rings are 256 KiB by default), enough for
+/// the scheduling jitter between stages; a full channel drops and counts
+/// (`kernelsight_pipeline_dropped_total`, `kernelsight_correlator_kernel_events_dropped_total`).
+/// Sized in slots, 65,536 of each could hold ~16 MB during a burst.
+pub const CHANNEL_BYTES: usize = 1 << 20;
+/// How often freed heap is handed back to the OS.
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the correlator to drain and the forwarder to deliver.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -62,7 +68,8 @@ pub async fn run(
     let metrics = Arc::new(metrics);
 
     // kernel rings → attribution → (prometheus, correlate, timeline)
-    let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelEvent>(KERNEL_CHANNEL);
+    let (kernel_tx, mut kernel_rx) =
+        mpsc::channel::<KernelEvent>(CHANNEL_BYTES / size_of::<KernelEvent>());
     spawn_ring(
         "tcp",
         tcp_ring,
@@ -115,7 +122,7 @@ pub async fn run(
     // The budget bounds what the channel holds in spans; the channel's own bound only limits
     // requests (a request can be one span).
     let (span_tx, span_rx) = mpsc::channel(args.span_store_cap.clamp(1, 65536));
-    let (feed_tx, feed_rx) = mpsc::channel(KERNEL_CHANNEL);
+    let (feed_tx, feed_rx) = mpsc::channel(CHANNEL_BYTES / size_of::<Ingested>());
     let (drain_tx, drain_rx) = mpsc::channel(1);
     let intake: Arc<dyn SpanIntake> = Arc::new(Intake::new(
         span_tx,
@@ -192,6 +199,8 @@ pub async fn run(
         }
     });
 
+    tokio::spawn(release_freed_heap(HEAP_TRIM_EVERY));
+
     let state = Arc::new(AppState {
         metrics,
         probes_loaded: true,
@@ -223,6 +232,23 @@ pub async fn run(
         );
     }
     served
+}
+
+/// glibc keeps what a burst freed (in the arena of whichever thread allocated it, where the
+/// heap top cannot shrink past live blocks) instead of handing it back, so without this the
+/// agent's RSS after a burst is its high-water mark, not what it holds. `malloc_trim` returns
+/// the free pages of every arena; on a heap of tens of MB it takes well under a millisecond.
+async fn release_freed_heap(every: Duration) {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        t.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 fn spawn_ring(

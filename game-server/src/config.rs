@@ -63,6 +63,14 @@ pub struct Config {
     #[arg(long, env = "GAME_RECONNECT_GRACE_MS", default_value_t = 10_000)]
     pub reconnect_grace_ms: u64,
 
+    /// Most open connections (WebSocket sessions and plain HTTP); beyond it a new connection
+    /// gets `503` and is closed. 0: the fd limit (soft RLIMIT_NOFILE) less 64.
+    #[arg(long, env = "GAME_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Time a new connection has to send its complete HTTP request head (the WebSocket
+    /// upgrade included); slower ones are closed (slowloris).
+    #[arg(long, env = "GAME_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub handshake_timeout_ms: u64,
     /// Largest accepted WebSocket message (and frame), bytes.
     #[arg(long, env = "GAME_MAX_MESSAGE_BYTES", default_value_t = 4096)]
     pub max_message_bytes: usize,

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::background::{Background, PoolSizing};
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::gateway::{self, ConnAddrs, NoDelayListener};
+use crate::gateway::{self, admission::Admission};
 use crate::metrics::Metrics;
 use crate::persistence::Persistence;
 use crate::redis_client::{RedisClient, RedisOptions};
@@ -148,7 +148,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         session_base: random_u64(),
     });
 
-    let listener = NoDelayListener(listener);
+    let admission = Admission::new(
+        cfg.max_connections,
+        Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
+    );
+    tracing::info!(
+        max_connections = admission.max_connections,
+        "connection cap (beyond it: 503)"
+    );
     // Tests and tools read this line to learn the bound port.
     println!("game-server listening on {addr}");
     tracing::info!(%addr, dev = cfg.dev, "listening");
@@ -175,12 +182,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     tokio::spawn(shutdown_signal(shutdown.clone()));
     let router = gateway::router(app.clone());
-    axum::serve(
+    gateway::admission::serve(
         listener,
-        router.into_make_service_with_connect_info::<ConnAddrs>(),
+        router,
+        admission,
+        app.metrics.clone(),
+        shutdown.clone(),
     )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-    .await?;
+    .await;
 
     // Order matters: sessions send their close frames, rooms stage every player,
     // then the store is flushed, then the pool drains.

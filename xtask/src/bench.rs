@@ -41,6 +41,9 @@ enum What {
     /// Our game server beside a Colyseus server doing the same work, same session counts,
     /// alternating in one run (server and load pinned to different CPUs).
     Peer(crate::peer::PeerArgs),
+    /// The game server at 10× its held sessions (connection storm past its fd limit, slowloris,
+    /// non-readers) and the agent under 10× OTLP intake, a kernel-event burst and 20k sockets.
+    Overload(crate::overload::OverloadArgs),
     /// Sessions held at 20 Hz, messages/s, RSS per session, delta latency (`bots bench`).
     Server {
         /// Extra arguments for `bots bench` (e.g. `--steps 250,500,1000`).
@@ -72,6 +75,7 @@ pub fn run(env: &Env, args: BenchArgs) -> Result<()> {
         What::Overhead(a) => overhead(env, a),
         What::Peer(a) => crate::peer::run(env, a),
         What::Pool => run_cmd(env.cargo().args(["bench", "-p", "game-pool"])),
+        What::Overload(a) => crate::overload::run(env, a),
         What::Server { rest } => {
             // bots bench spawns the release server binary next to it: build both.
             crate::tasks::build(env)?;

@@ -2,6 +2,7 @@
 //! in `.tools/`); `run` starts the game server and the agent; `test` runs the whole suite.
 mod bench;
 mod kernels;
+mod overload;
 mod peer;
 mod redis;
 mod scenario;

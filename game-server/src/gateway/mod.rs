@@ -1,5 +1,6 @@
 //! HTTP gateway: the WebSocket endpoint and the plain HTTP endpoints.
 
+pub mod admission;
 mod http;
 pub mod ws;
 
@@ -7,10 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::routing::{any, get, post};
-use axum::serve::{IncomingStream, Listener};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::server::App;
 
@@ -19,36 +17,6 @@ use crate::server::App;
 pub struct ConnAddrs {
     pub peer: SocketAddr,
     pub local: SocketAddr,
-}
-
-/// TCP listener that sets TCP_NODELAY on every accepted socket: small interactive
-/// frames must never wait for Nagle.
-pub struct NoDelayListener(pub TcpListener);
-
-impl Listener for NoDelayListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (s, a) = Listener::accept(&mut self.0).await;
-        let _ = s.set_nodelay(true);
-        (s, a)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, NoDelayListener>> for ConnAddrs {
-    fn connect_info(s: IncomingStream<'_, NoDelayListener>) -> Self {
-        let peer = *s.remote_addr();
-        let local = s
-            .io()
-            .local_addr()
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        ConnAddrs { peer, local }
-    }
 }
 
 pub fn router(app: Arc<App>) -> Router {

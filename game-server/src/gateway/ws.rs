@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use tracing::{Instrument, info_span};
 
 use super::ConnAddrs;
+use super::admission::ConnSlot;
 use crate::protocol::Encoding;
 use crate::server::App;
 use crate::session::{self, SessionParams};
@@ -100,6 +102,7 @@ pub fn admit<'a>(
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(addrs): ConnectInfo<ConnAddrs>,
+    slot: Option<Extension<ConnSlot>>,
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
     mut ws: WebSocketUpgrade,
@@ -166,6 +169,13 @@ pub async fn upgrade(
                 encoding,
                 resume: q.resume,
             };
-            tracker.track_future(session::run(socket, app, params).instrument(session))
+            tracker.track_future(
+                async move {
+                    session::run(socket, app, params).await;
+                    // The connection's place under the cap is held until the session ends.
+                    drop(slot);
+                }
+                .instrument(session),
+            )
         })
 }

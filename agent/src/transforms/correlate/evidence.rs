@@ -1,9 +1,11 @@
 //! Kernel evidence, kept in bounded per-key ring windows until spans come to look at it.
 //!
-//! Three bounds, each counted when it bites: entries per key (a ring: the oldest entry goes),
-//! number of keys (the least recently touched eighth goes, so a flood of new keys costs
-//! amortised O(log n) per insert instead of a scan each), and age (entries older than the
-//! retention are pruned). A query says when evidence inside its window may have been dropped.
+//! Four bounds, each counted when it bites: entries per key (a ring: the oldest entry goes),
+//! number of keys and entries in all (the least recently touched eighth of the keys goes, so a
+//! flood of new keys costs amortised O(log n) per insert instead of a scan each), and age
+//! (entries older than the retention are pruned). The entry bound is what sizes the memory:
+//! keys × per-key alone would allow far more than any detection needs. A query says when
+//! evidence inside its window may have been dropped.
 use std::{collections::HashMap, collections::VecDeque, hash::Hash};
 
 use crate::shared::{
@@ -35,7 +37,20 @@ impl<T: Timed> Window<T> {
 pub struct Bounds {
     pub max_keys: usize,
     pub per_key: usize,
+    /// Entries over all keys.
+    pub max_entries: usize,
     pub retention_ns: u64,
+}
+
+impl Bounds {
+    /// The most heap these bounds let a store of `T` entries under `K` keys hold: entries at
+    /// their ring's largest capacity (a `VecDeque` doubles: < 2× the entries), plus each key's
+    /// map slot and window (the map itself: < 2× the keys with hashbrown's load factor).
+    pub fn max_bytes<K, T>(&self) -> usize {
+        let entries = self.max_entries.min(self.max_keys * self.per_key);
+        let key = size_of::<K>() + size_of::<Window<T>>() + 1;
+        2 * entries * size_of::<T>() + 2 * self.max_keys * key
+    }
 }
 
 /// What the bounds removed since the last call to [`Windows::take_evictions`].
@@ -48,6 +63,8 @@ pub struct Evictions {
 
 pub struct Windows<K, T> {
     map: HashMap<K, Window<T>>,
+    /// Entries over all keys.
+    entries: usize,
     bounds: Bounds,
     /// Everything older than this (Unix ns) has been pruned by age.
     horizon: u64,
@@ -56,9 +73,10 @@ pub struct Windows<K, T> {
 
 impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
     pub fn new(bounds: Bounds) -> Self {
-        assert!(bounds.max_keys > 0 && bounds.per_key > 0);
+        assert!(bounds.max_keys > 0 && bounds.per_key > 0 && bounds.max_entries > 0);
         Self {
             map: HashMap::new(),
+            entries: 0,
             bounds,
             horizon: 0,
             ev: Evictions::default(),
@@ -74,17 +92,23 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
     }
 
     pub fn entries(&self) -> usize {
-        self.map.values().map(|w| w.items.len()).sum()
+        self.entries
     }
 
     pub fn push(&mut self, key: K, item: T) {
-        if !self.map.contains_key(&key) && self.map.len() >= self.bounds.max_keys {
+        let new_key = !self.map.contains_key(&key);
+        if (new_key && self.map.len() >= self.bounds.max_keys)
+            || self.entries >= self.bounds.max_entries
+        {
             self.evict_oldest_keys();
         }
         let ts = item.ts();
         let per_key = self.bounds.per_key;
+        // Most keys never see more than two entries (an RST and its echo on the peer's
+        // socket); a storm of new connections is mostly such keys, and a `VecDeque` would
+        // otherwise allocate room for four on the first push.
         let w = self.map.entry(key).or_insert_with(|| Window {
-            items: VecDeque::new(),
+            items: VecDeque::with_capacity(2),
             dropped_upto: 0,
             touched: 0,
         });
@@ -93,8 +117,10 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
         {
             w.dropped_upto = w.dropped_upto.max(old.ts());
             self.ev.ring_full += 1;
+            self.entries -= 1;
         }
         w.items.push_back(item);
+        self.entries += 1;
         w.touched = w.touched.max(ts);
     }
 
@@ -104,15 +130,18 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
         let (_, cut, _) = touched.select_nth_unstable(n - 1);
         let cut = *cut;
         let mut removed = 0;
+        let mut entries = 0;
         self.map.retain(|_, w| {
             if removed < n && w.touched <= cut {
                 removed += 1;
+                entries += w.items.len();
                 false
             } else {
                 true
             }
         });
         self.ev.key_cap += removed as u64;
+        self.entries -= entries;
     }
 
     /// Drops entries older than the retention, and keys left empty.
@@ -128,6 +157,7 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
             !w.items.is_empty()
         });
         self.ev.expired += expired;
+        self.entries -= expired as usize;
     }
 
     pub fn get(&self, key: &K) -> Option<&Window<T>> {
@@ -175,6 +205,7 @@ mod tests {
         let mut w = Windows::new(Bounds {
             max_keys: 10,
             per_key: 3,
+            max_entries: usize::MAX,
             retention_ns: u64::MAX,
         });
         for t in 1..=5 {
@@ -192,6 +223,7 @@ mod tests {
         let mut w = Windows::new(Bounds {
             max_keys: 16,
             per_key: 4,
+            max_entries: usize::MAX,
             retention_ns: u64::MAX,
         });
         for k in 0..16u32 {
@@ -216,6 +248,7 @@ mod tests {
         let mut w = Windows::new(Bounds {
             max_keys: 10,
             per_key: 10,
+            max_entries: usize::MAX,
             retention_ns: 1_000,
         });
         w.push(1u32, runq(100, 1));
@@ -227,5 +260,41 @@ mod tests {
         assert!(w.truncated(&1, 500), "before the horizon at 1000");
         assert!(!w.truncated(&1, 1_200));
         assert_eq!(w.take_evictions().expired, 2);
+    }
+
+    #[test]
+    fn entry_bound_holds_under_a_flood_of_keys_and_counts_what_went() {
+        // Many entries per key on few keys, then one entry per key on many: either way the
+        // store never holds more than max_entries, and what it let go is counted.
+        let bounds = Bounds {
+            max_keys: 1000,
+            per_key: 64,
+            max_entries: 500,
+            retention_ns: u64::MAX,
+        };
+        let mut w = Windows::new(bounds);
+        let mut pushed = 0u64;
+        for k in 0..20u32 {
+            for t in 0..64u64 {
+                w.push(k, runq(u64::from(k) * 1000 + t, 1));
+                pushed += 1;
+                assert!(w.entries() <= 500);
+            }
+        }
+        for k in 100..20_000u32 {
+            w.push(k, runq(1_000_000 + u64::from(k), 1));
+            pushed += 1;
+            assert!(w.entries() <= 500 && w.len() <= 1000);
+        }
+        assert_eq!(
+            w.entries(),
+            w.map.values().map(|x| x.items.len()).sum::<usize>()
+        );
+        let ev = w.take_evictions();
+        // Every entry pushed is either held or counted as evicted (key_cap counts keys: count
+        // the entries they held through the books instead).
+        assert!(ev.key_cap > 0);
+        assert!(pushed > w.entries() as u64);
+        assert!(bounds.max_bytes::<u32, RunqEntry>() < 200 * 1024);
     }
 }

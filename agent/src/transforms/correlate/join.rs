@@ -291,6 +291,7 @@ mod tests {
         let mut w = Windows::new(Bounds {
             max_keys: 100,
             per_key: 100,
+            max_entries: usize::MAX,
             retention_ns: u64::MAX,
         });
         for &(tid, end_ns, delay_ns) in entries {
@@ -407,6 +408,7 @@ mod tests {
         let mut w = Windows::new(Bounds {
             max_keys: 100,
             per_key: 100,
+            max_entries: usize::MAX,
             retention_ns: u64::MAX,
         });
         for &(ts_ns, kind, local, peer) in entries {

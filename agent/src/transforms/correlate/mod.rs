@@ -65,21 +65,27 @@ pub struct Outputs {
     pub incidents: Arc<dyn IncidentOutput>,
 }
 
-// Evidence bounds. A TCP entry is ~64 bytes and a run-queue entry 24: these cap evidence at
-// ~35 MB and ~25 MB in the worst case.
-/// Connections with TCP evidence, the last 32 events each, for ten minutes: a session that
-/// was reset or retransmitting has its story in far fewer; longer sessions are flagged
-/// `kernelsight.tcp.evidence_truncated`.
-const TCP_BOUNDS: Bounds = Bounds {
-    max_keys: 16384,
+// Evidence bounds. What sizes the memory is the entry bound (`Bounds::max_bytes`: ~5 MB for
+// TCP, ~4 MB for run-queue waits, at most, together with their keys); the per-key rings and
+// key counts only shape it. Before the entry bound, keys × per-key allowed ~35 MB and ~25 MB.
+/// Connections with TCP evidence, the last 32 events each, for ten minutes, 16,384 events in
+/// all: a session that was reset or retransmitting has its story in far fewer; longer
+/// sessions are flagged `kernelsight.tcp.evidence_truncated`. A storm of resets on new
+/// connections (one key each) turns the oldest keys over, counted as `key_cap`; 8,192
+/// connections in trouble at once is four times the sessions a server here holds.
+pub const TCP_BOUNDS: Bounds = Bounds {
+    max_keys: 8192,
     per_key: 32,
+    max_entries: 16384,
     retention_ns: 600_000_000_000,
 };
 /// Threads with run-queue waits, the last 128 each, for one minute (task spans arrive seconds
-/// after they end, even through a batching SDK).
-const RUNQ_BOUNDS: Bounds = Bounds {
+/// after they end, even through a batching SDK), 65,536 waits in all: 2,000 sessions' worth of
+/// worker threads at a few slow wake-ups per second each.
+pub const RUNQ_BOUNDS: Bounds = Bounds {
     max_keys: 8192,
     per_key: 128,
+    max_entries: 65536,
     retention_ns: 60_000_000_000,
 };
 /// Culprits named per incident (the rest summed as "other").
