@@ -254,7 +254,7 @@ impl Metrics {
     /// Adds one step of culprit CPU time, largest first, under bounded label values.
     pub fn observe_culprits(&self, step: &CulpritStep) {
         let mut samples: Vec<_> = step.samples.iter().collect();
-        samples.sort_by(|a, b| b.ns.cmp(&a.ns));
+        samples.sort_by_key(|s| std::cmp::Reverse(s.ns));
         let mut labels = self.culprit_labels.lock().expect("not poisoned");
         for s in samples {
             let victim = self
