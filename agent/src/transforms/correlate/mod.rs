@@ -111,6 +111,8 @@ impl Ingested {
                 segs: t.segs,
                 state: t.state,
                 netns: t.netns,
+                owner_pid: t.owner.as_ref().map_or(0, |o| o.pid),
+                owner_comm: t.owner.as_ref().map(|o| o.comm.clone()).unwrap_or_default(),
             }),
         }
     }
@@ -323,6 +325,14 @@ impl Correlator {
     }
 
     pub fn on_kernel(&mut self, ev: Ingested) {
+        let ts = match &ev {
+            Ingested::Runq { entry, .. } => entry.end_ns,
+            Ingested::Tcp(e) => e.ts_ns,
+        };
+        self.m
+            .input_lag
+            .with_label_values(&["kernel"])
+            .observe(Clock::now_unix_ns().saturating_sub(ts) as f64 / 1e9);
         match ev {
             Ingested::Runq { tid, entry } => {
                 self.runq_pids.insert(entry.pid, entry.end_ns);
@@ -342,6 +352,22 @@ impl Correlator {
     }
 
     pub fn on_batch(&mut self, b: Batch) {
+        // What a span says by itself reaches the detector now; the kernel joins wait.
+        for rs in &b.req.resource_spans {
+            let res: &[KeyValue] = rs
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or(&[]);
+            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                let f = SpanFacts::read(span, res);
+                self.m
+                    .input_lag
+                    .with_label_values(&["span"])
+                    .observe(b.received_unix_ns.saturating_sub(f.end_ns) as f64 / 1e9);
+                self.detector.on_span_arrival(&f);
+            }
+        }
         self.store.push(b, self.wait_ns);
     }
 
