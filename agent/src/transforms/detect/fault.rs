@@ -194,10 +194,13 @@ fn fault_report(
         .and_then(|n| n.server_address.clone())
         .unwrap_or_else(|| ep.ip.to_string());
     let port = name.and_then(|n| n.server_port).unwrap_or(ep.port);
-    let display = match &service {
-        Some(s) => format!("{s} ({address}:{port})"),
-        None if address != ep.ip.to_string() => format!("{address}:{port} ({ep})"),
-        None => ep.to_string(),
+    // Always with the endpoint itself (what the incident's subject says).
+    let named = address != ep.ip.to_string() || port != ep.port;
+    let display = match (&service, named) {
+        (Some(s), false) => format!("{s} ({ep})"),
+        (Some(s), true) => format!("{s} {address}:{port} ({ep})"),
+        (None, true) => format!("{address}:{port} ({ep})"),
+        (None, false) => ep.to_string(),
     };
     let what = match kind {
         "refused" => format!("{count} connections refused (RST answering the SYN)"),
