@@ -405,14 +405,20 @@ impl Detector {
                 }
             }
             kind => {
-                // An RST while the connection was still being set up: the client's SYN was
-                // answered with a reset (nobody listening, or the listener refused it).
+                // Refused: the service answered a SYN with an RST. The kernel says so on the
+                // sending side: an RST sent without a socket (state 0: nobody listens on the
+                // port; reported from Linux 6.10) or by a listener or half-open request. A
+                // client socket still in SYN_SENT says so too. (`tcp_receive_reset` reports no
+                // state: 0 there means nothing.)
                 const SYN_SENT: u8 = 2;
                 const SYN_RECV: u8 = 3;
+                const LISTEN: u8 = 10;
                 const NEW_SYN_RECV: u8 = 12;
-                if matches!(e.state, SYN_SENT | SYN_RECV | NEW_SYN_RECV)
-                    && a.refused.len() < MAX_CONNS_PER_ENDPOINT
-                {
+                let refused = e.state == SYN_SENT
+                    || (kind == TcpEventKind::RstSent
+                        && service_is_local
+                        && matches!(e.state, 0 | SYN_RECV | LISTEN | NEW_SYN_RECV));
+                if refused && a.refused.len() < MAX_CONNS_PER_ENDPOINT {
                     a.refused.insert(key);
                 }
                 // Who sent the RST: the observing socket (sent) or its peer (received).

@@ -460,16 +460,28 @@ fn connection_fault_names_the_kind_the_counts_and_the_dependency_as_its_spans_ca
     };
     let r = s.span_ref();
     s.d.on_span(&client, Some(r), None, None, s.at(2 * MS));
-    // Seven connects answered with an RST (the client was in SYN_SENT), by our process 900.
+    // Seven connects answered with an RST by our process 900: the kernel sent them without a
+    // socket (nobody listening: state 0), or the client was still in SYN_SENT.
     for i in 0..7 {
+        let client = format!("10.0.0.2:{}", 45100 + i);
         s.tcp(
             TcpEventKind::RstReceived,
-            &format!("10.0.0.2:{}", 45100 + i),
+            &client,
             "10.0.0.5:6379",
             10 + i,
-            SYN_SENT,
+            if i < 3 { SYN_SENT } else { 0 },
             (900, "game-server"),
         );
+        if i >= 3 {
+            s.tcp(
+                TcpEventKind::RstSent,
+                "10.0.0.5:6379",
+                &client,
+                10 + i,
+                0,
+                (0, ""),
+            );
+        }
     }
     // Two established connections reset by redis, one reset by us.
     for i in 0..2 {
@@ -508,7 +520,7 @@ fn connection_fault_names_the_kind_the_counts_and_the_dependency_as_its_spans_ca
     assert_eq!(inc.evidence["connections_reset"], 10);
     assert!(
         inc.summary
-            .starts_with("redis (redis.cache.svc:6379): 7 connections refused"),
+            .starts_with("redis redis.cache.svc:6379 (10.0.0.5:6379): 7 connections refused"),
         "{}",
         inc.summary
     );
