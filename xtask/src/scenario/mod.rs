@@ -710,7 +710,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     // Session spans end with the bots; give them the exporter's delay and the agent's join wait
     // before reading which spans carry evidence.
     let enriched = if kind.attribution() {
-        std::thread::sleep(Duration::from_millis(2500));
+        std::thread::sleep(Duration::from_millis(3000));
         http(agent_http, "GET", "/incidents?spans=1000", None)
             .ok()
             .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
@@ -1146,13 +1146,45 @@ fn check_one_session(truth: &Value, enriched: &Value) -> Attribution {
                 .unwrap_or(0)
                 > 0
         })
-        .filter_map(|sp| sp["attributes"]["network.peer.port"].as_u64())
+        .filter_map(|sp| {
+            // An integer attribute, or a string where the SDK recorded the port as one.
+            let p = &sp["attributes"]["network.peer.port"];
+            p.as_u64().or_else(|| p.as_str()?.parse().ok())
+        })
         .collect();
     ports.sort_unstable();
     ports.dedup();
+    // What did carry TCP evidence, to say why when the check fails.
+    let with_tcp: Vec<String> = enriched
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|sp| sp["attributes"]["kernelsight.tcp.retransmits"].is_i64())
+        .take(8)
+        .map(|sp| {
+            let a = &sp["attributes"];
+            format!(
+                "{} :{} retrans {} rst {}/{}",
+                sp["name"].as_str().unwrap_or("?"),
+                a["network.peer.port"],
+                a["kernelsight.tcp.retransmits"],
+                a["kernelsight.tcp.resets_sent"],
+                a["kernelsight.tcp.resets_received"]
+            )
+        })
+        .collect();
+    let ok = ports == [port];
     Attribution {
-        ok: ports == [port],
-        detail: format!("session :{port}; sessions with retransmits on their span: {ports:?}"),
+        ok,
+        detail: if ok {
+            format!("only session :{port}'s span carries the retransmits")
+        } else {
+            format!(
+                "session :{port}; sessions with retransmits on their span: {ports:?}; spans with TCP evidence: {} ({})",
+                enriched.as_array().map_or(0, |a| a.len()),
+                with_tcp.join(", ")
+            )
+        },
     }
 }
 
