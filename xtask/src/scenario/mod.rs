@@ -193,13 +193,20 @@ struct Seen {
     /// The incident's named attributes (`server.address`, `kernelsight.fault.*`,
     /// `kernelsight.culprit.*`), as last seen.
     attributes: Value,
+    /// The incident's evidence, as last seen.
+    evidence: Value,
     /// `early` (an unsettled bucket already beat the threshold) or `settled`.
     raised_by: String,
 }
 
 impl Seen {
+    /// A named attribute; else the evidence's entry of that name (where a detector may put
+    /// `kernelsight.culprit.*` instead).
     fn attr(&self, k: &str) -> Option<&Value> {
-        self.attributes.get(k).filter(|v| !v.is_null())
+        self.attributes
+            .get(k)
+            .or_else(|| self.evidence.get(k))
+            .filter(|v| !v.is_null())
     }
 
     /// Who the incident blames: the culprit process when it names one, else for a connection
@@ -277,6 +284,7 @@ fn watch_incidents(
                         if inc["attributes"].is_object() {
                             s.attributes = inc["attributes"].clone();
                         }
+                        s.evidence = inc["evidence"].clone();
                         s.failed_spans = s.failed_spans.max(failed_spans);
                         if affected.len() > s.affected.len() {
                             s.affected = affected;
@@ -292,6 +300,7 @@ fn watch_incidents(
                             first_seen_unix_ns: now,
                             pod: inc["pod"].clone(),
                             attributes: inc["attributes"].clone(),
+                            evidence: inc["evidence"].clone(),
                             raised_by: inc["raised_by"].as_str().unwrap_or("").to_owned(),
                         });
                     }
