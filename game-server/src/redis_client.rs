@@ -318,6 +318,9 @@ impl RedisClient {
             "db.system.name" = "redis",
             "db.operation.name" = operation,
             "db.namespace" = "0",
+            // The dependency's logical name (OTel `peer.service`): what an incident about its
+            // address calls it.
+            "peer.service" = "redis",
             "server.address" = %self.inner.server_address,
             "server.port" = self.inner.server_port,
             "network.transport" = "tcp",

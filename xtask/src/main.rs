@@ -45,6 +45,14 @@ enum Cmd {
         #[arg(long)]
         seconds: u64,
     },
+    /// Connect to a closed port again and again (the bystander scenario's process; internal).
+    #[command(hide = true)]
+    Bystander {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        seconds: u64,
+    },
     /// Benchmarks that print a table (`probes`, `pool`).
     Bench(bench::BenchArgs),
     /// The fixed scheduling workload `bench probes` measures (internal).
@@ -77,6 +85,10 @@ fn main() -> std::process::ExitCode {
         // With --no-build (the test suite) the set-up has been done by whoever built the binaries.
         Cmd::Scenario(args) if args.no_build => scenario::run(&setup::Env::here(), args),
         Cmd::Scenario(args) => setup::run().and_then(|env| scenario::run(&env, args)),
+        Cmd::Bystander { target, seconds } => {
+            scenario::bystander(target, seconds);
+            Ok(())
+        }
         Cmd::Hog { seconds } => {
             scenario::hog(seconds);
             Ok(())

@@ -8,10 +8,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// Detection must land within this many seconds of the fault's start. The detector decides on
-/// one-second buckets after a settle time of at least 1.5 s plus observed span lateness (the
-/// server exports spans every 500 ms here); 10 s leaves room for a loaded 2-core CI machine.
-const MAX_TIME_TO_DETECT_S: f64 = 10.0;
+/// Detection must land within this many seconds of the fault's start. Early verdicts judge the
+/// second so far as evidence arrives (kernel events within ~0.1 s, spans every 200 ms here);
+/// measured 2 s at most on the shared dev VM (`cargo xtask scenario --all --repeat 3`); 6 s
+/// leaves room for a loaded 2-core CI machine. That every detection was an early verdict is
+/// asserted separately: the settled path alone cannot be that fast.
+const MAX_TIME_TO_DETECT_S: f64 = 6.0;
 
 #[test]
 fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
@@ -40,7 +42,7 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let reports: Vec<Value> =
         serde_json::from_str(stdout.lines().last().unwrap_or("[]")).expect("JSON report");
-    assert_eq!(reports.len(), 5, "{stdout}");
+    assert_eq!(reports.len(), 7, "{stdout}");
     for r in &reports {
         let name = r["scenario"].as_str().unwrap();
         eprintln!("{}", serde_json::to_string(r).unwrap());
@@ -74,12 +76,25 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
             ttd <= MAX_TIME_TO_DETECT_S,
             "{name}: detected after {ttd:.1} s"
         );
+        assert_eq!(
+            detected["raised_by"], "early",
+            "{name}: raised from a settled second, not as the evidence arrived"
+        );
     }
-    let by = |n: &str| reports.iter().find(|r| r["scenario"] == n).unwrap();
+    let by = |n: &str| by_name(&reports, n);
     // The noisy neighbour is named: one of the hogs' pids, in the hogs' own cgroup (ground
     // truth the agent is not told).
     let culprit = &by("noisy-neighbour")["culprit"];
     assert_eq!(culprit["right"], true, "noisy-neighbour culprit: {culprit}");
+    // Attribution: the scenario's ground truth, which the agent was not told.
+    for name in ["bystander", "one-session"] {
+        let r = by(name);
+        assert_eq!(
+            r["attribution_ok"], true,
+            "{name}: {} (ground truth {})",
+            r["attribution"], r["ground_truth"]
+        );
+    }
     let rst = by("rst-storm");
     assert!(
         rst["redis_rejected_connections"].as_u64().unwrap() > 0,
@@ -119,11 +134,40 @@ fn every_scenario_raises_the_right_incident_and_calm_raises_none() {
                 .ends_with(&format!(":{redis_port}"))),
         "no linked span toward Redis: {d}"
     );
+    // Which peer and which failure: Redis as the server's spans name it, reset by it.
+    let attrs = &d["attributes"];
+    assert_eq!(attrs["peer.service"], "redis", "{attrs}");
+    assert_eq!(
+        attrs["server.port"]
+            .as_u64()
+            .map(|p| p.to_string())
+            .as_deref(),
+        Some(redis_port),
+        "{attrs}"
+    );
+    assert!(
+        ["reset_by_peer", "refused"]
+            .contains(&attrs["kernelsight.fault.kind"].as_str().unwrap_or("")),
+        "{attrs}"
+    );
+    assert!(
+        attrs["kernelsight.fault.count"].as_u64().unwrap_or(0) >= 5,
+        "{attrs}"
+    );
+    let loss = &by("packet-loss")["detected"]["attributes"];
+    assert_eq!(loss["kernelsight.fault.kind"], "retransmit_storm", "{loss}");
     let surge = &by("surge")["detected"]["summary"];
     assert!(
         surge.as_str().unwrap().contains("full_sync"),
         "the surge names the dominant task kind: {surge}"
     );
+}
+
+fn by_name<'a>(reports: &'a [Value], name: &str) -> &'a Value {
+    reports
+        .iter()
+        .find(|r| r["scenario"] == name)
+        .unwrap_or_else(|| panic!("no {name} report"))
 }
 
 unsafe extern "C" {

@@ -43,6 +43,10 @@ pub struct TcpEntry {
     pub state: u8,
     /// The observing socket's network namespace (0: unknown; joins nothing).
     pub netns: u64,
+    /// The process that owns the observing socket (pid 0: unknown, e.g. an RST the kernel
+    /// sent for a closed port): who suffered or caused a fault.
+    pub owner_pid: u32,
+    pub owner_comm: String,
 }
 
 impl Timed for TcpEntry {

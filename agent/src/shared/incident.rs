@@ -6,13 +6,15 @@ use opentelemetry_proto::tonic::{
         ResourceSpans, ScopeSpans, Span, Status, span::Link, span::SpanKind, status::StatusCode,
     },
 };
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::{
     clock::Clock,
     culprit::CulpritShare,
     event::PodLabels,
-    span::{SpanRef, SpanSummary, hex, kv_f, kv_i, kv_s},
+    span::{SpanRef, SpanSummary, hex, kv_b, kv_f, kv_i, kv_s},
 };
 
 /// Where correlate hands what it found: incidents as they open, grow and close, and the spans
@@ -104,6 +106,15 @@ pub struct Incident {
     /// rest as one `other` entry, pid 0).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub culprits: Vec<CulpritShare>,
+    /// Attributes under their own (OTel semantic-convention or `kernelsight.*`) names, set
+    /// verbatim on the incident span and listed as they are: `server.address`, `server.port`,
+    /// `peer.service`, `kernelsight.fault.kind`, `kernelsight.culprit.pid`, ...
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, serde_json::Value>,
+    /// When the detector raised it (Unix ns), and whether from a bucket not yet settled
+    /// (`early`: kernel evidence and spans so far already beat the threshold) or a settled one.
+    pub raised_unix_ns: u64,
+    pub raised_by: &'static str,
 }
 
 fn random_id<const N: usize>() -> [u8; N] {
@@ -176,6 +187,9 @@ impl Incident {
             links_total: 0,
             pod: None,
             culprits: Vec::new(),
+            attributes: BTreeMap::new(),
+            raised_unix_ns: 0,
+            raised_by: "settled",
         }
     }
 
@@ -214,6 +228,17 @@ impl Incident {
         attributes.extend(self.pod.iter().flat_map(PodLabels::attributes));
         if let Some(c) = self.culprits.iter().find(|c| c.id.pid != 0) {
             attributes.extend(culprit_attributes(c));
+        }
+        for (k, v) in &self.attributes {
+            match v {
+                serde_json::Value::String(s) => attributes.push(kv_s(k, s.clone())),
+                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
+                    attributes.push(kv_i(k, n.as_i64().unwrap_or(i64::MAX)))
+                }
+                serde_json::Value::Number(n) => attributes.push(kv_f(k, n.as_f64().unwrap_or(0.0))),
+                serde_json::Value::Bool(b) => attributes.push(kv_b(k, *b)),
+                _ => attributes.push(kv_s(k, v.to_string())),
+            }
         }
         if let Some(o) = self.evidence.as_object() {
             for (k, v) in o {

@@ -126,6 +126,11 @@ pub struct SpanFacts {
     pub session_id: Option<String>,
     /// Status ERROR, an `error.type`, or a task outcome that is an error or timeout.
     pub failed: bool,
+    /// What a client span says about the service it called (OTel `server.address`,
+    /// `server.port`, `peer.service`): names a dependency's address in an incident.
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    pub peer_service: Option<String>,
 }
 
 impl SpanFacts {
@@ -186,6 +191,9 @@ impl SpanFacts {
             conn,
             session_id: attr_str(a, "session.id").map(str::to_owned),
             failed: status_error || bad_outcome || attr(a, "error.type").is_some(),
+            server_address: attr_str(a, "server.address").map(str::to_owned),
+            server_port: attr_i64(a, "server.port").and_then(|p| u16::try_from(p).ok()),
+            peer_service: attr_str(a, "peer.service").map(str::to_owned),
         }
     }
 

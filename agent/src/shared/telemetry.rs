@@ -1,7 +1,10 @@
 //! The agent's own metrics that several stages write or read (Vector calls them internal
 //! events): each stage is handed its counters; all of them live in the one registry that the
 //! Prometheus sink serves.
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 use super::incident::Class;
 
@@ -42,6 +45,9 @@ pub struct CorrelationMetrics {
     pub clock_uncertainty: Gauge,
     pub settle: Gauge,
     pub late_inputs: IntCounter,
+    /// How late evidence reaches the correlator, by input (`kernel`: event → correlator;
+    /// `span`: span end → receipt): the parts of the time to detect that precede detection.
+    pub input_lag: HistogramVec,
     pub incidents: IntCounterVec,
     pub incidents_open: IntGaugeVec,
     pub forward: ForwardMetrics,
@@ -151,6 +157,21 @@ impl CorrelationMetrics {
                 "detect_late_inputs_total",
                 "Evidence that arrived after its second had been judged.",
             ),
+            input_lag: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "detect_input_lag_seconds",
+                        "How late evidence reaches the correlator, by input: kernel (event time to the correlator: ring drain and attribution) or span (span end to receipt: the SDK's batch delay and export).",
+                    )
+                    .namespace(NS)
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+                    ]),
+                    &["input"],
+                )
+                .expect("valid metric"),
+            ),
             incidents: cv(
                 "incidents_total",
                 "Incidents detected, by class.",
@@ -191,6 +212,9 @@ impl CorrelationMetrics {
         }
         for t in ["grpc", "http"] {
             m.spans_received.with_label_values(&[t]);
+        }
+        for i in ["kernel", "span"] {
+            m.input_lag.with_label_values(&[i]);
         }
         m
     }

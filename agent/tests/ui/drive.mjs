@@ -85,6 +85,9 @@ async function incident(page, subject, tracePrefix) {
   const selectedCard = await page.locator('.incident-card.selected').count();
   check(!beforeClick, 'no detail before a click');
   check(summary.includes(ep), `summary names the endpoint: ${summary}`);
+  // Which peer and which failure: the service aborted established connections.
+  const peer = await page.locator('#detail-peer').innerText();
+  check(peer.includes(ep) && /failure: reset by peer ×\d+/.test(peer), `dependency and failure kind: ${peer}`);
   check(/connections reset/.test(evidence) && /who sent the resets\s+service/.test(evidence), `evidence: ${evidence}`);
   check(/baseline/.test(why) && /threshold/.test(why) && /observed/.test(why), `why: ${why}`);
   check(spanRows >= 5, `affected spans listed: ${spanRows}`);

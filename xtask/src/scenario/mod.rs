@@ -35,16 +35,31 @@ pub enum Kind {
     PacketLoss,
     /// CPU hogs outside the server oversubscribe the cores.
     NoisyNeighbour,
+    /// Attribution: another process (not the server) has its connections refused while the
+    /// server runs calmly. The incident must name that process's dependency and the process;
+    /// nothing may be pinned on the server (no incident about it, no evidence on its spans).
+    Bystander,
+    /// Attribution: one bot session's packets are dropped (nftables, input hook, that client's
+    /// port) among many sessions. Only that session's span may carry the retransmits.
+    OneSession,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 7] = [
         Kind::Calm,
         Kind::Surge,
         Kind::RstStorm,
         Kind::PacketLoss,
         Kind::NoisyNeighbour,
+        Kind::Bystander,
+        Kind::OneSession,
     ];
+
+    /// The attribution scenarios: their ground truth is checked beyond the incident's class,
+    /// and they need no baseline warm-up (connection faults judge against a zero prior).
+    fn attribution(self) -> bool {
+        matches!(self, Kind::Bystander | Kind::OneSession)
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -53,15 +68,19 @@ impl Kind {
             Kind::RstStorm => "rst-storm",
             Kind::PacketLoss => "packet-loss",
             Kind::NoisyNeighbour => "noisy-neighbour",
+            Kind::Bystander => "bystander",
+            Kind::OneSession => "one-session",
         }
     }
 
     /// The incident class the fault must raise (None: nothing may be raised).
     fn expected_class(self) -> Option<&'static str> {
         match self {
-            Kind::Calm => None,
+            // One session's retransmits are below any endpoint's threshold: the evidence must
+            // be on its span, and no incident is expected.
+            Kind::Calm | Kind::OneSession => None,
             Kind::Surge => Some("task_surge"),
-            Kind::RstStorm | Kind::PacketLoss => Some("connection_fault"),
+            Kind::RstStorm | Kind::PacketLoss | Kind::Bystander => Some("connection_fault"),
             Kind::NoisyNeighbour => Some("cpu_contention"),
         }
     }
@@ -174,6 +193,65 @@ struct Seen {
     /// cpu_contention: the top culprit the agent named (pid, comm, cgroup, share), as last
     /// seen.
     culprit: Value,
+    /// The incident's named attributes (`server.address`, `kernelsight.fault.*`,
+    /// `kernelsight.culprit.*`), as last seen.
+    attributes: Value,
+    /// The incident's evidence, as last seen.
+    evidence: Value,
+    /// `early` (an unsettled bucket already beat the threshold) or `settled`.
+    raised_by: String,
+}
+
+impl Seen {
+    /// A named attribute; else the evidence's entry of that name (where a detector may put
+    /// `kernelsight.culprit.*` instead).
+    fn attr(&self, k: &str) -> Option<&Value> {
+        self.attributes
+            .get(k)
+            .or_else(|| self.evidence.get(k))
+            .filter(|v| !v.is_null())
+    }
+
+    /// Who the incident blames: the culprit process when it names one, else for a connection
+    /// fault the dependency and the kind of failure.
+    fn culprit_or_peer(&self) -> String {
+        if let Some(pid) = self.attr("kernelsight.culprit.pid") {
+            let comm = self
+                .attr("kernelsight.culprit.comm")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            return format!("{comm} ({pid})");
+        }
+        if self.class != "connection_fault" {
+            return "-".into();
+        }
+        let Some(kind) = self.attr("kernelsight.fault.kind").and_then(Value::as_str) else {
+            return "-".into();
+        };
+        let addr = self
+            .attr("server.address")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let port = self.attr("server.port").cloned().unwrap_or(Value::Null);
+        let svc = self
+            .attr("peer.service")
+            .and_then(Value::as_str)
+            .map(|s| format!("{s} "))
+            .unwrap_or_default();
+        let count = self
+            .attr("kernelsight.fault.count")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let client = match (
+            self.attr("kernelsight.fault.client.comm")
+                .and_then(Value::as_str),
+            self.attr("kernelsight.fault.client.pid"),
+        ) {
+            (Some(c), Some(p)) => format!(", client {c} ({p})"),
+            _ => String::new(),
+        };
+        format!("{svc}{addr}:{port} {kind} ×{count}{client}")
+    }
 }
 
 /// Polls /incidents and remembers when each incident first appeared.
@@ -211,6 +289,10 @@ fn watch_incidents(
                             s.culprit = culprit;
                             s.summary = inc["summary"].as_str().unwrap_or_default().to_owned();
                         }
+                        if inc["attributes"].is_object() {
+                            s.attributes = inc["attributes"].clone();
+                        }
+                        s.evidence = inc["evidence"].clone();
                         s.failed_spans = s.failed_spans.max(failed_spans);
                         if affected.len() > s.affected.len() {
                             s.affected = affected;
@@ -226,11 +308,16 @@ fn watch_incidents(
                             first_seen_unix_ns: now,
                             pod: inc["pod"].clone(),
                             culprit,
+                            attributes: inc["attributes"].clone(),
+                            evidence: inc["evidence"].clone(),
+                            raised_by: inc["raised_by"].as_str().unwrap_or("").to_owned(),
                         });
                     }
                 }
             }
-            std::thread::sleep(Duration::from_millis(250));
+            // The poll's period is the measurement's resolution (time to detect is taken when
+            // the listing first shows the incident): 100 ms of loopback HTTP is cheap.
+            std::thread::sleep(Duration::from_millis(100));
         }
     })
 }
@@ -243,7 +330,16 @@ enum Fault {
     /// nft table in the pod's network namespace (named).
     NftIn(String),
     /// Held so that ending the fault (drop) stops them; then their cgroup is removed.
-    Hogs(Vec<Proc>, HogCgroup),
+    Hogs(
+        Vec<Proc>,
+        #[expect(
+            dead_code,
+            reason = "held for its drop, which removes the cgroup once the hogs are gone"
+        )]
+        HogCgroup,
+    ),
+    /// Held so that ending the fault (drop) stops them (hogs, the bystander).
+    Procs(#[expect(dead_code, reason = "held only for its drop, which stops the hogs")] Vec<Proc>),
 }
 
 /// The noisy neighbour's own cgroup v2 (`<cgroup2 root>/ks-scenario-noisy-<xtask pid>`):
@@ -311,7 +407,7 @@ impl Drop for Fault {
                     .status();
             }
             Fault::Hogs(hogs, _) => hogs.clear(),
-            Fault::None => {}
+            Fault::None | Fault::Procs(_) => {}
         }
     }
 }
@@ -425,6 +521,16 @@ struct RunReport {
     /// noisy-neighbour: the culprit the agent named against the ground truth (the hogs' pids
     /// and cgroup): `{named, right, hog_pids, hog_cgroup}`.
     culprit: Option<Value>,
+    /// What only the scenario knows (the bystander's pid and target, the disturbed session's
+    /// port), and how the agent's attribution compared with it (`ok`, and why not).
+    ground_truth: Value,
+    attribution: Option<Attribution>,
+}
+
+#[derive(Debug)]
+struct Attribution {
+    ok: bool,
+    detail: String,
 }
 
 impl RunReport {
@@ -441,7 +547,7 @@ impl RunReport {
             let at = (s.first_seen_unix_ns as f64 - self.fault_start_unix_ns as f64) / 1e9;
             json!({"id": s.id, "class": s.class, "subject": s.subject, "summary": s.summary, "seen_after_fault_start_s": at,
                 "failed_spans": s.failed_spans, "affected_spans": s.affected.len(),
-                "affected_sample": s.affected.iter().take(5).collect::<Vec<_>>(), "pod": s.pod})
+                "affected_sample": s.affected.iter().take(5).collect::<Vec<_>>(), "pod": s.pod, "attributes": s.attributes, "culprit_or_peer": s.culprit_or_peer(), "raised_by": s.raised_by})
         };
         json!({
             "scenario": self.kind.name(),
@@ -458,6 +564,9 @@ impl RunReport {
             "pod_uid": self.pod_uid,
             "spans": self.spans,
             "culprit": self.culprit,
+            "ground_truth": self.ground_truth,
+            "attribution_ok": self.attribution.as_ref().map(|a| a.ok),
+            "attribution": self.attribution.as_ref().map(|a| a.detail.clone()),
         })
     }
 }
@@ -526,8 +635,10 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             .args(["--redis-addr", &redis.addr.to_string()])
             // The game server exports OTLP over HTTP/protobuf (4318-style).
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_http}"))
-            // Export spans twice a second, so detection is not waiting on the batcher.
-            .env("OTEL_BSP_SCHEDULE_DELAY", "500")
+            // Export spans five times a second (the SDK's default is 5 s): task spans feed
+            // the surge verdict, which cannot come before they do. The batch processor's
+            // own cost is per batch, not per span.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
             .env("RUST_LOG", "info")
             .stderr(logs("game-server")?),
     )
@@ -541,7 +652,14 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         }
     };
 
-    let total = a.warmup + a.fault + a.after;
+    // Connection faults judge against a zero prior (no baseline to warm up): the attribution
+    // scenarios need only the sessions connected, which keeps them cheap in the test suite.
+    let (warmup, after) = if kind.attribution() {
+        (a.warmup.min(5), a.after.min(4))
+    } else {
+        (a.warmup, a.after)
+    };
+    let total = warmup + a.fault + after;
     let bots = Proc::spawn(
         Command::new(&bins.bots)
             .args(["--url", &format!("ws://{game}/ws")])
@@ -561,7 +679,15 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_incidents(agent_http, stop.clone(), seen.clone());
 
-    std::thread::sleep(Duration::from_secs(a.warmup));
+    std::thread::sleep(Duration::from_secs(warmup));
+    let mut ground_truth = Value::Null;
+    // The one-session scenario's victim: one established bot connection, picked before the
+    // clock starts (the agent is not told).
+    let victim = if kind == Kind::OneSession {
+        Some(one_session(game)?)
+    } else {
+        None
+    };
     let fault_start_unix_ns = now_unix_ns();
     step(format!("scenario {}: fault starts", kind.name()));
     // noisy-neighbour: the hogs' pids and their cgroup path.
@@ -603,6 +729,28 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
             ))?;
             (Fault::Nft, Some("ep:127.0.0.1".to_owned()))
         }
+        Kind::Bystander => {
+            let target = closed_service_addr()?;
+            let p = Proc::spawn(Command::new(crate::util::self_exe()).args([
+                "bystander",
+                "--target",
+                &target.to_string(),
+                "--seconds",
+                &a.fault.to_string(),
+            ]))?;
+            ground_truth = json!({"bystander_pid": p.0.id(), "target": target.to_string()});
+            (Fault::Procs(vec![p]), Some(format!("ep:{target}")))
+        }
+        Kind::OneSession => {
+            let port = victim.expect("picked above");
+            ground_truth = json!({"session_port": port});
+            nft(&format!(
+                "add table inet ks_scenario\n\
+                 add chain inet ks_scenario input {{ type filter hook input priority 0; policy accept; }}\n\
+                 add rule inet ks_scenario input ip daddr 127.0.0.1 tcp dport {port} drop\n"
+            ))?;
+            (Fault::Nft, None)
+        }
         Kind::NoisyNeighbour => {
             let cores = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -631,8 +779,9 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     };
     std::thread::sleep(Duration::from_secs(a.fault));
     drop(fault);
+    let fault_end_unix_ns = now_unix_ns();
     step(format!("scenario {}: fault ends", kind.name()));
-    std::thread::sleep(Duration::from_secs(a.after));
+    std::thread::sleep(Duration::from_secs(after));
 
     let mut bots = bots;
     let mut bots_out = String::new();
@@ -640,6 +789,18 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         // The bots stop on their own at the end of the duration.
         let _ = out.read_to_string(&mut bots_out);
     }
+    // Session spans end with the bots; give them the exporter's delay and the agent's join wait
+    // before reading which spans carry evidence.
+    let enriched = if kind.attribution() {
+        std::thread::sleep(Duration::from_millis(3000));
+        http(agent_http, "GET", "/incidents?spans=1000", None)
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+            .map(|v| v["recent_enriched_spans"].clone())
+            .unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
     stop.store(true, Ordering::SeqCst);
     let _ = watcher.join();
     // The server's own count of failed Redis commands, by outcome.
@@ -723,6 +884,19 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         .collect();
     // The bots print one (pretty) JSON document.
     let bots = serde_json::from_str(bots_out.trim()).unwrap_or(Value::Null);
+    let attribution = match kind {
+        Kind::Bystander => Some(check_bystander(
+            &seen,
+            detected.as_ref(),
+            &ground_truth,
+            server_pid,
+            &enriched,
+            (fault_start_unix_ns, fault_end_unix_ns),
+            [game, redis.addr],
+        )),
+        Kind::OneSession => Some(check_one_session(&ground_truth, &enriched)),
+        _ => None,
+    };
     let redis_rejected_connections = redis.stat("rejected_connections")?;
     drop(redis);
     let _ = std::fs::remove_dir_all(&data);
@@ -740,6 +914,8 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
         pod: pod.is_some(),
         pod_uid: pod.as_ref().map(|p| p.pod_uid.clone()),
         spans,
+        ground_truth,
+        attribution,
     })
 }
 
@@ -750,11 +926,18 @@ pub fn run(env: &Env, a: ScenarioArgs) -> Result<()> {
     }
     let kinds: Vec<Kind> = match (a.kind, a.all) {
         (Some(k), _) => vec![k],
-        (None, true) => Kind::ALL.to_vec(),
+        // The attribution scenarios run on the host only (they pick a host connection and port).
+        (None, true) => Kind::ALL
+            .into_iter()
+            .filter(|k| !(a.pod && k.attribution()))
+            .collect(),
         (None, false) => bail!(
             "name a scenario (calm, surge, rst-storm, packet-loss, noisy-neighbour) or pass --all"
         ),
     };
+    if a.pod && kinds.iter().any(|k| k.attribution()) {
+        bail!("the attribution scenarios (bystander, one-session) run on the host only");
+    }
     let bins = bins(env, a.debug, a.no_build)?;
     let mut reports = Vec::new();
     for kind in kinds {
@@ -780,9 +963,9 @@ unsafe extern "C" {
 
 fn print_table(reports: &[RunReport]) {
     println!(
-        "\n| scenario | mode | expected | detected | subject | time to detect | false alarms | spans received | joined runq | joined tcp |"
+        "\n| scenario | mode | expected | detected | subject | culprit / peer | raised | time to detect | attribution | false alarms | spans received | joined runq | joined tcp | kernel lag | span lag |"
     );
-    println!("|---|---|---|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in reports {
         let n = |k: &str| {
             r.spans[k]
@@ -790,7 +973,7 @@ fn print_table(reports: &[RunReport]) {
                 .map_or_else(|| "-".into(), |v| format!("{v:.0}"))
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms |",
             r.kind.name(),
             if r.pod { "pod" } else { "host" },
             r.kind.expected_class().unwrap_or("nothing"),
@@ -799,13 +982,30 @@ fn print_table(reports: &[RunReport]) {
                 .as_ref()
                 .map(|d| d.subject.as_str())
                 .unwrap_or("-"),
+            r.detected
+                .as_ref()
+                .map(Seen::culprit_or_peer)
+                .unwrap_or_else(|| "-".into())
+                .replace('|', "/"),
+            r.detected
+                .as_ref()
+                .map(|d| d.raised_by.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or("-"),
             r.ttd_s()
                 .map(|t| format!("{t:.1} s"))
                 .unwrap_or_else(|| "-".into()),
+            r.attribution
+                .as_ref()
+                .map(|a| format!("{}: {}", if a.ok { "ok" } else { "FAIL" }, a.detail))
+                .unwrap_or_else(|| "-".into())
+                .replace('|', "/"),
             r.false_alarms.len(),
             n("received"),
             n("joined_runq"),
             n("joined_tcp"),
+            n("kernel_lag_ms"),
+            n("span_lag_ms"),
         );
         for f in &r.false_alarms {
             let at = (f.first_seen_unix_ns as f64 - r.fault_start_unix_ns as f64) / 1e9;
@@ -824,6 +1024,54 @@ fn print_table(reports: &[RunReport]) {
                 f.summary.replace('|', "/")
             );
         }
+    }
+    // Per scenario: every run's time to detect and who was named.
+    let mut kinds: Vec<Kind> = Vec::new();
+    for r in reports {
+        if !kinds.contains(&r.kind) {
+            kinds.push(r.kind);
+        }
+    }
+    println!(
+        "\n| scenario | runs | right verdicts | culprit / peer (per run) | time to detect per run | median |"
+    );
+    println!("|---|---:|---:|---|---|---:|");
+    for k in kinds {
+        let runs: Vec<&RunReport> = reports.iter().filter(|r| r.kind == k).collect();
+        let right = runs
+            .iter()
+            .filter(|r| {
+                r.false_alarms.is_empty()
+                    && (r.kind.expected_class().is_none() == r.detected.is_none())
+                    && r.attribution.as_ref().is_none_or(|a| a.ok)
+            })
+            .count();
+        let who: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                r.detected
+                    .as_ref()
+                    .map(Seen::culprit_or_peer)
+                    .unwrap_or_else(|| "-".into())
+                    .replace('|', "/")
+            })
+            .collect();
+        let mut ttd: Vec<f64> = runs.iter().filter_map(|r| r.ttd_s()).collect();
+        let per_run: Vec<String> = runs
+            .iter()
+            .map(|r| r.ttd_s().map_or_else(|| "-".into(), |t| format!("{t:.1}")))
+            .collect();
+        ttd.sort_by(f64::total_cmp);
+        println!(
+            "| {} | {} | {right}/{} | {} | {} | {} |",
+            k.name(),
+            runs.len(),
+            runs.len(),
+            who.join("; "),
+            per_run.join(", "),
+            ttd.get(ttd.len() / 2)
+                .map_or_else(|| "-".into(), |t| format!("{t:.1} s")),
+        );
     }
     // Precision: raised incidents that were right; recall: faults that were found.
     let faults = reports
@@ -872,12 +1120,203 @@ fn print_table(reports: &[RunReport]) {
             culprits.len()
         );
     }
+    let checks: Vec<&Attribution> = reports
+        .iter()
+        .filter_map(|r| r.attribution.as_ref())
+        .collect();
+    if !checks.is_empty() {
+        println!(
+            "attribution {} of {} right",
+            checks.iter().filter(|a| a.ok).count(),
+            checks.len()
+        );
+    }
     if !ttd.is_empty() {
         println!(
             "time to detect: median {:.1} s, max {:.1} s",
             ttd[ttd.len() / 2],
             ttd[ttd.len() - 1]
         );
+    }
+}
+
+/// A loopback address below the ephemeral range where nobody listens (so it reads as a
+/// service, and every connect to it is refused).
+fn closed_service_addr() -> Result<SocketAddr> {
+    let start = 20000 + (std::process::id() % 10000) as u16;
+    for i in 0..2000u16 {
+        let port = 20000 + (start - 20000 + i * 7) % 12000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            let addr = l.local_addr()?;
+            drop(l);
+            return Ok(addr);
+        }
+    }
+    bail!("no free port below the ephemeral range")
+}
+
+/// One established bot connection to the game server: its client port. From `ss` (iproute2),
+/// as an operator would find it.
+fn one_session(game: SocketAddr) -> Result<u16> {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established"])
+        .output()
+        .context("ss (iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ports: Vec<u16> = text
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let (local, peer) = (cols.get(2)?, cols.get(3)?);
+            let local: SocketAddr = local.parse().ok()?;
+            let peer: SocketAddr = peer.parse().ok()?;
+            (local == game).then_some(peer.port())
+        })
+        .collect();
+    ports.sort_unstable();
+    if ports.len() < 2 {
+        bail!(
+            "one-session: {} sessions to {game}, need several",
+            ports.len()
+        );
+    }
+    // The middle one: neither the first nor the last bot to connect.
+    Ok(ports[ports.len() / 2])
+}
+
+/// The bystander's ground truth against what the agent said: the incident names its target
+/// and it (not the server) as the client, and nothing was pinned on the server: no incident
+/// about the server's process or endpoints, no span of the server linked, no TCP evidence on
+/// the server's spans during the fault.
+fn check_bystander(
+    seen: &[Seen],
+    detected: Option<&Seen>,
+    truth: &Value,
+    server_pid: u32,
+    enriched: &Value,
+    (from, to): (u64, u64),
+    server_eps: [SocketAddr; 2],
+) -> Attribution {
+    let mut problems = Vec::new();
+    let pid = truth["bystander_pid"].as_u64().unwrap_or(0);
+    match detected {
+        None => problems.push("not detected".to_owned()),
+        Some(d) => {
+            let client = d
+                .attr("kernelsight.fault.client.pid")
+                .and_then(Value::as_u64);
+            if client != Some(pid) {
+                problems.push(format!("client {client:?}, not the bystander {pid}"));
+            }
+            let kind = d.attr("kernelsight.fault.kind").and_then(Value::as_str);
+            if kind != Some("refused") {
+                problems.push(format!("kind {kind:?}, not refused"));
+            }
+            if !d.affected.is_empty() {
+                problems.push(format!("{} spans linked", d.affected.len()));
+            }
+        }
+    }
+    for s in seen {
+        let names_server = s.subject == format!("pid:{server_pid}")
+            || server_eps.iter().any(|e| s.subject == format!("ep:{e}"))
+            || s.attr("kernelsight.fault.client.pid")
+                .and_then(Value::as_u64)
+                == Some(u64::from(server_pid));
+        if names_server {
+            problems.push(format!("{} names the server ({})", s.id, s.subject));
+        }
+    }
+    // TCP evidence on the server's spans, stamped inside the fault (and a second after).
+    let hits = enriched
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|sp| sp["events"].as_array().into_iter().flatten())
+        .filter(|e| {
+            let name = e[0].as_str().unwrap_or("");
+            let at = e[1].as_u64().unwrap_or(0);
+            name.starts_with("kernelsight.tcp") && at >= from && at <= to + 1_000_000_000
+        })
+        .count();
+    if hits > 0 {
+        problems.push(format!(
+            "{hits} TCP events on the server's spans during the fault"
+        ));
+    }
+    Attribution {
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!("names the bystander (pid {pid}); nothing on the server")
+        } else {
+            problems.join("; ")
+        },
+    }
+}
+
+/// The disturbed session's span carries the retransmits, and no other session's does.
+fn check_one_session(truth: &Value, enriched: &Value) -> Attribution {
+    let port = truth["session_port"].as_u64().unwrap_or(0);
+    let mut ports: Vec<u64> = enriched
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|sp| sp["name"] == "ws.session")
+        .filter(|sp| {
+            sp["attributes"]["kernelsight.tcp.retransmits"]
+                .as_i64()
+                .unwrap_or(0)
+                > 0
+        })
+        .filter_map(|sp| {
+            // An integer attribute, or a string where the SDK recorded the port as one.
+            let p = &sp["attributes"]["network.peer.port"];
+            p.as_u64().or_else(|| p.as_str()?.parse().ok())
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    // What did carry TCP evidence, to say why when the check fails.
+    let with_tcp: Vec<String> = enriched
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|sp| sp["attributes"]["kernelsight.tcp.retransmits"].is_i64())
+        .take(8)
+        .map(|sp| {
+            let a = &sp["attributes"];
+            format!(
+                "{} :{} retrans {} rst {}/{}",
+                sp["name"].as_str().unwrap_or("?"),
+                a["network.peer.port"],
+                a["kernelsight.tcp.retransmits"],
+                a["kernelsight.tcp.resets_sent"],
+                a["kernelsight.tcp.resets_received"]
+            )
+        })
+        .collect();
+    let ok = ports == [port];
+    Attribution {
+        ok,
+        detail: if ok {
+            format!("only session :{port}'s span carries the retransmits")
+        } else {
+            format!(
+                "session :{port}; sessions with retransmits on their span: {ports:?}; spans with TCP evidence: {} ({})",
+                enriched.as_array().map_or(0, |a| a.len()),
+                with_tcp.join(", ")
+            )
+        },
+    }
+}
+
+/// Connects to `target`, where nobody listens, every 20 ms for `seconds`: each connect is
+/// answered with an RST (the bystander scenario's process; not the server).
+pub fn bystander(target: SocketAddr, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

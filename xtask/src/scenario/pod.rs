@@ -300,5 +300,11 @@ pub fn span_counts(agent: SocketAddr) -> serde_json::Value {
         "joined_runq": sum("kernelsight_spans_joined_total", Some("join=\"runq\"")),
         "joined_tcp": sum("kernelsight_spans_joined_total", Some("join=\"tcp\"")),
         "ids_unresolved": sum("kernelsight_span_ids_unresolved_total", None),
+        // Mean lateness of the evidence reaching the correlator (ms): kernel events (ring
+        // drain, attribution) and spans (the exporter's batch delay, export).
+        "kernel_lag_ms": 1e3 * sum("kernelsight_detect_input_lag_seconds_sum", Some("input=\"kernel\""))
+            / sum("kernelsight_detect_input_lag_seconds_count", Some("input=\"kernel\"")).max(1.0),
+        "span_lag_ms": 1e3 * sum("kernelsight_detect_input_lag_seconds_sum", Some("input=\"span\""))
+            / sum("kernelsight_detect_input_lag_seconds_count", Some("input=\"span\"")).max(1.0),
     })
 }

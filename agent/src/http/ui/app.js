@@ -736,6 +736,35 @@ function el(tag, attrs, ...children) {
       el('td', {}, traceLink(template, s.trace_id, s.span_id, 'trace ↗') || el('span', { class: 'mono muted', title: s.trace_id, text: `${s.trace_id.slice(0, 8)}…` })));
   }
 
+  // Who an incident names: for a connection fault the dependency (as its clients' spans call
+  // it), the kind of failure with its counts and the client process; for CPU contention the
+  // culprit when the agent names one. Attributes carry their OTel / kernelsight.* names.
+  function attributionLines(d) {
+    const a = d.attributes || {};
+    const lines = [];
+    if (a['kernelsight.fault.kind']) {
+      const svc = a['peer.service'] ? `${a['peer.service']} ` : '';
+      const kinds = ['refused', 'reset_by_peer', 'reset_by_us']
+        .map((k) => `${k.replace(/_/g, ' ')} ${a[`kernelsight.fault.${k}`] ?? 0}`)
+        .concat([`retransmitted segments ${a['kernelsight.fault.retransmitted_segments'] ?? 0}`]);
+      lines.push(el('p', { class: 'attribution', id: 'detail-peer' },
+        el('b', { text: 'Dependency: ' }), `${svc}${a['server.address']}:${a['server.port']}`,
+        el('b', { text: ' · failure: ' }), `${String(a['kernelsight.fault.kind']).replace(/_/g, ' ')} ×${a['kernelsight.fault.count']} (${kinds.join(', ')})`,
+        ...(a['kernelsight.fault.client.comm'] ? [el('b', { text: ' · client: ' }), `${a['kernelsight.fault.client.comm']} (pid ${a['kernelsight.fault.client.pid']})`] : [])));
+    }
+    if (a['kernelsight.culprit.pid'] !== undefined) {
+      const share = a['kernelsight.culprit.share'];
+      lines.push(el('p', { class: 'attribution', id: 'detail-culprit' },
+        el('b', { text: 'Culprit: ' }), `${a['kernelsight.culprit.comm'] || '?'} (pid ${a['kernelsight.culprit.pid']}${a['kernelsight.culprit.cgroup'] ? `, cgroup ${a['kernelsight.culprit.cgroup']}` : ''})${share !== undefined ? ` ${fmtNum(100 * share, 0)}%` : ''}`));
+    }
+    if (d.raised_by) {
+      lines.push(el('p', { class: 'muted', id: 'detail-raised', text: d.raised_by === 'early'
+        ? 'Raised early: the second so far already beat its threshold (kernel evidence is in within ~0.1 s); the settled second confirms it.'
+        : 'Raised when its second settled (its spans had arrived).' }));
+    }
+    return lines;
+  }
+
   function renderDetail() {
     const box = $('detail');
     if (!state.selected) {
@@ -769,6 +798,7 @@ function el(tag, attrs, ...children) {
         el('button', { class: 'close', type: 'button', title: 'close', 'aria-label': 'close', onclick: () => { state.selected = null; state.detail = null; history.replaceState(null, '', location.pathname); render(); }, text: '×' })),
       el('div', { class: 'muted', text: `${clock(startS)} – ${d.state === 'open' ? 'now' : clock(endS)} · ${d.buckets} anomalous second${d.buckets === 1 ? '' : 's'} · ${d.id}` }),
       el('p', { class: 'summary', id: 'detail-summary', text: d.summary }),
+      ...attributionLines(d),
       el('div', { class: 'why' },
         el('div', { class: 'gauge' },
           el('h3', { text: 'Why it was raised' }),
@@ -789,7 +819,7 @@ function el(tag, attrs, ...children) {
         : null,
       el('h3', { text: linked ? `Affected spans (${d.affected_spans.length} linked of ${d.links_total})` : 'Spans that touched it so far' }),
       linked ? null : el('p', { class: 'note', text: d.state === 'open'
-        ? 'The incident is still open: its span links are gathered when it closes. Meanwhile, these spans with kernel evidence touched the same subject.'
+        ? 'No span has been linked yet (links grow while the incident is open). Meanwhile, these spans with kernel evidence touched the same subject.'
         : (d.links_total > 0 ? `${d.links_total} spans were linked, but the agent no longer keeps their details.` : 'No spans were linked: were spans for these connections or tasks sent to the agent?') }),
       spans.length
         ? el('table', { class: 'spans', id: 'affected-spans' },

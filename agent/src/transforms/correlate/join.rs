@@ -423,6 +423,8 @@ mod tests {
                     segs: 1,
                     state: 1,
                     netns,
+                    owner_pid: 0,
+                    owner_comm: String::new(),
                 },
             );
         }
@@ -528,6 +530,8 @@ mod tests {
                 segs: 1,
                 state: 1,
                 netns: pod_b,
+                owner_pid: 0,
+                owner_comm: String::new(),
             },
         );
         let side = Oriented { local: l, peer: p };

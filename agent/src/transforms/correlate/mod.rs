@@ -126,6 +126,8 @@ impl Ingested {
                 segs: t.segs,
                 state: t.state,
                 netns: t.netns,
+                owner_pid: t.owner.as_ref().map_or(0, |o| o.pid),
+                owner_comm: t.owner.as_ref().map(|o| o.comm.clone()).unwrap_or_default(),
             }),
         }
     }
@@ -347,6 +349,18 @@ impl Correlator {
     }
 
     pub fn on_kernel(&mut self, ev: Ingested) {
+        // Culprit steps are the sampler's once-a-second aggregates, not events: no lag to time.
+        let ts = match &ev {
+            Ingested::Runq { entry, .. } => Some(entry.end_ns),
+            Ingested::Tcp(e) => Some(e.ts_ns),
+            Ingested::Culprits(_) => None,
+        };
+        if let Some(ts) = ts {
+            self.m
+                .input_lag
+                .with_label_values(&["kernel"])
+                .observe(Clock::now_unix_ns().saturating_sub(ts) as f64 / 1e9);
+        }
         match ev {
             Ingested::Runq { tid, entry } => {
                 self.runq_pids.insert(entry.pid, entry.end_ns);
@@ -367,6 +381,22 @@ impl Correlator {
     }
 
     pub fn on_batch(&mut self, b: Batch) {
+        // What a span says by itself reaches the detector now; the kernel joins wait.
+        for rs in &b.req.resource_spans {
+            let res: &[KeyValue] = rs
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or(&[]);
+            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                let f = SpanFacts::read(span, res);
+                self.m
+                    .input_lag
+                    .with_label_values(&["span"])
+                    .observe(b.received_unix_ns.saturating_sub(f.end_ns) as f64 / 1e9);
+                self.detector.on_span_arrival(&f);
+            }
+        }
         self.store.push(b, self.wait_ns);
     }
 

@@ -19,6 +19,7 @@
 //!   hurt (failed, or carrying the kernel evidence).
 pub mod baseline;
 mod contention;
+mod early;
 mod fault;
 mod surge;
 
@@ -120,6 +121,7 @@ const MAX_TIDS_PER_PID: usize = 64;
 const MAX_ENDPOINTS: usize = 4096;
 const MAX_CONNS_PER_ENDPOINT: usize = 4096;
 const MAX_SESSIONS_PER_ENDPOINT: usize = 64;
+const MAX_OWNERS_PER_ENDPOINT: usize = 16;
 const MAX_LIVE_CONNS: usize = 65536;
 const MAX_REFS_PER_SUBJECT: usize = 4096;
 const MAX_REF_SUBJECTS: usize = 4096;
@@ -151,7 +153,14 @@ struct ProcAgg {
 struct EpAgg {
     /// (connection, reset sent by the service side?)
     resets: HashSet<(ConnKey, bool)>,
+    /// Connections reset during the handshake (an RST answering a SYN: refused).
+    refused: HashSet<ConnKey>,
     retrans_segs: u64,
+    /// Connections that retransmitted (bounded like `resets`).
+    retrans_conns: HashSet<ConnKey>,
+    /// The client-side processes whose sockets saw the events: pid → (comm, events). They
+    /// are who suffered (or caused) the fault; bounded to `MAX_OWNERS_PER_ENDPOINT`.
+    clients: BTreeMap<u32, (String, u64)>,
     failed_spans: u64,
     sessions: HashSet<String>,
     states: BTreeMap<&'static str, u64>,
@@ -193,6 +202,14 @@ impl SeriesBase {
     }
 }
 
+/// A dependency as its clients' spans name it.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct PeerName {
+    server_address: Option<String>,
+    server_port: Option<u16>,
+    peer_service: Option<String>,
+}
+
 #[derive(Clone, Copy)]
 struct RefEntry {
     start: u64,
@@ -205,6 +222,17 @@ struct Open {
     inc: Incident,
     quiet: u32,
     peak_score: f64,
+    /// Start of the unsettled bucket an early verdict opened the incident on (its settled
+    /// judgment then confirms that bucket rather than adding one).
+    early_bucket: Option<u64>,
+}
+
+/// What a class's judgment says about an anomalous series.
+struct Report {
+    v: Verdict,
+    summary: String,
+    evidence: serde_json::Value,
+    attributes: BTreeMap<String, serde_json::Value>,
 }
 
 /// What changed in one tick, for the listing, the metrics and the trace.
@@ -228,6 +256,9 @@ pub struct Detector {
     live: HashMap<ConnKey, (String, SpanRef, u64)>,
     live_order: VecDeque<ConnKey>,
     thread_names: HashMap<u32, String>,
+    /// What client spans call a dependency's address (`server.address`, `server.port`,
+    /// `peer.service`), by the address they connected to. Bounded by `MAX_ENDPOINTS`.
+    peer_names: HashMap<Endpoint, PeerName>,
     open: HashMap<(Class, String), Open>,
     next_id: u64,
     lateness_hw_ns: f64,
@@ -254,6 +285,7 @@ impl Detector {
             live: HashMap::new(),
             live_order: VecDeque::new(),
             thread_names: HashMap::new(),
+            peer_names: HashMap::new(),
             open: HashMap::new(),
             next_id: 1,
             lateness_hw_ns: 0.0,
@@ -354,9 +386,41 @@ impl Detector {
             self.overflow += 1;
             return;
         };
+        // The observing socket is a client of the service: its owner is a client process.
+        if !service_is_local
+            && e.owner_pid != 0
+            && (a.clients.len() < MAX_OWNERS_PER_ENDPOINT || a.clients.contains_key(&e.owner_pid))
+        {
+            let c = a
+                .clients
+                .entry(e.owner_pid)
+                .or_insert_with(|| (e.owner_comm.clone(), 0));
+            c.1 += 1;
+        }
         match e.kind {
-            TcpEventKind::Retransmit => a.retrans_segs += u64::from(e.segs.max(1)),
+            TcpEventKind::Retransmit => {
+                a.retrans_segs += u64::from(e.segs.max(1));
+                if a.retrans_conns.len() < MAX_CONNS_PER_ENDPOINT {
+                    a.retrans_conns.insert(key);
+                }
+            }
             kind => {
+                // Refused: the service answered a SYN with an RST. The kernel says so on the
+                // sending side: an RST sent without a socket (state 0: nobody listens on the
+                // port; reported from Linux 6.10) or by a listener or half-open request. A
+                // client socket still in SYN_SENT says so too. (`tcp_receive_reset` reports no
+                // state: 0 there means nothing.)
+                const SYN_SENT: u8 = 2;
+                const SYN_RECV: u8 = 3;
+                const LISTEN: u8 = 10;
+                const NEW_SYN_RECV: u8 = 12;
+                let refused = e.state == SYN_SENT
+                    || (kind == TcpEventKind::RstSent
+                        && service_is_local
+                        && matches!(e.state, 0 | SYN_RECV | LISTEN | NEW_SYN_RECV));
+                if refused && a.refused.len() < MAX_CONNS_PER_ENDPOINT {
+                    a.refused.insert(key);
+                }
                 // Who sent the RST: the observing socket (sent) or its peer (received).
                 let sender_is_local = kind == TcpEventKind::RstSent;
                 let by_service = sender_is_local == service_is_local;
@@ -373,7 +437,50 @@ impl Detector {
         }
     }
 
-    /// A span after its joins. `received_ns` is when the agent got it (for the lateness).
+    /// The bucket's aggregate for `pool`, unless late or past the bounds (counted).
+    fn pool_agg(&mut self, start_ns: u64, pool: String) -> Option<&mut PoolAgg> {
+        let max_pools = self.pools.len() >= MAX_POOLS && !self.pools.contains_key(&pool);
+        let b = self.bucket(start_ns)?;
+        if max_pools || (b.pools.len() >= MAX_POOLS && !b.pools.contains_key(&pool)) {
+            self.overflow += 1;
+            return None;
+        }
+        // Re-borrowed: `bucket` counted nothing late for this index.
+        let idx = start_ns / self.cfg.bucket_ns;
+        Some(
+            self.buckets
+                .entry(idx)
+                .or_default()
+                .pools
+                .entry(pool)
+                .or_default(),
+        )
+    }
+
+    /// A span as it arrives, before the kernel join waits for its evidence: what the span says
+    /// by itself (a pool task's arrival, kind and queue wait) counts at once, so that early
+    /// verdicts see it a join wait sooner.
+    pub fn on_span_arrival(&mut self, f: &SpanFacts) {
+        if !f.is_pool_task() {
+            return;
+        }
+        let pool = f.pool.clone().unwrap_or_else(|| "default".into());
+        let Some(a) = self.pool_agg(f.start_ns, pool) else {
+            return;
+        };
+        a.arrivals += 1;
+        let kind = f.task_kind.clone().unwrap_or_else(|| "unknown".into());
+        if a.kinds.len() < MAX_KINDS || a.kinds.contains_key(&kind) {
+            *a.kinds.entry(kind).or_default() += 1;
+        }
+        if let Some(q) = f.queue_wait_ms {
+            a.qwait_ms += q;
+            a.qwait_n += 1;
+        }
+    }
+
+    /// A span after its joins (it went through `on_span_arrival` first). `received_ns` is when
+    /// the agent got it (for the lateness).
     pub fn on_span(
         &mut self,
         f: &SpanFacts,
@@ -419,30 +526,29 @@ impl Detector {
                     },
                 );
             }
-            let max_pools = self.pools.len() >= MAX_POOLS && !self.pools.contains_key(&pool);
-            if let Some(b) = self.bucket(f.start_ns) {
-                let full =
-                    max_pools || (b.pools.len() >= MAX_POOLS && !b.pools.contains_key(&pool));
-                if full {
-                    self.overflow += 1;
-                } else {
-                    let a = b.pools.entry(pool).or_default();
-                    a.pid = a.pid.or(f.pid);
-                    a.arrivals += 1;
-                    let kind = f.task_kind.clone().unwrap_or_else(|| "unknown".into());
-                    if a.kinds.len() < MAX_KINDS || a.kinds.contains_key(&kind) {
-                        *a.kinds.entry(kind).or_default() += 1;
-                    }
-                    if let Some(q) = f.queue_wait_ms {
-                        a.qwait_ms += q;
-                        a.qwait_n += 1;
-                    }
-                    if let Some(ms) = runq_ms {
-                        a.runq_ms += ms;
-                        a.runq_n += 1;
-                    }
+            // Arrivals, kinds and queue wait were counted when the span arrived; what the join
+            // adds is the process (in host terms) and the task's run-queue delay.
+            if let Some(a) = self.pool_agg(f.start_ns, pool) {
+                a.pid = a.pid.or(f.pid);
+                if let Some(ms) = runq_ms {
+                    a.runq_ms += ms;
+                    a.runq_n += 1;
                 }
             }
+        }
+        if let Some(conn) = f.conn
+            && (f.server_address.is_some() || f.peer_service.is_some())
+            && (self.peer_names.len() < MAX_ENDPOINTS || self.peer_names.contains_key(&conn.peer))
+        {
+            // A client span: its peer is the service it names.
+            self.peer_names.insert(
+                conn.peer,
+                PeerName {
+                    server_address: f.server_address.clone(),
+                    server_port: f.server_port,
+                    peer_service: f.peer_service.clone(),
+                },
+            );
         }
         if let Some(conn) = f.conn {
             let (service, _) = self.eph.service(&conn);
@@ -518,6 +624,17 @@ impl Detector {
             self.next_eval += 1;
             self.judge(idx, b, &mut ch);
         }
+        self.judge_early(now_ns, &mut ch);
+        for inc in &mut ch.opened {
+            inc.raised_unix_ns = now_ns;
+            if let Some(o) = self.open.get_mut(&(inc.class, inc.subject.clone())) {
+                o.inc.raised_unix_ns = now_ns;
+            }
+        }
+        // The spans hurt so far are listed while the incident is open, not only at its close.
+        for inc in ch.opened.iter_mut().chain(ch.updated.iter_mut()) {
+            self.attach_links(inc);
+        }
         // Old references are useless once no incident can ask for them.
         let horizon = now_ns.saturating_sub(self.cfg.max_incident_ns + settle + 60_000_000_000);
         self.refs.retain(|_, q| {
@@ -575,23 +692,56 @@ impl Detector {
         evidence: serde_json::Value,
         ch: &mut Changes,
     ) {
+        let r = Report {
+            v,
+            summary,
+            evidence,
+            attributes: BTreeMap::new(),
+        };
+        Self::raise_report(open, next_id, key, start, end, r, ch);
+    }
+
+    /// Opens the incident `key`, or (settled judgment) extends the open one.
+    fn raise_report(
+        open: &mut HashMap<(Class, String), Open>,
+        next_id: &mut u64,
+        key: (Class, String),
+        start: u64,
+        end: u64,
+        r: Report,
+        ch: &mut Changes,
+    ) {
+        let Report {
+            v,
+            summary,
+            evidence,
+            attributes,
+        } = r;
         let score = v.observed / v.threshold.max(f64::MIN_POSITIVE);
         if let Some(o) = open.get_mut(&key) {
             o.quiet = 0;
-            o.inc.end_unix_ns = end;
-            o.inc.buckets += 1;
+            if o.early_bucket == Some(start) {
+                // The settled judgment of the bucket the early verdict opened on: the same
+                // bucket, not one more.
+                o.early_bucket = None;
+            } else {
+                o.inc.buckets += 1;
+            }
+            o.inc.end_unix_ns = o.inc.end_unix_ns.max(end);
             if score > o.peak_score {
                 o.peak_score = score;
                 o.inc.baseline = v;
                 o.inc.summary = summary;
                 o.inc.evidence = evidence;
+                o.inc.attributes.extend(attributes);
             }
             ch.updated.push(o.inc.clone());
             return;
         }
         let id = *next_id;
         *next_id += 1;
-        let inc = Incident::new(id, key.0, key.1.clone(), start, end, summary, v, evidence);
+        let mut inc = Incident::new(id, key.0, key.1.clone(), start, end, summary, v, evidence);
+        inc.attributes = attributes;
         ch.opened.push(inc.clone());
         open.insert(
             key,
@@ -599,6 +749,7 @@ impl Detector {
                 inc,
                 quiet: 0,
                 peak_score: score,
+                early_bucket: None,
             },
         );
     }

@@ -91,6 +91,7 @@ impl Sim {
             ..Default::default()
         };
         let r = self.span_ref();
+        self.d.on_span_arrival(&f);
         self.d.on_span(&f, Some(r), Some(&j), None, start + 2 * MS);
     }
 
@@ -114,16 +115,38 @@ impl Sim {
     }
 
     fn rst(&mut self, kind: TcpEventKind, local: &str, peer: &str, offset_ms: u64) {
+        self.tcp(kind, local, peer, offset_ms, 1, (0, ""));
+    }
+
+    /// A TCP event in TCP state `state`, on a socket owned by `owner` (pid, comm).
+    fn tcp(
+        &mut self,
+        kind: TcpEventKind,
+        local: &str,
+        peer: &str,
+        offset_ms: u64,
+        state: u8,
+        owner: (u32, &str),
+    ) {
         let e = TcpEntry {
             ts_ns: self.at(offset_ms * MS),
             kind,
             local: ep(local),
             peer: ep(peer),
             segs: 1,
-            state: 1,
+            state,
             netns: 1,
+            owner_pid: owner.0,
+            owner_comm: owner.1.into(),
         };
         self.d.on_tcp(&e);
+    }
+
+    /// A tick `offset_ms` into the bucket being filled (early verdicts only: it has not settled).
+    fn tick_at(&mut self, offset_ms: u64) {
+        let ch = self.d.tick(self.at(offset_ms * MS));
+        self.opened.extend(ch.opened);
+        self.closed.extend(ch.closed);
     }
 }
 
@@ -413,4 +436,239 @@ fn memory_stays_bounded_under_a_flood_of_endpoints_and_sessions() {
     assert!(s.d.live_connections() <= MAX_LIVE_CONNS);
     assert!(s.d.buckets.values().all(|b| b.eps.len() <= MAX_ENDPOINTS));
     assert!(s.d.overflow > 0);
+}
+
+const SYN_SENT: u8 = 2;
+
+#[test]
+fn connection_fault_names_the_kind_the_counts_and_the_dependency_as_its_spans_call_it() {
+    let mut s = Sim::new();
+    s.next_second();
+    // A client span toward the dependency names it (server.address, peer.service).
+    let client = SpanFacts {
+        name: "GET".into(),
+        start_ns: s.at(0),
+        end_ns: s.at(MS),
+        conn: Some(Oriented {
+            local: ep("10.0.0.2:45000"),
+            peer: ep("10.0.0.5:6379"),
+        }),
+        server_address: Some("redis.cache.svc".into()),
+        server_port: Some(6379),
+        peer_service: Some("redis".into()),
+        ..Default::default()
+    };
+    let r = s.span_ref();
+    s.d.on_span(&client, Some(r), None, None, s.at(2 * MS));
+    // Seven connects answered with an RST by our process 900: the kernel sent them without a
+    // socket (nobody listening: state 0), or the client was still in SYN_SENT.
+    for i in 0..7 {
+        let client = format!("10.0.0.2:{}", 45100 + i);
+        s.tcp(
+            TcpEventKind::RstReceived,
+            &client,
+            "10.0.0.5:6379",
+            10 + i,
+            if i < 3 { SYN_SENT } else { 0 },
+            (900, "game-server"),
+        );
+        if i >= 3 {
+            s.tcp(
+                TcpEventKind::RstSent,
+                "10.0.0.5:6379",
+                &client,
+                10 + i,
+                0,
+                (0, ""),
+            );
+        }
+    }
+    // Two established connections reset by redis, one reset by us.
+    for i in 0..2 {
+        s.tcp(
+            TcpEventKind::RstReceived,
+            &format!("10.0.0.2:{}", 45200 + i),
+            "10.0.0.5:6379",
+            20,
+            1,
+            (900, "game-server"),
+        );
+    }
+    s.tcp(
+        TcpEventKind::RstSent,
+        "10.0.0.2:45300",
+        "10.0.0.5:6379",
+        30,
+        1,
+        (900, "game-server"),
+    );
+    s.next_second();
+    assert_eq!(s.opened.len(), 1);
+    let inc = &s.opened[0];
+    assert_eq!(inc.subject, "ep:10.0.0.5:6379");
+    let at = |k: &str| inc.attributes.get(k).cloned().unwrap_or_default();
+    assert_eq!(at("kernelsight.fault.kind"), "refused");
+    assert_eq!(at("kernelsight.fault.count"), 7);
+    assert_eq!(at("kernelsight.fault.refused"), 7);
+    assert_eq!(at("kernelsight.fault.reset_by_peer"), 2);
+    assert_eq!(at("kernelsight.fault.reset_by_us"), 1);
+    assert_eq!(at("server.address"), "redis.cache.svc");
+    assert_eq!(at("server.port"), 6379);
+    assert_eq!(at("peer.service"), "redis");
+    assert_eq!(at("kernelsight.fault.client.pid"), 900);
+    assert_eq!(at("kernelsight.fault.client.comm"), "game-server");
+    assert_eq!(inc.evidence["connections_reset"], 10);
+    assert!(
+        inc.summary
+            .starts_with("redis redis.cache.svc:6379 (10.0.0.5:6379): 7 connections refused"),
+        "{}",
+        inc.summary
+    );
+    // On the incident span, under the same names.
+    let rs = inc.to_otlp(&[]);
+    let span = &rs.scope_spans[0].spans[0];
+    assert!(span.attributes.iter().any(|kv| kv.key == "server.address"));
+    assert!(
+        span.attributes
+            .iter()
+            .any(|kv| kv.key == "kernelsight.fault.kind")
+    );
+
+    // Without a span that names it, the address is the endpoint's; a loss is a retransmit storm.
+    let mut s = Sim::new();
+    s.next_second();
+    for i in 0..60 {
+        s.tcp(
+            TcpEventKind::Retransmit,
+            "10.0.0.2:45000",
+            "10.0.0.7:8080",
+            i,
+            1,
+            (901, "bystander"),
+        );
+    }
+    s.next_second();
+    let inc = &s.opened[0];
+    let at = |k: &str| inc.attributes.get(k).cloned().unwrap_or_default();
+    assert_eq!(at("kernelsight.fault.kind"), "retransmit_storm");
+    assert_eq!(at("kernelsight.fault.count"), 60);
+    assert_eq!(at("server.address"), "10.0.0.7");
+    assert_eq!(at("server.port"), 8080);
+    assert!(!inc.attributes.contains_key("peer.service"));
+    assert_eq!(at("kernelsight.fault.client.comm"), "bystander");
+}
+
+#[test]
+fn a_fault_opens_early_on_kernel_evidence_and_its_settled_bucket_confirms_it() {
+    let mut s = Sim::new();
+    s.next_second();
+    // Four resets 100 ms into the bucket: under the floor, nothing yet.
+    for i in 0..4 {
+        s.rst(
+            TcpEventKind::RstReceived,
+            &format!("10.0.0.2:{}", 45000 + i),
+            "10.0.0.5:6379",
+            100,
+        );
+    }
+    s.tick_at(150);
+    assert!(s.opened.is_empty());
+    // The fifth: the bucket so far beats the threshold; raised 300 ms into the bucket, long
+    // before it settles.
+    s.rst(
+        TcpEventKind::RstReceived,
+        "10.0.0.2:45004",
+        "10.0.0.5:6379",
+        250,
+    );
+    s.tick_at(300);
+    assert_eq!(s.opened.len(), 1);
+    assert_eq!(s.opened[0].raised_by, "early");
+    assert_eq!(s.opened[0].raised_unix_ns, s.at(300 * MS));
+    // Ticking again does not raise it twice; the settled judgment confirms the same bucket.
+    s.tick_at(400);
+    s.rst(
+        TcpEventKind::RstReceived,
+        "10.0.0.2:45005",
+        "10.0.0.5:6379",
+        500,
+    );
+    s.next_second();
+    assert_eq!(s.opened.len(), 1);
+    let o = &s.d.open[&(Class::ConnectionFault, "ep:10.0.0.5:6379".to_owned())];
+    assert_eq!(o.inc.buckets, 1, "the early bucket is not counted twice");
+    assert_eq!(
+        o.inc.evidence["connections_reset"], 6,
+        "settled evidence replaces the early one"
+    );
+}
+
+#[test]
+fn a_surge_opens_early_on_spans_as_they_arrive() {
+    let mut s = Sim::new();
+    warm(&mut s, 40);
+    // Half a bucket of a surge, the spans arrived (not yet joined, nor settled).
+    for i in 0..150 {
+        let start = s.at(i * MS);
+        let f = SpanFacts {
+            name: "pool.task".into(),
+            start_ns: start,
+            end_ns: start + MS,
+            pid: Some(42),
+            pool: Some("db".into()),
+            task_kind: Some("full_sync".into()),
+            queue_wait_ms: Some(20.0),
+            ..Default::default()
+        };
+        s.d.on_span_arrival(&f);
+    }
+    s.tick_at(500);
+    assert_eq!(s.opened.len(), 1);
+    assert_eq!(s.opened[0].class, Class::TaskSurge);
+    assert_eq!(s.opened[0].raised_by, "early");
+    assert!(
+        s.opened[0].summary.contains("full_sync"),
+        "{}",
+        s.opened[0].summary
+    );
+}
+
+#[test]
+fn contention_opens_early_only_after_its_consecutive_buckets_and_not_in_a_surge() {
+    let mut s = Sim::new();
+    warm(&mut s, 40);
+    // One bucket of heavy run-queue delay (not yet settled), then the next one so far.
+    s.tasks(30, "load", 0.5, 0.2);
+    s.runq(42, 400);
+    s.sec += 1;
+    s.tick_at(100);
+    assert!(
+        s.opened.is_empty(),
+        "one bucket is not enough: {:?}",
+        s.opened.first().map(|i| &i.summary)
+    );
+    s.tasks(30, "load", 0.5, 0.2);
+    s.runq(42, 400);
+    s.tick_at(600);
+    assert_eq!(s.opened.len(), 1, "two buckets in a row, arrivals normal");
+    assert_eq!(s.opened[0].class, Class::CpuContention);
+    assert_eq!(s.opened[0].subject, "pid:42");
+    assert_eq!(s.opened[0].raised_by, "early");
+
+    // The same delay with the process's own pool surging: not contention.
+    let mut s = Sim::new();
+    warm(&mut s, 40);
+    for _ in 0..2 {
+        s.tasks(30, "load", 0.5, 0.2);
+        s.tasks(200, "full_sync", 0.5, 0.2);
+        s.runq(42, 400);
+        s.sec += 1;
+    }
+    s.sec -= 1;
+    s.tick_at(600);
+    assert!(
+        s.opened.iter().all(|i| i.class != Class::CpuContention),
+        "{:?}",
+        s.opened.iter().map(|i| &i.summary).collect::<Vec<_>>()
+    );
 }
