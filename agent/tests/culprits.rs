@@ -243,8 +243,9 @@ fn the_incident_names_the_hog_that_held_the_cpu() {
         "--detect-warmup-buckets",
         "3",
     ]);
-    // A calm baseline: the victim alone on its CPU.
-    std::thread::sleep(Duration::from_secs(4));
+    // A calm baseline: the victim alone on its CPU. Baselines learn from settled seconds only
+    // (1.5 s after their end at the earliest): 3 warm-up buckets need ~5 s.
+    std::thread::sleep(Duration::from_secs(6));
     let start = now_unix_ns();
     // The hog that matters, in its own cgroup at nice -19 (it holds CPU 0 against whatever
     // else a shared machine runs there), and a lighter one, busy half the time at nice 0,
