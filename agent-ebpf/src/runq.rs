@@ -248,6 +248,9 @@ fn charge(l: &TaskLayout, prev: *const u8) {
         // Per-CPU slot: this CPU is its only writer.
         if (*slot).key == key {
             (*slot).val.ns += ran;
+            // The cgroup it ran in last: a process moves after fork (runc puts a container's
+            // first process into its cgroup), and its first slice must not name it for good.
+            (*slot).val.cgroup_id = bpf_get_current_cgroup_id();
             return;
         }
         if (*slot).val.ns != 0 {
@@ -267,7 +270,10 @@ fn charge(l: &TaskLayout, prev: *const u8) {
 fn spill(s: &CulpritSlot) {
     match RUNQ_CULPRITS.get_ptr_mut(&s.key) {
         // Per-CPU value: this CPU is its only writer.
-        Some(v) => unsafe { (*v).ns += s.val.ns },
+        Some(v) => unsafe {
+            (*v).ns += s.val.ns;
+            (*v).cgroup_id = s.val.cgroup_id;
+        },
         None => {
             if RUNQ_CULPRITS.insert(&s.key, &s.val, 0).is_err() {
                 count(Counter::RunqCulpritsLost, 1);

@@ -140,8 +140,15 @@ fn now_unix_ns() -> u64 {
         .as_nanos() as u64
 }
 
+/// Both tests pin busy processes to CPU 0: run side by side (the test harness's default), one's
+/// hogs become the other's baseline and culprits.
+static CPU0: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn two_hogs_one_in_a_cgroup_and_a_hog_that_stops_halfway() {
+    let _cpu0 = CPU0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     require_root();
     let cage = Cgroup::new("unit");
     let victim = Pinned::python(BUSY, 0, None);
@@ -222,6 +229,9 @@ fn two_hogs_one_in_a_cgroup_and_a_hog_that_stops_halfway() {
 
 #[test]
 fn the_incident_names_the_hog_that_held_the_cpu() {
+    let _cpu0 = CPU0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     require_root();
     let sink = Sink::start(
         &std::env::temp_dir().join(format!("kernelsight-culprit-{}.otlp", std::process::id())),
