@@ -248,9 +248,13 @@ fn charge(l: &TaskLayout, prev: *const u8) {
         // Per-CPU slot: this CPU is its only writer.
         if (*slot).key == key {
             (*slot).val.ns += ran;
-            // The cgroup it ran in last: a process moves after fork (runc puts a container's
-            // first process into its cgroup), and its first slice must not name it for good.
+            // The cgroup and name it ran under last: a process moves after fork (runc puts a
+            // container's first process into its cgroup) and execs, and its first slice, still
+            // the parent's, must not name it for good. Only while a watched thread waits here.
             (*slot).val.cgroup_id = bpf_get_current_cgroup_id();
+            if let Ok(comm) = bpf_get_current_comm() {
+                (*slot).val.comm = comm;
+            }
             return;
         }
         if (*slot).val.ns != 0 {
@@ -273,6 +277,7 @@ fn spill(s: &CulpritSlot) {
         Some(v) => unsafe {
             (*v).ns += s.val.ns;
             (*v).cgroup_id = s.val.cgroup_id;
+            (*v).comm = s.val.comm;
         },
         None => {
             if RUNQ_CULPRITS.insert(&s.key, &s.val, 0).is_err() {
