@@ -579,12 +579,14 @@ impl Session {
             Ok(h) => {
                 self.room = Some(h);
                 if let Some(redis) = self.app.redis.clone() {
-                    // Best effort: without it a reconnect simply joins by name again.
+                    // Stored before the client sees `joined` (the room's frames wait in this
+                    // session's queue until we return): a client that reconnects at once, to
+                    // any server, must find it. Best effort and bounded: without it a
+                    // reconnect simply joins by name again.
                     let (sid, player) = (format!("{:016x}", self.sid), self.player.clone());
                     let ttl = self.app.cfg.reconnect_grace().max(Duration::from_secs(60));
-                    tokio::spawn(async move {
-                        let _ = crate::cache::put_resume(&redis, &sid, &player, &room, ttl).await;
-                    });
+                    let put = crate::cache::put_resume(&redis, &sid, &player, &room, ttl);
+                    let _ = tokio::time::timeout(Duration::from_millis(250), put).await;
                 }
                 Ok(())
             }
