@@ -15,7 +15,7 @@
 //! no surge of the process's own pools in them.
 use serde_json::json;
 
-use super::{Changes, Detector, baseline::Rule};
+use super::{Changes, Detector, Report, baseline::Rule};
 use crate::shared::incident::Class;
 
 impl Detector {
@@ -31,6 +31,29 @@ impl Detector {
             self.early_faults(idx, ch);
             self.early_surges(idx, ch);
             self.early_contention(idx, now_ns, ch);
+        }
+    }
+
+    /// Opens (or extends) each incident found on the unsettled bucket `start..end` and marks
+    /// it early: what every class's early verdict ends with.
+    pub(super) fn raise_early(
+        &mut self,
+        raised: Vec<((Class, String), Report)>,
+        start: u64,
+        end: u64,
+        ch: &mut Changes,
+    ) {
+        for (key, r) in raised {
+            Self::raise_report(
+                &mut self.open,
+                &mut self.next_id,
+                key.clone(),
+                start,
+                end,
+                r,
+                ch,
+            );
+            self.mark_early(&key, start, ch);
         }
     }
 
@@ -127,21 +150,14 @@ impl Detector {
                 "task_arrivals": "normal",
                 "verdict": "early",
             });
-            raised.push((key, v, summary, evidence));
-        }
-        for (key, v, summary, evidence) in raised {
-            Self::raise(
-                &mut self.open,
-                &mut self.next_id,
-                key.clone(),
-                start,
-                end,
+            let r = Report {
                 v,
                 summary,
                 evidence,
-                ch,
-            );
-            self.mark_early(&key, start, ch);
+                attributes: Default::default(),
+            };
+            raised.push((key, r));
         }
+        self.raise_early(raised, start, end, ch);
     }
 }

@@ -141,18 +141,7 @@ impl Detector {
                 raised.push((key, fault_report(*ep, a, vr, vx, self.peer_names.get(ep))));
             }
         }
-        for (key, r) in raised {
-            Self::raise_report(
-                &mut self.open,
-                &mut self.next_id,
-                key.clone(),
-                start,
-                end,
-                r,
-                ch,
-            );
-            self.mark_early(&key, start, ch);
-        }
+        self.raise_early(raised, start, end, ch);
     }
 }
 

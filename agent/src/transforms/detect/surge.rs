@@ -155,18 +155,7 @@ impl Detector {
                 raised.push((key, surge_report(name, a, base, va, (q, vq), (r, vr))));
             }
         }
-        for (key, r) in raised {
-            Self::raise_report(
-                &mut self.open,
-                &mut self.next_id,
-                key.clone(),
-                start,
-                end,
-                r,
-                ch,
-            );
-            self.mark_early(&key, start, ch);
-        }
+        self.raise_early(raised, start, end, ch);
     }
 }
 
