@@ -210,9 +210,9 @@ pub fn apply_runq(span: &mut Span, j: &RunqJoin, cfg: &JoinConfig) {
 }
 
 /// Names the top culprit of the span's process around the span (per second, per process:
-/// the kernel accounts culprits per victim process, not per thread).
+/// the kernel accounts culprits per victim process, not per thread); never its own threads.
 pub fn apply_culprit(span: &mut Span, top: &[CulpritShare]) {
-    if let Some(c) = top.iter().find(|c| c.id.pid != 0) {
+    if let Some(c) = top.iter().find(|c| c.id.pid != 0 && !c.own_threads) {
         span.attributes
             .push(kv_i("kernelsight.runq.culprit.pid", i64::from(c.id.pid)));
         span.attributes
