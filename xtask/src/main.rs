@@ -86,10 +86,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Scenario(args) if args.no_build => scenario::run(&setup::Env::here(), args),
         Cmd::Scenario(args) => setup::run().and_then(|env| scenario::run(&env, args)),
         Cmd::Bystander { target, seconds } => {
+            util::set_comm(c"ks-bystander");
             scenario::bystander(target, seconds);
             Ok(())
         }
         Cmd::Hog { seconds } => {
+            util::set_comm(c"ks-hog");
             scenario::hog(seconds);
             Ok(())
         }

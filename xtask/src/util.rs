@@ -220,3 +220,12 @@ pub fn wait_ready(addr: SocketAddr, what: &str, child: &mut Proc) -> Result<()> 
     }
     bail!("{what} was not ready within 60 s")
 }
+
+/// Names this process in the kernel (`comm`): helpers re-run `/proc/self/exe`, so they would all
+/// be called `exe` in the agent's incidents and culprit lists.
+pub fn set_comm(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (longer is cut).
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+    }
+}
