@@ -11,10 +11,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{Instrument, Span, info_span};
 
 use crate::directory::Claim;
+use crate::outbox::Outbox;
 use crate::protocol::{ClientMsg, Encoding, ProtocolError, ServerMsg, close};
 use crate::room::{JoinError, Member, RoomHandle};
 use crate::server::App;
@@ -227,6 +228,15 @@ pub async fn run(ws: WebSocket, app: Arc<App>, p: SessionParams) {
     tracing::info!(reason = ending.reason, code = ending.code, "session closed");
 }
 
+/// The session's end of its outbox: closed when the session ends, so rooms stop queueing.
+struct OutboxRx(Arc<Outbox>);
+
+impl Drop for OutboxRx {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 struct Session {
     app: Arc<App>,
     sid: u64,
@@ -235,7 +245,9 @@ struct Session {
     player_rc: Arc<str>,
     enc: Encoding,
     conn: Conn,
-    rx: mpsc::Receiver<Bytes>,
+    rx: OutboxRx,
+    /// Frames taken from the outbox in one swap (its capacity is reused).
+    taken: VecDeque<Bytes>,
     member: Member,
     room: Option<RoomHandle>,
     resume: Option<String>,
@@ -246,7 +258,8 @@ struct Session {
 
 impl Session {
     fn new(ws: WebSocket, app: Arc<App>, p: SessionParams) -> Self {
-        let (tx, rx) = mpsc::channel(app.cfg.outbound_queue.max(1));
+        let tx = Arc::new(Outbox::new(app.cfg.outbound_queue));
+        let rx = OutboxRx(tx.clone());
         let kick = Arc::new(KickSignal::default());
         let enc = p.encoding;
         let m = &app.metrics;
@@ -270,6 +283,7 @@ impl Session {
                 kick,
             },
             rx,
+            taken: VecDeque::new(),
             room: None,
             scratch: BytesMut::with_capacity(256),
             sid: p.session_id,
@@ -406,15 +420,10 @@ impl Session {
                 }
                 // While a write is pending, frames stay in the bounded queue; when it fills
                 // up the room drops the session as a slow consumer.
-                frame = self.rx.recv(), if self.conn.writing.is_none() => {
-                    let Some(frame) = frame else { continue };
-                    self.conn.push(frame);
-                    // Drain what is already queued and write it with one flush.
-                    while self.conn.batch.len() < 64 {
-                        match self.rx.try_recv() {
-                            Ok(f) => self.conn.push(f),
-                            Err(_) => break,
-                        }
+                () = std::future::poll_fn(|cx| self.rx.0.poll_take(cx, &mut self.taken)), if self.conn.writing.is_none() => {
+                    // Everything queued is written with one flush.
+                    for f in self.taken.drain(..) {
+                        self.conn.push(f);
                     }
                 }
                 io = std::future::poll_fn(|cx| self.conn.poll_io(cx)) => {

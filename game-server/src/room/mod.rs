@@ -12,13 +12,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::persistence::{Persistence, PlayerRecord};
 use crate::protocol::{Encoding, Input};
 use crate::session::KickSignal;
@@ -28,7 +28,7 @@ use crate::session::KickSignal;
 pub struct Member {
     pub session_id: u64,
     pub encoding: Encoding,
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: Arc<Outbox>,
     pub kick: Arc<KickSignal>,
 }
 
