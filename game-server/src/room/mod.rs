@@ -21,15 +21,13 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::persistence::{Persistence, PlayerRecord};
 use crate::protocol::{Encoding, Input};
-use crate::session::KickSignal;
 
-/// A session's link into a room: its bounded outbound queue and its kick switch.
+/// A session's link into a room: its bounded outbound queue with its kick switch.
 #[derive(Clone)]
 pub struct Member {
     pub session_id: u64,
     pub encoding: Encoding,
     pub tx: Arc<Outbox>,
-    pub kick: Arc<KickSignal>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -154,7 +154,7 @@ impl World {
         member.encoding.encode_server(msg, &mut self.scratch);
         let frame = self.scratch.split().freeze();
         if member.tx.push(frame).is_err() {
-            member.kick.kick(close::SLOW_CONSUMER, "slow_consumer");
+            member.tx.kick(close::SLOW_CONSUMER, "slow_consumer");
         }
     }
 
@@ -170,7 +170,7 @@ impl World {
             if let Some(old) = p.member.take()
                 && old.session_id != member.session_id
             {
-                old.kick.kick(close::REPLACED, "replaced");
+                old.tx.kick(close::REPLACED, "replaced");
             }
             p.member = Some(member.clone());
             p.grace_until = None;
@@ -266,7 +266,7 @@ impl World {
         if let Some(p) = self.remove(player)
             && let Some(m) = p.member
         {
-            m.kick.kick(close::REPLACED, "replaced");
+            m.tx.kick(close::REPLACED, "replaced");
         }
     }
 
@@ -429,7 +429,7 @@ impl World {
                 Err(PushError::Full) => {
                     // Never buffer without bound: a client that cannot keep up is dropped.
                     metrics.outbound_dropped_total.inc();
-                    m.kick.kick(close::SLOW_CONSUMER, "slow_consumer");
+                    m.tx.kick(close::SLOW_CONSUMER, "slow_consumer");
                 }
                 Err(PushError::Closed) => {}
             }
