@@ -9,6 +9,7 @@ pub mod config;
 pub mod directory;
 pub mod gateway;
 pub mod metrics;
+pub mod outbox;
 pub mod persistence;
 pub mod protocol;
 pub mod redis_client;

@@ -3,7 +3,7 @@
 //! a clear code and reason.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -11,39 +11,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
-use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, Span, info_span};
 
 use crate::directory::Claim;
+use crate::outbox::Outbox;
 use crate::protocol::{ClientMsg, Encoding, ProtocolError, ServerMsg, close};
 use crate::room::{JoinError, Member, RoomHandle};
 use crate::server::App;
 use crate::token::valid_player_id;
-
-/// Set once by whoever decides a session must go (room, duplicate login, ...).
-#[derive(Default)]
-pub struct KickSignal {
-    reason: OnceLock<(u16, &'static str)>,
-    notify: Notify,
-}
-
-impl KickSignal {
-    pub fn kick(&self, code: u16, reason: &'static str) {
-        if self.reason.set((code, reason)).is_ok() {
-            // notify_one stores a permit if the session is not waiting right now.
-            self.notify.notify_one();
-        }
-    }
-
-    pub async fn wait(&self) -> (u16, &'static str) {
-        loop {
-            if let Some(r) = self.reason.get() {
-                return *r;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
 
 /// Why a session ended: a close code we send (if any) and a reason for logs/metrics.
 struct Ending {
@@ -81,7 +56,7 @@ enum WriteErr {
 struct Conn {
     ws: WebSocket,
     enc: Encoding,
-    kick: Arc<KickSignal>,
+    out: Arc<Outbox>,
     write_timeout: Duration,
     sent: IntCounter,
     sent_bytes: IntCounter,
@@ -91,9 +66,10 @@ struct Conn {
     writing: Option<Instant>,
 }
 
-/// What the socket did: the pending write finished, or a message (or the end) arrived.
+/// What the socket did: the pending write finished or failed, or a message (or the end) arrived.
 enum Io {
-    Written(Result<(), axum::Error>),
+    WriteFailed,
+    Written,
     Read(Option<Result<Message, axum::Error>>),
 }
 
@@ -136,10 +112,15 @@ impl Conn {
 
     /// Poll the pending write (if any) and the next incoming message.
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
+        // A finished write ends the loop's turn: the next turn may take frames again (whether
+        // it may is decided when the turn starts).
         if self.writing.is_some()
             && let Poll::Ready(r) = self.poll_write(cx)
         {
-            return Poll::Ready(Io::Written(r));
+            return Poll::Ready(match r {
+                Ok(()) => Io::Written,
+                Err(_) => Io::WriteFailed,
+            });
         }
         self.ws.poll_next_unpin(cx).map(Io::Read)
     }
@@ -147,7 +128,7 @@ impl Conn {
     /// Write what is queued now (the rare direct replies: welcome, errors, redirect); give up
     /// if kicked or the peer stalls.
     async fn flush(&mut self) -> Result<(), WriteErr> {
-        let kick = self.kick.clone();
+        let out = self.out.clone();
         let limit = self.write_timeout;
         let write = std::future::poll_fn(|cx| self.poll_write(cx));
         tokio::select! {
@@ -156,7 +137,7 @@ impl Conn {
                 Ok(Err(_)) => Err(WriteErr::Io),
                 Err(_) => Err(WriteErr::Timeout),
             },
-            _ = kick.wait() => Err(WriteErr::Kicked),
+            _ = out.wait_kicked() => Err(WriteErr::Kicked),
         }
     }
 }
@@ -227,6 +208,15 @@ pub async fn run(ws: WebSocket, app: Arc<App>, p: SessionParams) {
     tracing::info!(reason = ending.reason, code = ending.code, "session closed");
 }
 
+/// The session's end of its outbox: closed when the session ends, so rooms stop queueing.
+struct OutboxRx(Arc<Outbox>);
+
+impl Drop for OutboxRx {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 struct Session {
     app: Arc<App>,
     sid: u64,
@@ -235,7 +225,9 @@ struct Session {
     player_rc: Arc<str>,
     enc: Encoding,
     conn: Conn,
-    rx: mpsc::Receiver<Bytes>,
+    rx: OutboxRx,
+    /// Frames taken from the outbox in one swap (its capacity is reused).
+    taken: VecDeque<Bytes>,
     member: Member,
     room: Option<RoomHandle>,
     resume: Option<String>,
@@ -246,15 +238,15 @@ struct Session {
 
 impl Session {
     fn new(ws: WebSocket, app: Arc<App>, p: SessionParams) -> Self {
-        let (tx, rx) = mpsc::channel(app.cfg.outbound_queue.max(1));
-        let kick = Arc::new(KickSignal::default());
+        let tx = Arc::new(Outbox::new(app.cfg.outbound_queue));
+        let rx = OutboxRx(tx.clone());
         let enc = p.encoding;
         let m = &app.metrics;
         Self {
             conn: Conn {
                 ws,
                 enc,
-                kick: kick.clone(),
+                out: tx.clone(),
                 write_timeout: app.cfg.heartbeat_timeout(),
                 sent: m.messages_sent_total.with_label_values(&[enc.as_str()]),
                 sent_bytes: m.sent_bytes_total.clone(),
@@ -267,9 +259,9 @@ impl Session {
                 session_id: p.session_id,
                 encoding: enc,
                 tx,
-                kick,
             },
             rx,
+            taken: VecDeque::new(),
             room: None,
             scratch: BytesMut::with_capacity(256),
             sid: p.session_id,
@@ -331,13 +323,7 @@ impl Session {
     fn write_ending(&self, e: WriteErr) -> Ending {
         match e {
             WriteErr::Kicked => {
-                let (c, r) = self
-                    .member
-                    .kick
-                    .reason
-                    .get()
-                    .copied()
-                    .unwrap_or((close::POLICY, "kicked"));
+                let (c, r) = self.member.tx.kicked().unwrap_or((close::POLICY, "kicked"));
                 Ending::kick(c, r)
             }
             // A peer that stops reading until our write times out is a slow consumer too.
@@ -366,14 +352,23 @@ impl Session {
         let shutdown = self.app.shutdown.clone();
         let shutdown = shutdown.cancelled();
         tokio::pin!(shutdown);
-        let kick = self.member.kick.clone();
-        let kicked = kick.wait();
-        tokio::pin!(kicked);
         loop {
+            // While a write is pending, frames stay in the bounded queue; when it fills up
+            // the room drops the session as a slow consumer.
+            let take = self.conn.writing.is_none();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Ending { code: Some(close::GOING_AWAY), reason: "server_shutdown", kick: false },
-                (code, reason) = &mut kicked => return Ending::kick(code, reason),
+                // Kicks and frames wake the session through one waker: one poll per wake-up.
+                () = std::future::poll_fn(|cx| self.rx.0.poll_take(cx, take, &mut self.taken)) => {
+                    if let Some((code, reason)) = self.rx.0.kicked() {
+                        return Ending::kick(code, reason);
+                    }
+                    // Everything queued is written with one flush.
+                    for f in self.taken.drain(..) {
+                        self.conn.push(f);
+                    }
+                }
                 _ = &mut heartbeat => {
                     let now = Instant::now();
                     // A peer that stops reading until a write has waited for the write
@@ -404,23 +399,10 @@ impl Session {
                     }
                     heartbeat.as_mut().reset(next.into());
                 }
-                // While a write is pending, frames stay in the bounded queue; when it fills
-                // up the room drops the session as a slow consumer.
-                frame = self.rx.recv(), if self.conn.writing.is_none() => {
-                    let Some(frame) = frame else { continue };
-                    self.conn.push(frame);
-                    // Drain what is already queued and write it with one flush.
-                    while self.conn.batch.len() < 64 {
-                        match self.rx.try_recv() {
-                            Ok(f) => self.conn.push(f),
-                            Err(_) => break,
-                        }
-                    }
-                }
                 io = std::future::poll_fn(|cx| self.conn.poll_io(cx)) => {
                     let msg = match io {
-                        Io::Written(Ok(())) => continue,
-                        Io::Written(Err(_)) => return Ending::quiet("io_error"),
+                        Io::WriteFailed => return Ending::quiet("io_error"),
+                        Io::Written => continue,
                         Io::Read(None) => return Ending::quiet("peer_gone"),
                         Io::Read(Some(Err(e))) => return classify_read_error(e),
                         Io::Read(Some(Ok(m))) => m,
@@ -520,15 +502,13 @@ impl Session {
                     url,
                 })
                 .await?;
-                self.member
-                    .kick
-                    .kick(close::ROOM_ELSEWHERE, "room_elsewhere");
+                self.member.tx.kick(close::ROOM_ELSEWHERE, "room_elsewhere");
                 Err(WriteErr::Kicked)
             }
             Err(e) => {
                 tracing::warn!(room, "room directory unavailable: {e}");
                 self.member
-                    .kick
+                    .tx
                     .kick(close::DIRECTORY_UNAVAILABLE, "directory_unavailable");
                 Err(WriteErr::Kicked)
             }

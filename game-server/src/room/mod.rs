@@ -12,24 +12,22 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::persistence::{Persistence, PlayerRecord};
 use crate::protocol::{Encoding, Input};
-use crate::session::KickSignal;
 
-/// A session's link into a room: its bounded outbound queue and its kick switch.
+/// A session's link into a room: its bounded outbound queue with its kick switch.
 #[derive(Clone)]
 pub struct Member {
     pub session_id: u64,
     pub encoding: Encoding,
-    pub tx: mpsc::Sender<Bytes>,
-    pub kick: Arc<KickSignal>,
+    pub tx: Arc<Outbox>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::{JoinError, JoinOk, Member, Shared};
+use crate::outbox::PushError;
 use crate::persistence::PlayerRecord;
 use crate::protocol::{self, Encoding, Entity, Input, KIND_NPC, KIND_PLAYER, ServerMsg, close};
 
@@ -153,8 +153,8 @@ impl World {
     fn send_direct(&mut self, member: &Member, msg: &ServerMsg) {
         member.encoding.encode_server(msg, &mut self.scratch);
         let frame = self.scratch.split().freeze();
-        if member.tx.try_send(frame).is_err() {
-            member.kick.kick(close::SLOW_CONSUMER, "slow_consumer");
+        if member.tx.push(frame).is_err() {
+            member.tx.kick(close::SLOW_CONSUMER, "slow_consumer");
         }
     }
 
@@ -170,7 +170,7 @@ impl World {
             if let Some(old) = p.member.take()
                 && old.session_id != member.session_id
             {
-                old.kick.kick(close::REPLACED, "replaced");
+                old.tx.kick(close::REPLACED, "replaced");
             }
             p.member = Some(member.clone());
             p.grace_until = None;
@@ -266,7 +266,7 @@ impl World {
         if let Some(p) = self.remove(player)
             && let Some(m) = p.member
         {
-            m.kick.kick(close::REPLACED, "replaced");
+            m.tx.kick(close::REPLACED, "replaced");
         }
     }
 
@@ -421,17 +421,17 @@ impl World {
             }
             self.scratch.extend_from_slice(body);
             let frame = self.scratch.split().freeze();
-            match m.tx.try_send(frame) {
+            match m.tx.push(frame) {
                 Ok(()) => {
                     p.sent_ack = p.ack;
                     p.sent_gold = p.gold;
                 }
-                Err(TrySendError::Full(_)) => {
+                Err(PushError::Full) => {
                     // Never buffer without bound: a client that cannot keep up is dropped.
                     metrics.outbound_dropped_total.inc();
-                    m.kick.kick(close::SLOW_CONSUMER, "slow_consumer");
+                    m.tx.kick(close::SLOW_CONSUMER, "slow_consumer");
                 }
-                Err(TrySendError::Closed(_)) => {}
+                Err(PushError::Closed) => {}
             }
         }
         self.gone.clear();
