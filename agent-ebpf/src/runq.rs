@@ -6,9 +6,10 @@
 //!
 //! Culprits: while a watched thread is queued on a CPU (`RUNQ_CPUS[cpu].waiting > 0`), each
 //! switch on that CPU charges the task switched out with the time it ran since the last mark,
-//! in `RUNQ_CULPRITS` keyed by (victim tgid, culprit tgid): one per-CPU hash update per
-//! switch only on CPUs where a watched thread waits, one array load on all others, and no
-//! ring event ever.
+//! keyed by (victim tgid, culprit tgid): one per-CPU array slot update per switch only on CPUs
+//! where a watched thread waits (`RUNQ_CULPRITS`, a hash, only when two pairs collide in a
+//! slot; the culprit's cgroup id and comm re-read at most every `CULPRIT_RENAME_NS`), one array
+//! load on all others, and no ring event ever.
 use agent_common::{
     CULPRIT_SLOT_COUNT, Counter, CulpritKey, CulpritSlot, CulpritVal, RUNQ_CPU_SLOTS, RUNQ_SLOTS,
     RUNQ_TASK_SLOTS, RunqConfig, RunqCpu, RunqEvent, RunqHist, RunqTask, TaskLayout, culprit_slot,
@@ -138,7 +139,7 @@ fn watched(tgid: u32, cfg: &RunqConfig) -> bool {
     }
     match RUNQ_WATCH_SLOTS.get(tgid % RUNQ_WATCH_SLOT_COUNT) {
         Some(&t) if t == tgid => true,
-        Some(&WATCH_SHARED) => unsafe { RUNQ_WATCH.get(&tgid) }.is_some(),
+        Some(&WATCH_SHARED) => unsafe { RUNQ_WATCH.get(tgid) }.is_some(),
         _ => false,
     }
 }
@@ -298,7 +299,7 @@ fn charge(l: &TaskLayout, prev: *const u8, clock: &mut Clock) {
 /// Moves a slot's pair into the table (its slot is about to hold another pair).
 #[inline(always)]
 fn spill(s: &CulpritSlot) {
-    match RUNQ_CULPRITS.get_ptr_mut(&s.key) {
+    match RUNQ_CULPRITS.get_ptr_mut(s.key) {
         // Per-CPU value: this CPU is its only writer.
         Some(v) => unsafe {
             (*v).ns += s.val.ns;
@@ -306,7 +307,7 @@ fn spill(s: &CulpritSlot) {
             (*v).comm = s.val.comm;
         },
         None => {
-            if RUNQ_CULPRITS.insert(&s.key, &s.val, 0).is_err() {
+            if RUNQ_CULPRITS.insert(s.key, s.val, 0).is_err() {
                 count(Counter::RunqCulpritsLost, 1);
             }
         }
@@ -422,12 +423,12 @@ fn log2_slot(delay_ns: u64) -> u32 {
 #[inline(always)]
 fn record_hist(tgid: u32, delay: u64) {
     let slot = log2_slot(delay) as usize;
-    let h = match RUNQ_HIST.get_ptr_mut(&tgid) {
+    let h = match RUNQ_HIST.get_ptr_mut(tgid) {
         Some(h) => h,
         None => {
             let Some(zero) = ZERO_HIST.get(0) else { return };
-            let _ = RUNQ_HIST.insert(&tgid, zero, 0);
-            let Some(h) = RUNQ_HIST.get_ptr_mut(&tgid) else {
+            let _ = RUNQ_HIST.insert(tgid, zero, 0);
+            let Some(h) = RUNQ_HIST.get_ptr_mut(tgid) else {
                 return;
             };
             h
