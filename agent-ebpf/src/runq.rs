@@ -6,9 +6,10 @@
 //!
 //! Culprits: while a watched thread is queued on a CPU (`RUNQ_CPUS[cpu].waiting > 0`), each
 //! switch on that CPU charges the task switched out with the time it ran since the last mark,
-//! in `RUNQ_CULPRITS` keyed by (victim tgid, culprit tgid): one per-CPU hash update per
-//! switch only on CPUs where a watched thread waits, one array load on all others, and no
-//! ring event ever.
+//! keyed by (victim tgid, culprit tgid): one per-CPU array slot update per switch only on CPUs
+//! where a watched thread waits (`RUNQ_CULPRITS`, a hash, only when two pairs collide in a
+//! slot; the culprit's cgroup id and comm re-read at most every `CULPRIT_RENAME_NS`), one array
+//! load on all others, and no ring event ever.
 use agent_common::{
     CULPRIT_SLOT_COUNT, Counter, CulpritKey, CulpritSlot, CulpritVal, RUNQ_CPU_SLOTS, RUNQ_SLOTS,
     RUNQ_TASK_SLOTS, RunqConfig, RunqCpu, RunqEvent, RunqHist, RunqTask, TaskLayout, culprit_slot,
@@ -80,6 +81,32 @@ const RUNQ_MAX_WAITING: u64 = 1 << 20;
 
 const TASK_RUNNING: u64 = 0;
 
+/// How often a culprit's slot re-reads the cgroup id and comm of the task it charges (at most
+/// once per this much time, and when a pair takes the slot). Two helper calls on every charged
+/// switch cost more than the rest of the charge; a process that moves to its cgroup or execs
+/// after its first slice (runc's children do) is named right within this long of its running.
+const CULPRIT_RENAME_NS: u64 = 10_000_000;
+
+/// `bpf_ktime_get_ns()`, called at most once per program run: a switch needs the time for
+/// up to four things (the charge, a dropped wait, a new wait, an ended wait), and each helper
+/// call is a real call on the hottest path in the kernel.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn new() -> Self {
+        Self(0)
+    }
+
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = unsafe { bpf_ktime_get_ns() };
+        }
+        self.0
+    }
+}
+
 #[inline(always)]
 fn layout() -> TaskLayout {
     global(&TASK_LAYOUT)
@@ -112,7 +139,7 @@ fn watched(tgid: u32, cfg: &RunqConfig) -> bool {
     }
     match RUNQ_WATCH_SLOTS.get(tgid % RUNQ_WATCH_SLOT_COUNT) {
         Some(&t) if t == tgid => true,
-        Some(&WATCH_SHARED) => unsafe { RUNQ_WATCH.get(&tgid) }.is_some(),
+        Some(&WATCH_SHARED) => unsafe { RUNQ_WATCH.get(tgid) }.is_some(),
         _ => false,
     }
 }
@@ -124,7 +151,7 @@ fn slot(tid: u32) -> Option<*mut RunqTask> {
 
 /// Starts the clock on `task` if its process is watched.
 #[inline(always)]
-fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig) {
+fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig, clock: &mut Clock) {
     let tgid: u32 = field(task, l.tgid);
     if !watched(tgid, cfg) {
         return;
@@ -134,7 +161,7 @@ fn enqueue(task: *const u8, l: &TaskLayout, cfg: &RunqConfig) {
         return; // the idle task never waits
     }
     let Some(s) = slot(tid) else { return };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock.now();
     let cpu: u32 = if l.cpu != 0 { field(task, l.cpu) } else { 0 };
     unsafe {
         if (*s).tid != tid || (*s).tgid != tgid {
@@ -211,9 +238,10 @@ fn cpu_wait_end(l: &TaskLayout, cpu: u32, now: u64) {
 }
 
 /// At a switch: if a watched thread waits in this CPU's queue, the task switched out (`prev`,
-/// which is `current` here) is charged with the time it ran since the last mark.
+/// which is `current` here) is charged with the time it ran since the last mark. When none
+/// waits (most switches on a node) this is one load from `prev` and one inlined array load.
 #[inline(always)]
-fn charge(l: &TaskLayout, prev: *const u8) {
+fn charge(l: &TaskLayout, prev: *const u8, clock: &mut Clock) {
     if l.cpu == 0 {
         return;
     }
@@ -226,7 +254,7 @@ fn charge(l: &TaskLayout, prev: *const u8) {
         if (*c).waiting == 0 {
             return;
         }
-        let now = bpf_ktime_get_ns();
+        let now = clock.now();
         if now.saturating_sub((*c).progress_ns) > RUNQ_STALE_NS || (*c).waiting > RUNQ_MAX_WAITING {
             (*c).waiting = 0;
             count(Counter::RunqCpuStale, 1);
@@ -248,31 +276,30 @@ fn charge(l: &TaskLayout, prev: *const u8) {
         // Per-CPU slot: this CPU is its only writer.
         if (*slot).key == key {
             (*slot).val.ns += ran;
-            // The cgroup and name it ran under last: a process moves after fork (runc puts a
-            // container's first process into its cgroup) and execs, and its first slice, still
-            // the parent's, must not name it for good. Only while a watched thread waits here.
-            (*slot).val.cgroup_id = bpf_get_current_cgroup_id();
-            if let Ok(comm) = bpf_get_current_comm() {
-                (*slot).val.comm = comm;
+            if now.saturating_sub((*slot).named_ns) < CULPRIT_RENAME_NS {
+                return; // the common case: no helper call
             }
-            return;
+        } else {
+            if (*slot).val.ns != 0 {
+                spill(&*slot);
+            }
+            (*slot).key = key;
+            (*slot).val.ns = ran;
         }
-        if (*slot).val.ns != 0 {
-            spill(&*slot);
-        }
-        (*slot).key = key;
-        (*slot).val = CulpritVal {
-            ns: ran,
-            cgroup_id: bpf_get_current_cgroup_id(),
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        };
+        // The cgroup and name it runs under now, when a pair takes the slot and then at most
+        // every CULPRIT_RENAME_NS: a process moves after fork (runc puts a container's first
+        // process into its cgroup) and execs, and its first slice, still the parent's, must not
+        // name it for good.
+        (*slot).named_ns = now;
+        (*slot).val.cgroup_id = bpf_get_current_cgroup_id();
+        (*slot).val.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
 }
 
 /// Moves a slot's pair into the table (its slot is about to hold another pair).
 #[inline(always)]
 fn spill(s: &CulpritSlot) {
-    match RUNQ_CULPRITS.get_ptr_mut(&s.key) {
+    match RUNQ_CULPRITS.get_ptr_mut(s.key) {
         // Per-CPU value: this CPU is its only writer.
         Some(v) => unsafe {
             (*v).ns += s.val.ns;
@@ -280,7 +307,7 @@ fn spill(s: &CulpritSlot) {
             (*v).comm = s.val.comm;
         },
         None => {
-            if RUNQ_CULPRITS.insert(&s.key, &s.val, 0).is_err() {
+            if RUNQ_CULPRITS.insert(s.key, s.val, 0).is_err() {
                 count(Counter::RunqCulpritsLost, 1);
             }
         }
@@ -307,7 +334,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     if let Some(cfg) = config() {
-        enqueue(ctx.arg::<*const u8>(0), &layout(), cfg);
+        enqueue(ctx.arg::<*const u8>(0), &layout(), cfg, &mut Clock::new());
     }
     0
 }
@@ -315,7 +342,7 @@ pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
     if let Some(cfg) = config() {
-        enqueue(ctx.arg::<*const u8>(0), &layout(), cfg);
+        enqueue(ctx.arg::<*const u8>(0), &layout(), cfg, &mut Clock::new());
     }
     0
 }
@@ -328,8 +355,9 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let l = layout();
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
+    let mut clock = Clock::new();
 
-    charge(&l, prev);
+    charge(&l, prev, &mut clock);
     // A wait pending on the task that ran is not a wait: it was woken while still on its CPU
     // (about to sleep). Drop it, so the CPU's waiting count does not blame others meanwhile.
     let prev_tid: u32 = field(prev, l.pid);
@@ -337,7 +365,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         unsafe {
             if (*s).start_ns != 0 && (*s).tid == prev_tid {
                 (*s).start_ns = 0;
-                cpu_wait_end(&l, (*s).cpu, bpf_ktime_get_ns());
+                cpu_wait_end(&l, (*s).cpu, clock.now());
             }
         }
     }
@@ -349,7 +377,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         u64::from(field::<u32>(prev, l.state))
     };
     if prev_state == TASK_RUNNING {
-        enqueue(prev, &l, cfg);
+        enqueue(prev, &l, cfg, &mut clock);
     }
 
     let tid: u32 = field(next, l.pid);
@@ -358,7 +386,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     if start == 0 || unsafe { (*s).tid } != tid {
         return 0;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock.now();
     unsafe {
         (*s).start_ns = 0;
         cpu_wait_end(&l, (*s).cpu, now);
@@ -395,12 +423,12 @@ fn log2_slot(delay_ns: u64) -> u32 {
 #[inline(always)]
 fn record_hist(tgid: u32, delay: u64) {
     let slot = log2_slot(delay) as usize;
-    let h = match RUNQ_HIST.get_ptr_mut(&tgid) {
+    let h = match RUNQ_HIST.get_ptr_mut(tgid) {
         Some(h) => h,
         None => {
             let Some(zero) = ZERO_HIST.get(0) else { return };
-            let _ = RUNQ_HIST.insert(&tgid, zero, 0);
-            let Some(h) = RUNQ_HIST.get_ptr_mut(&tgid) else {
+            let _ = RUNQ_HIST.insert(tgid, zero, 0);
+            let Some(h) = RUNQ_HIST.get_ptr_mut(tgid) else {
                 return;
             };
             h

@@ -4,6 +4,9 @@
 //! - `two_hogs_one_in_a_cgroup_and_a_hog_that_stops_halfway`: the kernel's (victim, culprit)
 //!   table through the agent's aggregation: both hogs charged, each with its own cgroup id;
 //!   after one hog stops, only the other is charged.
+//! - `a_hog_charged_as_a_fork_is_named_as_it_runs_after_moving_and_exec`: a hog first charged
+//!   while it still runs as our fork (our comm, our cgroup) is named by the kernel with its own
+//!   cgroup and comm once it moved and exec'd (the kernel re-reads them while it charges).
 //! - `the_incident_names_the_hog_that_held_the_cpu`: the agent binary raises cpu_contention for
 //!   the victim, names the heavier hog (pid and cgroup path) at /incidents, and forwards the
 //!   incident span with `kernelsight.culprit.*`.
@@ -58,6 +61,41 @@ impl Pinned {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+                Ok(())
+            });
+        }
+        Self(cmd.spawn().expect("python3"))
+    }
+
+    /// Started the way runc starts a container's first process: it runs on CPU 0 at nice 0 as
+    /// our fork (our thread's comm, our cgroup) for `as_fork`, then moves itself into `cgroup`
+    /// and execs Python.
+    fn python_after_fork(code: &str, as_fork: Duration, cgroup: &std::path::Path) -> Self {
+        let mut cmd = Command::new(python());
+        cmd.args(["-c", code]);
+        let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_vec())
+            .unwrap();
+        let spin_ns = as_fork.as_nanos() as i64;
+        // SAFETY: only async-signal-safe calls between fork and exec; `procs` is built before.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let now = || {
+                    let mut t: libc::timespec = std::mem::zeroed();
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t);
+                    t.tv_sec * 1_000_000_000 + t.tv_nsec
+                };
+                let start = now();
+                while now() - start < spin_ns {}
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
                 Ok(())
             });
         }
@@ -225,6 +263,58 @@ fn two_hogs_one_in_a_cgroup_and_a_hog_that_stops_halfway() {
     let whole = window.top(vpid, 0, 3, 5);
     assert!(whole.iter().any(|c| c.id.pid == fpid), "{whole:?}");
     drop((caged, victim));
+}
+
+#[test]
+fn a_hog_charged_as_a_fork_is_named_as_it_runs_after_moving_and_exec() {
+    let _cpu0 = CPU0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    require_root();
+    let cage = Cgroup::new("moved");
+    let victim = Pinned::python(BUSY, 0, None);
+    let vpid = victim.pid();
+    let mut probes = Probes::load(&ProbeConfig::default()).unwrap();
+    probes.watch(vpid).unwrap();
+    // `spawn` returns once the child exec'd: fork from a thread of its own, whose name the
+    // child carries until exec.
+    let cage_dir = cage.0.clone();
+    let forking = std::thread::Builder::new()
+        .name("ks-forked-hog".into())
+        .spawn(move || Pinned::python_after_fork(BUSY, Duration::from_millis(800), &cage_dir))
+        .unwrap();
+    let charged = |probes: &Probes,
+                   pick: &dyn Fn(&agent::shared::culprit::CulpritTotal) -> bool| {
+        probes
+            .runq_culprits()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.victim == vpid && pick(t))
+    };
+    // Still our fork: charged, and named as it runs now (else the check below proves nothing).
+    std::thread::sleep(Duration::from_millis(400));
+    // (The forking thread itself may be charged too, under our pid.)
+    let early = charged(&probes, &|t| {
+        t.comm == "ks-forked-hog" && t.culprit != std::process::id()
+    })
+    .expect("the hog charged while it ran as our fork");
+    eprintln!("as a fork: {early:?}");
+    assert_eq!(
+        early.cgroup_id,
+        cgroup_id_of(std::process::id()),
+        "{early:?}"
+    );
+    let hog = forking.join().unwrap();
+    let hpid = hog.pid();
+    assert_eq!(early.culprit, hpid, "{early:?}");
+    // Moved and exec'd: the same pair, now with its own cgroup and name.
+    std::thread::sleep(Duration::from_millis(1500));
+    let late = charged(&probes, &|t| t.culprit == hpid).unwrap();
+    eprintln!("after moving and exec: {late:?}");
+    assert!(late.ns > early.ns, "{late:?}");
+    assert_eq!(late.cgroup_id, cage.id(), "{late:?}");
+    assert_eq!(late.comm, "python3", "{late:?}");
+    drop((hog, victim));
 }
 
 #[test]

@@ -309,6 +309,10 @@ pub struct RunqCpu {
     /// When `waiting` last changed. A count that has not moved for the kernel's
     /// `RUNQ_STALE_NS` is reset, so a lost decrement cannot blame a CPU forever.
     pub progress_ns: u64,
+    /// 128 bytes in all, so no two CPUs' fields share a cache line (or an adjacent-line
+    /// prefetch pair) wherever the kernel starts the array's values: every switch on a CPU
+    /// writes `mark_ns`, and CPUs whose entries shared a line made each other's switches wait.
+    pub _line: [u64; 12],
 }
 
 /// Key of `RUNQ_CULPRITS`: CPU time process `culprit` ran while a thread of `victim` waited
@@ -320,9 +324,9 @@ pub struct CulpritKey {
     pub culprit: u32,
 }
 
-/// Value of `RUNQ_CULPRITS` (per CPU): nanoseconds run, and who the culprit was when first
-/// seen (its cgroup v2 id and the comm of the thread that ran), read in the kernel because a
-/// hog may be gone by the time the agent looks.
+/// Value of `RUNQ_CULPRITS` (per CPU): nanoseconds run, and who the culprit was (its cgroup v2
+/// id and the comm of the thread that ran, as last read; see `CulpritSlot::named_ns`), read in
+/// the kernel because a hog may be gone by the time the agent looks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CulpritVal {
@@ -349,6 +353,9 @@ pub const fn culprit_slot(victim: u32, culprit: u32) -> u32 {
 pub struct CulpritSlot {
     pub key: CulpritKey,
     pub val: CulpritVal,
+    /// When `val.cgroup_id` and `val.comm` were last read (`bpf_ktime_get_ns`): the kernel
+    /// refreshes them when a pair takes the slot and then at most every 10 ms of charging.
+    pub named_ns: u64,
 }
 
 /// Cumulative run-queue delay of one thread.

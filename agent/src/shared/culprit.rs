@@ -16,7 +16,8 @@ pub struct CulpritTotal {
     pub victim: u32,
     pub culprit: u32,
     pub ns: u64,
-    /// The culprit's cgroup v2 id and the comm of its thread that ran, when first charged.
+    /// The culprit's cgroup v2 id and the comm of its thread that ran, as the kernel last read
+    /// them (at most 10 ms of charging old).
     pub cgroup_id: u64,
     pub comm: String,
 }

@@ -495,19 +495,27 @@ impl Probes {
     /// Who ran while watched processes waited: cumulative CPU time per (victim, culprit) pair,
     /// summed over CPUs, with the culprit's cgroup id and comm as the kernel saw them.
     pub fn runq_culprits(&self) -> Result<Vec<CulpritTotal>> {
-        let mut out: HashMap<(u32, u32), CulpritTotal> = HashMap::new();
-        let mut add = |k: CulpritKey, v: &CulpritVal| {
-            let t = out
-                .entry((k.victim, k.culprit))
-                .or_insert_with(|| CulpritTotal {
-                    victim: k.victim,
-                    culprit: k.culprit,
-                    ..CulpritTotal::default()
-                });
+        // (total, when its name was read: 0 for the table's, which are copies from some
+        // earlier slot).
+        let mut out: HashMap<(u32, u32), (CulpritTotal, u64)> = HashMap::new();
+        let mut add = |k: CulpritKey, v: &CulpritVal, named_ns: u64| {
+            let (t, named) = out.entry((k.victim, k.culprit)).or_insert_with(|| {
+                (
+                    CulpritTotal {
+                        victim: k.victim,
+                        culprit: k.culprit,
+                        ..CulpritTotal::default()
+                    },
+                    0,
+                )
+            });
             t.ns += v.ns;
-            if t.comm.is_empty() && v.comm[0] != 0 {
+            // The name read last wins: a process that moved to its cgroup or exec'd after its
+            // first slice is named as it runs now.
+            if v.comm[0] != 0 && (t.comm.is_empty() || named_ns > *named) {
                 t.comm = crate::shared::event::comm_str(&v.comm);
                 t.cgroup_id = v.cgroup_id;
+                *named = named_ns;
             }
         };
         // The table first, then the slots: the kernel only moves time from a slot into the
@@ -516,17 +524,17 @@ impl Probes {
         for item in self.runq_culprits.iter() {
             let (k, per_cpu) = item?;
             for v in per_cpu.iter() {
-                add(k, v);
+                add(k, v, 0);
             }
         }
         for i in 0..CULPRIT_SLOT_COUNT {
             for s in self.runq_culprit_slots.get(&i, 0)?.iter() {
                 if s.val.ns != 0 {
-                    add(s.key, &s.val);
+                    add(s.key, &s.val, s.named_ns);
                 }
             }
         }
-        Ok(out.into_values().collect())
+        Ok(out.into_values().map(|(t, _)| t).collect())
     }
 
     /// Cumulative run-queue delay of one thread of a watched process, while its slot is its own.
