@@ -28,7 +28,10 @@ use crate::{
     },
     transforms::{
         attribution::Attribution,
-        correlate::{Correlator, Drain, Ingested, Intake, KernelFeed, Outputs, store::SpanBudget},
+        correlate::{
+            Correlator, Drain, Ingested, Intake, KernelFeed, Outputs,
+            store::{SpanBudget, StoreCap},
+        },
         pod,
     },
 };
@@ -118,7 +121,13 @@ pub async fn run(
 
     // OTLP receivers → intake → correlator (joins, detect) → forwarder, board
     let clock = Clock::new();
-    let budget = SpanBudget::new(args.span_store_cap, cm.clone());
+    let budget = SpanBudget::new(
+        StoreCap {
+            spans: args.span_store_cap,
+            bytes: args.span_store_bytes,
+        },
+        cm.clone(),
+    );
     // The budget bounds what the channel holds in spans; the channel's own bound only limits
     // requests (a request can be one span).
     let (span_tx, span_rx) = mpsc::channel(args.span_store_cap.clamp(1, 65536));

@@ -578,8 +578,24 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     let agent_http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let otlp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     step("bench overload: starting the agent (release, --comm game-server)");
+    // KS_AGENT_WRAP (e.g. "heaptrack -o target/bench-overload/agent"): run the agent under a
+    // profiler, to see what holds its memory (its figures then include the profiler's cost).
+    let agent_bin = env.root.join("target/release/kernelsight-agent");
+    let wrap: Vec<String> = std::env::var("KS_AGENT_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut agent_cmd = match wrap.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(&agent_bin);
+            c
+        }
+        None => Command::new(&agent_bin),
+    };
     let mut agent = Proc::spawn(
-        Command::new(env.root.join("target/release/kernelsight-agent"))
+        agent_cmd
             .args(["--http-addr", &agent_http.to_string()])
             .args(["--otlp-grpc-addr", "127.0.0.1:0"])
             .args(["--otlp-http-addr", &otlp.to_string()])
@@ -587,7 +603,16 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
             .env("RUST_LOG", "warn"),
     )?;
     wait_ready(agent_http, "the agent", &mut agent)?;
-    let agent_pid = agent.0.id();
+    let mut agent_pid = agent.0.id();
+    if !wrap.is_empty() {
+        // The wrapper's child is the agent (RSS figures then include the profiler's own).
+        let children =
+            std::fs::read_to_string(format!("/proc/{agent_pid}/task/{agent_pid}/children"))
+                .unwrap_or_default();
+        if let Some(c) = children.split_whitespace().find_map(|c| c.parse().ok()) {
+            agent_pid = c;
+        }
+    }
     let agent_rss_start = rss_kib(agent_pid);
 
     // ---- 1. the game server at 10× its held sessions ----
@@ -802,6 +827,8 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     std::thread::sleep(Duration::from_secs(8));
     let after = scrape(agent_http)?;
     let (_, counted) = kernel_counted(&before, &after);
+    // The server's session spans end with the sockets: they arrive with the resets.
+    let counted = format!("{counted}; {}", spans_counted(&before, &after));
     agent_rows.push(AgentRow {
         what: format!(
             "server holding {held} open sockets (agent RSS while held: {} MiB), then all reset",

@@ -226,7 +226,11 @@ impl Incident {
             kv_s("kernelsight.incident.evidence", self.evidence.to_string()),
         ];
         attributes.extend(self.pod.iter().flat_map(PodLabels::attributes));
-        if let Some(c) = self.culprits.iter().find(|c| c.id.pid != 0 && !c.own_threads) {
+        if let Some(c) = self
+            .culprits
+            .iter()
+            .find(|c| c.id.pid != 0 && !c.own_threads)
+        {
             attributes.extend(culprit_attributes(c));
         }
         for (k, v) in &self.attributes {
