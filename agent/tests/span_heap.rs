@@ -1,6 +1,6 @@
 //! The span store's byte budget is only as good as its size estimate: `heap_bytes` must match
 //! what decoding a request really allocates (counted here by a global allocator), and the
-//! decoded size must be what is budgeted, not the wire size (which is 2–3× smaller). No
+//! decoded size must be what is budgeted, not the wire size (~5× smaller for the game server's spans). No
 //! sockets, no eBPF: a pure measurement, well under a second.
 mod correlation_support;
 
