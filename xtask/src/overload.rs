@@ -784,7 +784,11 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
         rss_before_kib,
         rss_peak_kib: p,
         rss_after_kib: rss_kib(agent_pid),
-        counted,
+        counted: format!(
+            "{counted}; heap after: {} MiB in use, {} MiB free in the allocator",
+            mib((get(&after, "kernelsight_heap_bytes{state=\"in_use\"}") / 1024.0) as u64),
+            mib((get(&after, "kernelsight_heap_bytes{state=\"free\"}") / 1024.0) as u64),
+        ),
     });
 
     // ---- 3. the agent while the server holds ~20k open sockets ----
@@ -844,7 +848,12 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     let after = scrape(agent_http)?;
     let (_, counted) = kernel_counted(&before, &after);
     // The server's session spans end with the sockets: they arrive with the resets.
-    let counted = format!("{counted}; {}", spans_counted(&before, &after));
+    let counted = format!(
+        "{counted}; {}; heap after: {} MiB in use, {} MiB free in the allocator",
+        spans_counted(&before, &after),
+        mib((get(&after, "kernelsight_heap_bytes{state=\"in_use\"}") / 1024.0) as u64),
+        mib((get(&after, "kernelsight_heap_bytes{state=\"free\"}") / 1024.0) as u64),
+    );
     agent_rows.push(AgentRow {
         what: format!(
             "server holding {held} open sockets (agent RSS while held: {} MiB), then all reset",
