@@ -130,7 +130,11 @@ impl Ingested {
                 state: t.state,
                 netns: t.netns,
                 owner_pid: t.owner.as_ref().map_or(0, |o| o.pid),
-                owner_comm: t.owner.as_ref().map(|o| o.comm.clone()).unwrap_or_default(),
+                owner_comm: t
+                    .owner
+                    .as_ref()
+                    .map(|o| o.comm.as_str().into())
+                    .unwrap_or_default(),
             }),
         }
     }

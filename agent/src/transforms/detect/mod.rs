@@ -394,7 +394,7 @@ impl Detector {
             let c = a
                 .clients
                 .entry(e.owner_pid)
-                .or_insert_with(|| (e.owner_comm.clone(), 0));
+                .or_insert_with(|| (e.owner_comm.as_str().to_owned(), 0));
             c.1 += 1;
         }
         match e.kind {
