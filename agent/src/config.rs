@@ -168,9 +168,19 @@ pub struct CorrelationArgs {
     #[arg(long, env = "KERNELSIGHT_FORWARD_QUEUE_SPANS", default_value_t = 65536)]
     pub forward_queue_spans: usize,
 
+    /// Heap bytes of spans (decoded size) the forwarder's retry queue holds before it drops
+    /// the oldest.
+    #[arg(long, env = "KERNELSIGHT_FORWARD_QUEUE_BYTES", default_value_t = 8 << 20)]
+    pub forward_queue_bytes: usize,
+
     /// Spans held for joining at most (queued plus waiting); beyond it spans pass unenriched.
     #[arg(long, env = "KERNELSIGHT_SPAN_STORE_CAP", default_value_t = 65536)]
     pub span_store_cap: usize,
+
+    /// Heap bytes of spans (decoded size, approximate) held for joining at most; beyond it
+    /// spans pass unenriched. This, not the span count, bounds the store's memory.
+    #[arg(long, env = "KERNELSIGHT_SPAN_STORE_BYTES", default_value_t = 8 << 20)]
+    pub span_store_bytes: usize,
 
     /// How long after a span ends the agent waits for kernel evidence before joining (also the
     /// tail of a connection span's window).
@@ -242,6 +252,7 @@ impl CorrelationArgs {
         self.otlp_forward.as_ref().map(|endpoint| ForwardConfig {
             endpoint: endpoint.clone(),
             queue_spans: self.forward_queue_spans,
+            queue_bytes: self.forward_queue_bytes,
             timeout: Duration::from_secs(10),
             max_attempts: 10,
         })

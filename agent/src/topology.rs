@@ -28,7 +28,10 @@ use crate::{
     },
     transforms::{
         attribution::Attribution,
-        correlate::{Correlator, Drain, Ingested, Intake, KernelFeed, Outputs, store::SpanBudget},
+        correlate::{
+            Correlator, Drain, Ingested, Intake, KernelFeed, Outputs,
+            store::{SpanBudget, StoreCap},
+        },
         pod,
     },
 };
@@ -118,7 +121,13 @@ pub async fn run(
 
     // OTLP receivers → intake → correlator (joins, detect) → forwarder, board
     let clock = Clock::new();
-    let budget = SpanBudget::new(args.span_store_cap, cm.clone());
+    let budget = SpanBudget::new(
+        StoreCap {
+            spans: args.span_store_cap,
+            bytes: args.span_store_bytes,
+        },
+        cm.clone(),
+    );
     // The budget bounds what the channel holds in spans; the channel's own bound only limits
     // requests (a request can be one span).
     let (span_tx, span_rx) = mpsc::channel(args.span_store_cap.clamp(1, 65536));
@@ -199,7 +208,20 @@ pub async fn run(
         }
     });
 
-    tokio::spawn(release_freed_heap(HEAP_TRIM_EVERY));
+    let heap = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "heap_bytes",
+            "The agent's malloc heap after the last trim (glibc mallinfo2): in_use is live data, free is held by the allocator (fragmentation).",
+        )
+        .namespace(crate::shared::telemetry::NS),
+        &["state"],
+    )
+    .expect("valid metric");
+    metrics
+        .registry
+        .register(Box::new(heap.clone()))
+        .expect("unique metric");
+    tokio::spawn(release_freed_heap(HEAP_TRIM_EVERY, heap));
 
     let state = Arc::new(AppState {
         metrics,
@@ -238,16 +260,25 @@ pub async fn run(
 /// heap top cannot shrink past live blocks) instead of handing it back, so without this the
 /// agent's RSS after a burst is its high-water mark, not what it holds. `malloc_trim` returns
 /// the free pages of every arena; on a heap of tens of MB it takes well under a millisecond.
-async fn release_freed_heap(every: Duration) {
+/// What is left is reported (`kernelsight_heap_bytes{state}`): live data against what the
+/// allocator holds free, to tell what the agent keeps from fragmentation.
+async fn release_freed_heap(every: Duration, heap: prometheus::IntGaugeVec) {
     let mut t = tokio::time::interval(every);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         t.tick().await;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim has no preconditions.
+        // SAFETY: malloc_trim and mallinfo2 have no preconditions.
         unsafe {
             libc::malloc_trim(0);
+            let mi = libc::mallinfo2();
+            // uordblks: in use (arena); hblkhd: in use (mmapped); fordblks: free in the arena.
+            heap.with_label_values(&["in_use"])
+                .set((mi.uordblks + mi.hblkhd) as i64);
+            heap.with_label_values(&["free"]).set(mi.fordblks as i64);
         }
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        let _ = &heap;
     }
 }
 

@@ -9,7 +9,7 @@
 //! 2. Agent: OTLP/HTTP protobuf spans at 10× the intake it saw from the server in phase 1 and
 //!    as fast as the sender goes, then a burst of kernel events (RSTs from connects to a
 //!    closed port). Figures: agent RSS (peak and after), what was received, dropped, lost.
-//! 3. Agent with the server holding ~20k open sockets, then all of them reset at once.
+//! 3. A fresh agent with the server holding ~20k open sockets, then all of them reset at once.
 //!
 //! Everything runs on loopback; the hostile clients are written here with std sockets (they
 //! only need to open, write a request head and hold, which no library does on purpose).
@@ -548,6 +548,7 @@ fn out_rsts() -> u64 {
 struct AgentRow {
     what: String,
     rate: String,
+    rss_before_kib: u64,
     rss_peak_kib: u64,
     rss_after_kib: u64,
     counted: String,
@@ -578,16 +579,43 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     let agent_http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let otlp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     step("bench overload: starting the agent (release, --comm game-server)");
-    let mut agent = Proc::spawn(
-        Command::new(env.root.join("target/release/kernelsight-agent"))
-            .args(["--http-addr", &agent_http.to_string()])
-            .args(["--otlp-grpc-addr", "127.0.0.1:0"])
-            .args(["--otlp-http-addr", &otlp.to_string()])
-            .args(["--comm", "game-server"])
-            .env("RUST_LOG", "warn"),
-    )?;
-    wait_ready(agent_http, "the agent", &mut agent)?;
-    let agent_pid = agent.0.id();
+    // KS_AGENT_WRAP (e.g. "heaptrack -o target/bench-overload/agent"): run the agent under a
+    // profiler, to see what holds its memory (its figures then include the profiler's cost).
+    let agent_bin = env.root.join("target/release/kernelsight-agent");
+    let wrap: Vec<String> = std::env::var("KS_AGENT_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let start_agent = || -> Result<(Proc, u32)> {
+        let mut cmd = match wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&agent_bin);
+                c
+            }
+            None => Command::new(&agent_bin),
+        };
+        let mut agent = Proc::spawn(
+            cmd.args(["--http-addr", &agent_http.to_string()])
+                .args(["--otlp-grpc-addr", "127.0.0.1:0"])
+                .args(["--otlp-http-addr", &otlp.to_string()])
+                .args(["--comm", "game-server"])
+                .env("RUST_LOG", "warn"),
+        )?;
+        wait_ready(agent_http, "the agent", &mut agent)?;
+        let mut pid = agent.0.id();
+        if !wrap.is_empty() {
+            // The wrapper's child is the agent (RSS figures then include the profiler's own).
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            if let Some(c) = children.split_whitespace().find_map(|c| c.parse().ok()) {
+                pid = c;
+            }
+        }
+        Ok((agent, pid))
+    };
+    let (mut agent, agent_pid) = start_agent()?;
     let agent_rss_start = rss_kib(agent_pid);
 
     // ---- 1. the game server at 10× its held sessions ----
@@ -668,8 +696,10 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     let mut agent_rows = Vec::new();
     let spans_counted = |a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>| {
         format!(
-            "received {:.0}, unenriched (store full) {:.0}, rejected requests {:.0}",
+            "received {:.0}, joined early (store near its bound) {:.0}, unenriched (store full) {:.0}, rejected requests {:.0}",
             sum(b, "kernelsight_spans_received_total") - sum(a, "kernelsight_spans_received_total"),
+            get(b, "kernelsight_spans_joined_early_total")
+                - get(a, "kernelsight_spans_joined_early_total"),
             get(
                 b,
                 "kernelsight_spans_unenriched_total{reason=\"store_full\"}"
@@ -688,6 +718,7 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     ] {
         step(format!("bench overload: agent, {what}"));
         let before = scrape(agent_http)?;
+        let rss_before_kib = rss_kib(agent_pid);
         let peak = RssPeak::start(agent_pid);
         let f = flood(rate)?;
         std::thread::sleep(Duration::from_secs(2));
@@ -701,6 +732,7 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
                 f["ok"],
                 f["requests"]
             ),
+            rss_before_kib,
             rss_peak_kib: p,
             rss_after_kib: rss_kib(agent_pid),
             counted: spans_counted(&before, &after),
@@ -728,6 +760,7 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
         a.burst_threads
     ));
     let before = scrape(agent_http)?;
+    let rss_before_kib = rss_kib(agent_pid);
     let peak = RssPeak::start(agent_pid);
     let rst0 = out_rsts();
     let t = Instant::now();
@@ -748,12 +781,23 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
             attempts as f64 / took,
             rsts as f64 / took
         ),
+        rss_before_kib,
         rss_peak_kib: p,
         rss_after_kib: rss_kib(agent_pid),
-        counted,
+        counted: format!(
+            "{counted}; heap after: {} MiB in use, {} MiB free in the allocator",
+            mib((get(&after, "kernelsight_heap_bytes{state=\"in_use\"}") / 1024.0) as u64),
+            mib((get(&after, "kernelsight_heap_bytes{state=\"free\"}") / 1024.0) as u64),
+        ),
     });
 
     // ---- 3. the agent while the server holds ~20k open sockets ----
+    // A fresh agent: this row measures open sockets and their reset, not what the flood and
+    // the burst left (their rows' "after" column shows that).
+    let first_alive = agent.0.try_wait()?.is_none();
+    drop(agent);
+    step("bench overload: a fresh agent for the open-sockets phase");
+    let (mut agent, agent_pid) = start_agent()?;
     step(format!(
         "bench overload: server holding {} open sockets",
         idle_sockets
@@ -773,6 +817,7 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     wait_until(Duration::from_secs(10), || scrape(srv.addr).is_ok());
     let token = login(srv.addr, "idle")?;
     let before = scrape(agent_http)?;
+    let rss_before_kib = rss_kib(agent_pid);
     let peak = RssPeak::start(agent_pid);
     let (idle, idle_got) = storm(srv.addr, &token, idle_sockets, 16, Duration::from_secs(10));
     let held = idle.len();
@@ -802,6 +847,13 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     std::thread::sleep(Duration::from_secs(8));
     let after = scrape(agent_http)?;
     let (_, counted) = kernel_counted(&before, &after);
+    // The server's session spans end with the sockets: they arrive with the resets.
+    let counted = format!(
+        "{counted}; {}; heap after: {} MiB in use, {} MiB free in the allocator",
+        spans_counted(&before, &after),
+        mib((get(&after, "kernelsight_heap_bytes{state=\"in_use\"}") / 1024.0) as u64),
+        mib((get(&after, "kernelsight_heap_bytes{state=\"free\"}") / 1024.0) as u64),
+    );
     agent_rows.push(AgentRow {
         what: format!(
             "server holding {held} open sockets (agent RSS while held: {} MiB), then all reset",
@@ -811,12 +863,13 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
             "{held} RSTs at once; server RSS {} MiB while held",
             mib(srv_rss_held)
         ),
+        rss_before_kib,
         rss_peak_kib: p,
         rss_after_kib: rss_kib(agent_pid),
         counted,
     });
     drop(srv);
-    let agent_alive = agent.0.try_wait()?.is_none();
+    let agent_alive = first_alive && agent.0.try_wait()?.is_none();
     drop(agent);
 
     // ---- tables ----
@@ -914,14 +967,15 @@ pub fn run(env: &Env, a: OverloadArgs) -> Result<()> {
     );
     println!();
     println!(
-        "| load | rate reached | agent RSS peak (MiB) | RSS after (MiB) | counted by the agent |"
+        "| load | rate reached | agent RSS before (MiB) | peak | after | counted by the agent |"
     );
-    println!("|---|---|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---|");
     for r in &agent_rows {
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.what,
             r.rate,
+            mib(r.rss_before_kib),
             mib(r.rss_peak_kib),
             mib(r.rss_after_kib),
             r.counted

@@ -46,7 +46,44 @@ pub struct TcpEntry {
     /// The process that owns the observing socket (pid 0: unknown, e.g. an RST the kernel
     /// sent for a closed port): who suffered or caused a fault.
     pub owner_pid: u32,
-    pub owner_comm: String,
+    pub owner_comm: Comm,
+}
+
+/// A process name kept inline (the kernel's are at most 15 bytes): evidence entries live for
+/// minutes among a burst's short-lived allocations, and one small string each kept the heap's
+/// pages from being returned after the burst.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl From<&str> for Comm {
+    /// Longer names are cut at a character boundary within 16 bytes.
+    fn from(s: &str) -> Self {
+        let mut end = s.len().min(16);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; 16];
+        bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Self {
+            bytes,
+            len: end as u8,
+        }
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl Timed for TcpEntry {

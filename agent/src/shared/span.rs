@@ -237,6 +237,80 @@ pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
         .sum()
 }
 
+/// Heap bytes a decoded request holds, approximately: the structs, the capacity of every
+/// string, id and list, and [`ALLOC_OVERHEAD`] per allocation. Decoded spans take ~5× their
+/// wire size (every attribute is a `KeyValue` with its own key and value allocations;
+/// `tests/span_heap.rs` measures it), so memory is bounded by this, not by the encoded length.
+/// Linear in the request, no allocation.
+pub fn heap_bytes(req: &ExportTraceServiceRequest) -> usize {
+    use opentelemetry_proto::tonic::{
+        common::v1::InstrumentationScope,
+        trace::v1::{ResourceSpans, ScopeSpans, span::Link},
+    };
+    fn buf(cap: usize) -> usize {
+        if cap == 0 { 0 } else { cap + ALLOC_OVERHEAD }
+    }
+    fn list<T>(v: &[T], cap: usize, each: impl Fn(&T) -> usize) -> usize {
+        buf(cap * size_of::<T>()) + v.iter().map(each).sum::<usize>()
+    }
+    fn value(v: &AnyValue) -> usize {
+        match &v.value {
+            Some(Value::StringValue(s)) => buf(s.capacity()),
+            Some(Value::BytesValue(b)) => buf(b.capacity()),
+            Some(Value::ArrayValue(a)) => list(&a.values, a.values.capacity(), value),
+            Some(Value::KvlistValue(l)) => list(&l.values, l.values.capacity(), kv_heap),
+            _ => 0,
+        }
+    }
+    fn kv_heap(kv: &KeyValue) -> usize {
+        // The `Option<AnyValue>` is inline in the KeyValue; only what it points to is extra.
+        buf(kv.key.capacity()) + kv.value.as_ref().map_or(0, value)
+    }
+    fn attrs(a: &Vec<KeyValue>) -> usize {
+        list(a, a.capacity(), kv_heap)
+    }
+    fn scope(s: &Option<InstrumentationScope>) -> usize {
+        s.as_ref().map_or(0, |s| {
+            buf(s.name.capacity()) + buf(s.version.capacity()) + attrs(&s.attributes)
+        })
+    }
+    fn span(s: &Span) -> usize {
+        buf(s.trace_id.capacity())
+            + buf(s.span_id.capacity())
+            + buf(s.parent_span_id.capacity())
+            + buf(s.trace_state.capacity())
+            + buf(s.name.capacity())
+            + attrs(&s.attributes)
+            + list(&s.events, s.events.capacity(), |e: &Event| {
+                buf(e.name.capacity()) + attrs(&e.attributes)
+            })
+            + list(&s.links, s.links.capacity(), |l: &Link| {
+                buf(l.trace_id.capacity())
+                    + buf(l.span_id.capacity())
+                    + buf(l.trace_state.capacity())
+                    + attrs(&l.attributes)
+            })
+            + s.status.as_ref().map_or(0, |st| buf(st.message.capacity()))
+    }
+    let rs = &req.resource_spans;
+    list(rs, rs.capacity(), |r: &ResourceSpans| {
+        r.resource.as_ref().map_or(0, |r| attrs(&r.attributes))
+            + buf(r.schema_url.capacity())
+            + list(
+                &r.scope_spans,
+                r.scope_spans.capacity(),
+                |ss: &ScopeSpans| {
+                    scope(&ss.scope)
+                        + buf(ss.schema_url.capacity())
+                        + list(&ss.spans, ss.spans.capacity(), span)
+                },
+            )
+    })
+}
+
+/// What glibc's malloc adds to each allocation (header and rounding to 16 bytes), on average.
+pub const ALLOC_OVERHEAD: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::trace::v1::Status;

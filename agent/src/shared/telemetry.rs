@@ -33,11 +33,15 @@ pub struct CorrelationMetrics {
     pub spans_received: IntCounterVec,
     pub spans_unenriched: IntCounterVec,
     pub spans_joined: IntCounterVec,
+    pub spans_joined_early: IntCounter,
     pub span_ids_unresolved: IntCounterVec,
     pub requests_rejected: IntCounterVec,
     pub store_spans: IntGauge,
     pub store_high_water: IntGauge,
     pub store_capacity: IntGauge,
+    pub store_bytes: IntGauge,
+    pub store_bytes_high_water: IntGauge,
+    pub store_capacity_bytes: IntGauge,
     pub kernel_dropped: IntCounter,
     pub evidence_keys: IntGaugeVec,
     pub evidence_evicted: IntCounterVec,
@@ -105,6 +109,10 @@ impl CorrelationMetrics {
                 "Spans that got kernel evidence attached, by join.",
                 &["join"],
             ),
+            spans_joined_early: c(
+                "spans_joined_early_total",
+                "Spans joined before their wait for kernel evidence was over, because the span store was near its bound (in spans or bytes).",
+            ),
             span_ids_unresolved: cv(
                 "span_ids_unresolved_total",
                 "Spans whose process.pid/thread.id could not be put in host terms (no join), by reason: no_scope (origin not on this node), no_process, ambiguous, no_thread, not_host_pid.",
@@ -126,6 +134,18 @@ impl CorrelationMetrics {
             store_capacity: g(
                 "span_store_capacity",
                 "Spans the agent holds for joining at most.",
+            ),
+            store_bytes: g(
+                "span_store_bytes",
+                "Heap bytes of the spans held for joining (decoded size, approximate).",
+            ),
+            store_bytes_high_water: g(
+                "span_store_bytes_high_water",
+                "Most heap bytes of spans ever held for joining at once.",
+            ),
+            store_capacity_bytes: g(
+                "span_store_capacity_bytes",
+                "Heap bytes of spans the agent holds for joining at most.",
             ),
             kernel_dropped: c(
                 "correlator_kernel_events_dropped_total",

@@ -1,6 +1,7 @@
 //! Forwarding spans (enriched, passed through, and incident spans) over OTLP/gRPC to a trace
-//! backend, through a bounded retry queue: when the backend is slow or down, the oldest queued
-//! spans are dropped and counted; the agent never blocks its receivers on it.
+//! backend, through a retry queue bounded in spans and in bytes: when the backend is slow or
+//! down, the oldest queued spans are dropped and counted; the agent never blocks its receivers
+//! on it.
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
@@ -14,7 +15,7 @@ use tokio::sync::Notify;
 use tonic::{Code, transport::Endpoint};
 
 use crate::shared::{
-    span::{SpanOutput, span_count},
+    span::{SpanOutput, heap_bytes, span_count},
     telemetry::ForwardMetrics,
 };
 
@@ -24,6 +25,9 @@ pub struct ForwardConfig {
     pub endpoint: String,
     /// Spans the retry queue holds before dropping the oldest.
     pub queue_spans: usize,
+    /// Heap bytes (decoded size) the retry queue holds before dropping the oldest: spans vary
+    /// in size far more than in number.
+    pub queue_bytes: usize,
     /// Per-export deadline.
     pub timeout: Duration,
     /// Attempts per request before it is dropped (with backoff, ~30 s in all).
@@ -31,8 +35,10 @@ pub struct ForwardConfig {
 }
 
 struct Queue {
-    items: VecDeque<(ExportTraceServiceRequest, usize)>,
+    /// (request, spans, heap bytes)
+    items: VecDeque<(ExportTraceServiceRequest, usize, usize)>,
     spans: usize,
+    bytes: usize,
 }
 
 struct Inner {
@@ -41,6 +47,7 @@ struct Inner {
     inflight: std::sync::atomic::AtomicUsize,
     notify: Notify,
     cap: usize,
+    cap_bytes: usize,
     m: ForwardMetrics,
 }
 
@@ -66,10 +73,12 @@ impl Forwarder {
             q: Mutex::new(Queue {
                 items: VecDeque::new(),
                 spans: 0,
+                bytes: 0,
             }),
             inflight: std::sync::atomic::AtomicUsize::new(0),
             notify: Notify::new(),
             cap: cfg.queue_spans.max(1),
+            cap_bytes: cfg.queue_bytes.max(1),
             m,
         });
         Ok((
@@ -110,8 +119,9 @@ impl SpanOutput for Forwarder {
         if n == 0 {
             return;
         }
+        let bytes = heap_bytes(&req);
         let mut q = self.inner.q.lock().expect("forward queue lock");
-        if n > self.inner.cap {
+        if n > self.inner.cap || bytes > self.inner.cap_bytes {
             self.inner
                 .m
                 .dropped
@@ -119,19 +129,21 @@ impl SpanOutput for Forwarder {
                 .inc_by(n as u64);
             return;
         }
-        while q.spans + n > self.inner.cap {
-            let Some((_, old)) = q.items.pop_front() else {
+        while q.spans + n > self.inner.cap || q.bytes + bytes > self.inner.cap_bytes {
+            let Some((_, old, old_bytes)) = q.items.pop_front() else {
                 break;
             };
             q.spans -= old;
+            q.bytes -= old_bytes;
             self.inner
                 .m
                 .dropped
                 .with_label_values(&["queue_full"])
                 .inc_by(old as u64);
         }
-        q.items.push_back((req, n));
+        q.items.push_back((req, n, bytes));
         q.spans += n;
+        q.bytes += bytes;
         self.inner.m.queued.set(q.spans as i64);
         drop(q);
         self.inner.notify.notify_one();
@@ -162,8 +174,9 @@ async fn run(
         let next = {
             let mut q = inner.q.lock().expect("forward queue lock");
             let item = q.items.pop_front();
-            if let Some((_, n)) = &item {
+            if let Some((_, n, bytes)) = &item {
                 q.spans -= n;
+                q.bytes -= bytes;
                 inner
                     .inflight
                     .store(*n, std::sync::atomic::Ordering::Release);
@@ -171,7 +184,7 @@ async fn run(
             inner.m.queued.set(q.spans as i64);
             item
         };
-        let Some((req, n)) = next else {
+        let Some((req, n, _)) = next else {
             inner.notify.notified().await;
             continue;
         };

@@ -53,6 +53,14 @@ impl Bounds {
     }
 }
 
+/// A map's table keeps the size of its largest burst (hashbrown never shrinks by itself): once
+/// it is mostly empty, give the room back, keeping twice what is held.
+pub fn shrink_after_burst<K: Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.capacity() > 4 * map.len() {
+        map.shrink_to(2 * map.len());
+    }
+}
+
 /// What the bounds removed since the last call to [`Windows::take_evictions`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Evictions {
@@ -158,6 +166,7 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
         });
         self.ev.expired += expired;
         self.entries -= expired as usize;
+        shrink_after_burst(&mut self.map);
     }
 
     pub fn get(&self, key: &K) -> Option<&Window<T>> {

@@ -424,7 +424,7 @@ mod tests {
                     state: 1,
                     netns,
                     owner_pid: 0,
-                    owner_comm: String::new(),
+                    owner_comm: Default::default(),
                 },
             );
         }
@@ -531,7 +531,7 @@ mod tests {
                 state: 1,
                 netns: pod_b,
                 owner_pid: 0,
-                owner_comm: String::new(),
+                owner_comm: Default::default(),
             },
         );
         let side = Oriented { local: l, peer: p };

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! One task owns the span store, the evidence windows and the detector, so none of them needs a
-//! lock. Everything it holds is bounded; when spans come faster than it can hold them for the
-//! join, they are passed on unenriched and counted (`kernelsight_spans_unenriched_total`); the
+//! lock. Everything it holds is bounded (spans in spans and bytes); when spans come faster than
+//! it can hold them for the join, they are passed on unenriched and counted (`kernelsight_spans_unenriched_total`); the
 //! sender is never blocked and never refused for it.
 pub mod evidence;
 pub mod join;
@@ -41,7 +41,10 @@ use crate::shared::{
     incident::{Class, Incident, IncidentOutput},
     netkey::{self, EphemeralPorts},
     origin::Origin,
-    span::{SpanFacts, SpanIntake, SpanOutput, SpanRef, SpanSummary, hex, kv_i, kv_s, span_count},
+    span::{
+        SpanFacts, SpanIntake, SpanOutput, SpanRef, SpanSummary, heap_bytes, hex, kv_i, kv_s,
+        span_count,
+    },
     telemetry::CorrelationMetrics,
 };
 
@@ -127,7 +130,11 @@ impl Ingested {
                 state: t.state,
                 netns: t.netns,
                 owner_pid: t.owner.as_ref().map_or(0, |o| o.pid),
-                owner_comm: t.owner.as_ref().map(|o| o.comm.clone()).unwrap_or_default(),
+                owner_comm: t
+                    .owner
+                    .as_ref()
+                    .map(|o| o.comm.as_str().into())
+                    .unwrap_or_default(),
             }),
         }
     }
@@ -213,12 +220,13 @@ impl SpanIntake for Intake {
             .spans_received
             .with_label_values(&[transport])
             .inc_by(n as u64);
-        if !self.budget.try_acquire(n) {
+        let bytes = heap_bytes(&req);
+        if !self.budget.try_acquire(n, bytes) {
             return self.pass(req, n, "store_full");
         }
-        let batch = Batch::new(req, n);
+        let batch = Batch::new(req, n, bytes);
         if let Err(e) = self.tx.try_send(batch) {
-            self.budget.release(n);
+            self.budget.release(n, bytes);
             let (reason, batch) = match e {
                 mpsc::error::TrySendError::Full(b) => ("store_full", b),
                 mpsc::error::TrySendError::Closed(b) => ("correlator_gone", b),
@@ -398,6 +406,10 @@ impl Correlator {
             }
         }
         self.store.push(b, self.wait_ns);
+        while let Some(b) = self.store.pop_if_pressed() {
+            self.m.spans_joined_early.inc_by(b.spans as u64);
+            self.process(b);
+        }
     }
 
     pub fn on_tick(&mut self, now: Instant, now_unix: u64) {
@@ -547,6 +559,7 @@ impl Correlator {
         let Batch {
             mut req,
             spans,
+            bytes,
             received_unix_ns,
             ..
         } = b;
@@ -632,7 +645,7 @@ impl Correlator {
                 }
             }
         }
-        self.store.release(spans);
+        self.store.release(spans, bytes);
         if let Some(f) = &self.out.spans {
             f.push(req);
         }

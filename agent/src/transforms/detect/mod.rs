@@ -394,7 +394,7 @@ impl Detector {
             let c = a
                 .clients
                 .entry(e.owner_pid)
-                .or_insert_with(|| (e.owner_comm.clone(), 0));
+                .or_insert_with(|| (e.owner_comm.as_str().to_owned(), 0));
             c.1 += 1;
         }
         match e.kind {
@@ -617,6 +617,17 @@ impl Detector {
         self.lateness_hw_ns *= LATENESS_DECAY_PER_S.powf(elapsed_s);
         self.last_tick_ns = now_ns;
         let mut ch = Changes::default();
+        // After a burst of connections (the live table took one slot each) give back the room
+        // hashbrown and VecDeque keep at their largest: 19k accepted sockets left ~4 MB.
+        let live = self.live.len();
+        if self.live.capacity() > 1024 && self.live.capacity() > 4 * live {
+            self.live.shrink_to(2 * live);
+        }
+        if self.live_order.capacity() > 1024 && self.live_order.capacity() > 4 * live {
+            let held = &self.live;
+            self.live_order.retain(|k| held.contains_key(k));
+            self.live_order.shrink_to(2 * live);
+        }
         let settle = self.settle_ns();
         while (self.next_eval + 1) * self.cfg.bucket_ns + settle <= now_ns {
             let idx = self.next_eval;
