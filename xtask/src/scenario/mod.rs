@@ -222,6 +222,14 @@ impl Seen {
                 .unwrap_or("?");
             return format!("{comm} ({pid})");
         }
+        // The incident's culprit list (what `/incidents` shows), when the span's attributes
+        // were not among the ones seen.
+        if let (Some(pid), Some(comm)) = (
+            self.culprit["pid"].as_u64().filter(|p| *p != 0),
+            self.culprit["comm"].as_str(),
+        ) {
+            return format!("{comm} ({pid})");
+        }
         if self.class != "connection_fault" {
             return "-".into();
         }
