@@ -692,7 +692,7 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     // The one-session scenario's victim: one established bot connection, picked before the
     // clock starts (the agent is not told).
     let victim = if kind == Kind::OneSession {
-        Some(one_session(game)?)
+        Some(one_session(game, bots.0.id())?)
     } else {
         None
     };
@@ -800,12 +800,36 @@ fn run_one(bins: &Bins, kind: Kind, a: &ScenarioArgs) -> Result<RunReport> {
     // Session spans end with the bots; give them the exporter's delay and the agent's join wait
     // before reading which spans carry evidence.
     let enriched = if kind.attribution() {
+        let fetch = || {
+            http(agent_http, "GET", "/incidents?spans=1000", None)
+                .ok()
+                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                .map(|v| v["recent_enriched_spans"].clone())
+                .unwrap_or(Value::Null)
+        };
         std::thread::sleep(Duration::from_millis(3000));
-        http(agent_http, "GET", "/incidents?spans=1000", None)
-            .ok()
-            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
-            .map(|v| v["recent_enriched_spans"].clone())
-            .unwrap_or(Value::Null)
+        let mut spans = fetch();
+        // The disturbed session ends last: its connection is still in retransmission back-off
+        // when the bots stop (after a fault of F s the next retry can be up to ~F s away), so
+        // its span can come seconds after the others. CI once read the spans before it came.
+        if let Some(port) = victim {
+            let waited = Instant::now();
+            let deadline = waited + Duration::from_secs(a.fault + 10);
+            while !has_session_span(&spans, port) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                spans = fetch();
+            }
+            step(format!(
+                "scenario one-session: the disturbed session's span {} {:.1} s after the others'",
+                if has_session_span(&spans, port) {
+                    "came"
+                } else {
+                    "had not come"
+                },
+                waited.elapsed().as_secs_f64()
+            ));
+        }
+        spans
     } else {
         Value::Null
     };
@@ -1165,26 +1189,38 @@ fn closed_service_addr() -> Result<SocketAddr> {
 
 /// One established bot connection to the game server: its client port. From `ss` (iproute2),
 /// as an operator would find it.
-fn one_session(game: SocketAddr) -> Result<u16> {
-    let out = Command::new("ss")
-        .args(["-Htn", "state", "established"])
-        .output()
-        .context("ss (iproute2)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut ports: Vec<u16> = text
-        .lines()
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            let (local, peer) = (cols.get(2)?, cols.get(3)?);
-            let local: SocketAddr = local.parse().ok()?;
-            let peer: SocketAddr = peer.parse().ok()?;
-            (local == game).then_some(peer.port())
-        })
-        .collect();
+fn one_session(game: SocketAddr, bots_pid: u32) -> Result<u16> {
+    // The bots' own ends of their connections to the server, in two looks a second apart: a
+    // look alone can catch a bot's one-request HTTP connection (/login, /metrics) in flight,
+    // and dropping packets to that port disturbs no session (CI saw that once: no session
+    // slowed, no span with retransmits).
+    let look = || -> Result<Vec<u16>> {
+        let out = Command::new("ss")
+            .args(["-Htnp", "state", "established"])
+            .output()
+            .context("ss (iproute2)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let owner = format!(",pid={bots_pid},");
+        Ok(text
+            .lines()
+            .filter(|l| l.contains(&owner))
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let (local, peer) = (cols.get(2)?, cols.get(3)?);
+                let local: SocketAddr = local.parse().ok()?;
+                let peer: SocketAddr = peer.parse().ok()?;
+                (peer == game).then_some(local.port())
+            })
+            .collect())
+    };
+    let first = look()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let second = look()?;
+    let mut ports: Vec<u16> = first.into_iter().filter(|p| second.contains(p)).collect();
     ports.sort_unstable();
     if ports.len() < 2 {
         bail!(
-            "one-session: {} sessions to {game}, need several",
+            "one-session: {} bot sessions to {game}, need several",
             ports.len()
         );
     }
@@ -1263,6 +1299,15 @@ fn check_bystander(
 }
 
 /// The disturbed session's span carries the retransmits, and no other session's does.
+/// Whether the agent has passed on the `ws.session` span of the session on client port `port`.
+fn has_session_span(enriched: &Value, port: u16) -> bool {
+    enriched.as_array().into_iter().flatten().any(|sp| {
+        let p = &sp["attributes"]["network.peer.port"];
+        sp["name"] == "ws.session"
+            && p.as_u64().or_else(|| p.as_str()?.parse().ok()) == Some(u64::from(port))
+    })
+}
+
 fn check_one_session(truth: &Value, enriched: &Value) -> Attribution {
     let port = truth["session_port"].as_u64().unwrap_or(0);
     let mut ports: Vec<u64> = enriched
