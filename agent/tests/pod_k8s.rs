@@ -20,7 +20,7 @@ use axum::{
 };
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{broadcast, watch};
 
 #[derive(Default)]
 struct Api {
@@ -35,7 +35,10 @@ struct Api {
 struct Fake {
     api: Arc<Mutex<Api>>,
     live: broadcast::Sender<(u64, &'static str, Value)>,
-    down: Arc<Notify>,
+    /// Set once when the API goes away. A state, not a `Notify`: `notify_waiters` reaches only
+    /// futures that exist at that instant, and a watch stream between two events had none
+    /// (CI once saw the outage never noticed: that stream stayed open).
+    down: Arc<watch::Sender<bool>>,
 }
 
 fn pod(name: &str, uid: &str, node: &str, container_id: &str) -> Value {
@@ -53,7 +56,7 @@ impl Fake {
         Self {
             api: Arc::default(),
             live: broadcast::channel(1024).0,
-            down: Arc::new(Notify::new()),
+            down: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -79,10 +82,12 @@ impl Fake {
         let app = Router::new()
             .route("/api/v1/pods", get(pods))
             .with_state(self.clone());
-        let down = self.down.clone();
+        let mut down = self.down.subscribe();
         tokio::spawn(async move {
             axum::serve(listener, app)
-                .with_graceful_shutdown(async move { down.notified().await })
+                .with_graceful_shutdown(async move {
+                    let _ = down.wait_for(|d| *d).await;
+                })
                 .await
                 .unwrap();
         });
@@ -91,7 +96,7 @@ impl Fake {
 
     /// The API goes away: the listener closes and open watches end.
     fn stop(&self) {
-        self.down.notify_waiters();
+        self.down.send_replace(true);
     }
 }
 
@@ -103,6 +108,14 @@ fn on_node(p: &Value, selector: &str) -> bool {
 }
 
 async fn pods(State(f): State<Fake>, Query(q): Query<HashMap<String, String>>) -> Response {
+    // A request that reaches a server going away (e.g. a re-watch on a kept-alive connection
+    // right after the last watch ended) gets what an API server shutting down answers.
+    if *f.down.borrow() {
+        return Response::builder()
+            .status(503)
+            .body(Body::from("shutting down"))
+            .unwrap();
+    }
     let selector = q.get("fieldSelector").cloned().unwrap_or_default();
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     // Subscribe before reading the log, so nothing falls between the two.
@@ -137,7 +150,7 @@ async fn pods(State(f): State<Fake>, Query(q): Query<HashMap<String, String>>) -
             .collect();
         (backlog, api.rv)
     };
-    let down = f.down.clone();
+    let mut down = f.down.subscribe();
     let sel = selector.clone();
     let line = move |(_, kind, p): (u64, &'static str, Value)| {
         Ok::<_, std::convert::Infallible>(format!("{}\n", json!({"type": kind, "object": p})))
@@ -145,7 +158,7 @@ async fn pods(State(f): State<Fake>, Query(q): Query<HashMap<String, String>>) -
     let live = async_stream(move |tx| async move {
         loop {
             tokio::select! {
-                _ = down.notified() => break,
+                _ = async { let _ = down.wait_for(|d| *d).await; } => break,
                 ev = live.recv() => match ev {
                     Ok(ev) if ev.0 > rv => { if tx.send(ev).await.is_err() { break } }
                     Ok(_) => {}
@@ -286,7 +299,7 @@ async fn node_pods_through_deletes_restarts_and_an_api_outage() {
     fake.change("DELETED", pod("game-0", U2, "node-a", C2));
     fake.change("ADDED", pod("game-1", U4, "node-a", "c4c4c4c4c4c4c4c4"));
     let fake2 = Fake {
-        down: Arc::new(Notify::new()),
+        down: Arc::new(watch::channel(false).0),
         ..fake.clone()
     };
     let again = fake2.serve(addr).await;
