@@ -54,6 +54,9 @@ pub struct CulpritStep {
     pub t_unix_ns: u64,
     pub interval_ns: u64,
     pub samples: Vec<CulpritSample>,
+    /// The processes watched at this read, waiting or not: a victim that never waited is
+    /// still a series to judge (its calm is a measurement).
+    pub watched: Vec<u32>,
 }
 
 /// Turns cumulative totals into the change since the last call. A total below what was seen
@@ -105,6 +108,7 @@ impl CulpritDeltas {
             t_unix_ns,
             interval_ns,
             samples,
+            watched: Vec::new(),
         }
     }
 }
@@ -440,6 +444,7 @@ mod tests {
             t_unix_ns: S,
             interval_ns: S,
             samples,
+            ..CulpritStep::default()
         });
         let top = w.top(1, 0, S, 2);
         assert_eq!(
@@ -458,6 +463,7 @@ mod tests {
                     ns: 1,
                     cgroup_id: 0,
                 }],
+                ..CulpritStep::default()
             });
         }
         assert_eq!(w.victims(), 2);
@@ -465,6 +471,7 @@ mod tests {
             t_unix_ns: 30 * S,
             interval_ns: S,
             samples: vec![],
+            ..CulpritStep::default()
         });
         assert_eq!(w.victims(), 0);
     }

@@ -172,6 +172,8 @@ pub trait KernelMaps: Send + Sync {
     fn runq_histograms(&self) -> anyhow::Result<HashMap<u32, RunqHistogram>>;
     /// Who ran while watched processes waited: cumulative (victim, culprit) CPU time.
     fn runq_culprits(&self) -> anyhow::Result<Vec<CulpritTotal>>;
+    /// The processes the run-queue probes watch by pid (empty when they watch every task).
+    fn watched(&self) -> Vec<u32>;
     /// Which kernel features loaded on this kernel, and why not.
     fn probe_status(&self) -> Vec<ProbeStatus>;
 }

@@ -83,7 +83,8 @@ impl Sampler {
                             let t_ns = SystemTime::now()
                                 .duration_since(UNIX_EPOCH)
                                 .map_or(0, |d| d.as_nanos() as u64);
-                            let step = culprits.step(now, t_ns);
+                            let mut step = culprits.step(now, t_ns);
+                            step.watched = k.watched();
                             // Full only when the reader is seconds behind: this second's
                             // step is dropped rather than the sampler blocked.
                             let _ = tx.try_send(step);

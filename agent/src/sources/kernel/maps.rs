@@ -27,6 +27,12 @@ impl KernelMaps for Mutex<Probes> {
             .runq_culprits()
     }
 
+    fn watched(&self) -> Vec<u32> {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watched()
+    }
+
     fn probe_status(&self) -> Vec<ProbeStatus> {
         self.lock()
             .unwrap_or_else(PoisonError::into_inner)

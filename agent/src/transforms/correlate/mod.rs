@@ -375,7 +375,10 @@ impl Correlator {
                 self.detector.on_runq(tid, &entry);
                 self.evidence.runq.push(tid, entry);
             }
-            Ingested::Culprits(step) => self.culprits.push(&step),
+            Ingested::Culprits(step) => {
+                self.detector.on_watched(&step.watched);
+                self.culprits.push(&step);
+            }
             Ingested::Tcp(e) => {
                 self.detector.on_tcp(&e);
                 let key = netkey::Oriented {

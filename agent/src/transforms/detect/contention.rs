@@ -29,7 +29,7 @@ impl Detector {
             floor: c.contention_min_ms,
             warmup: c.warmup_buckets,
         };
-        for pid in b.procs.keys() {
+        for pid in b.procs.keys().chain(self.watched.iter()) {
             if !self.procs.contains_key(pid) && self.procs.len() < MAX_PIDS {
                 self.procs.insert(*pid, SeriesBase::new(h, idx));
             }
@@ -37,7 +37,7 @@ impl Detector {
         let empty = ProcAgg::default();
         for (pid, base) in self.procs.iter_mut() {
             let p = b.procs.get(pid).unwrap_or(&empty);
-            if p.waits > 0 {
+            if p.waits > 0 || self.watched.contains(pid) {
                 base.seen = idx;
             }
             let ms = p.delay_ns as f64 / 1e6;

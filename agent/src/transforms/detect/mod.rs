@@ -256,6 +256,8 @@ pub struct Detector {
     live: HashMap<ConnKey, (String, SpanRef, u64)>,
     live_order: VecDeque<ConnKey>,
     thread_names: HashMap<u32, String>,
+    /// The processes the kernel watches (read once a second; bounded by `MAX_PIDS`).
+    watched: HashSet<u32>,
     /// What client spans call a dependency's address (`server.address`, `server.port`,
     /// `peer.service`), by the address they connected to. Bounded by `MAX_ENDPOINTS`.
     peer_names: HashMap<Endpoint, PeerName>,
@@ -285,6 +287,7 @@ impl Detector {
             live: HashMap::new(),
             live_order: VecDeque::new(),
             thread_names: HashMap::new(),
+            watched: HashSet::new(),
             peer_names: HashMap::new(),
             open: HashMap::new(),
             next_id: 1,
@@ -329,6 +332,15 @@ impl Detector {
             q.pop_front();
         }
         q.push_back(e);
+    }
+
+    /// The processes the kernel watches now. Their contention baselines start when they are
+    /// watched, not at their first long wait: a process that never waited ≥ the kernel's event
+    /// threshold has a calm history of zeros, where before it had none and learnt the first
+    /// contention it met, during its warm-up, as its normal (never raised; CI once saw it).
+    pub fn on_watched(&mut self, pids: &[u32]) {
+        self.watched.clear();
+        self.watched.extend(pids.iter().take(MAX_PIDS));
     }
 
     /// A run-queue wait of thread `tid`.

@@ -672,3 +672,33 @@ fn contention_opens_early_only_after_its_consecutive_buckets_and_not_in_a_surge(
         s.opened.iter().map(|i| &i.summary).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_watched_process_that_never_waited_has_a_calm_baseline_and_its_first_contention_is_raised() {
+    // A busy process alone on its CPU waits less than the kernel's event threshold, so no
+    // run-queue event names it; the kernel still watches it. Warm-up as in the end-to-end test.
+    let mut s = Sim::with(DetectConfig {
+        warmup_buckets: 3,
+        ..cfg()
+    });
+    for _ in 0..6 {
+        s.d.on_watched(&[42]);
+        s.next_second();
+    }
+    assert!(s.opened.is_empty());
+    // Then a hog takes half its CPU: raised after `contention_min_buckets`, not learnt.
+    for _ in 0..4 {
+        s.d.on_watched(&[42]);
+        s.runq(42, 500);
+        s.next_second();
+    }
+    assert_eq!(
+        s.opened
+            .iter()
+            .map(|i| (i.class, i.subject.as_str()))
+            .collect::<Vec<_>>(),
+        [(Class::CpuContention, "pid:42")],
+        "{:?}",
+        s.opened.iter().map(|i| &i.summary).collect::<Vec<_>>()
+    );
+}
