@@ -440,6 +440,9 @@ pub struct IdleRow {
     pub bots_rss_per_session_kib: f64,
 }
 
+/// At the end of an idle hold: server RSS, bots RSS (KiB), server CPU seconds, its metrics.
+type EndSample = (f64, f64, f64, Scrape);
+
 /// `--idle`: per count, a fresh server (rooms without NPCs, so an idle room sends nothing but
 /// heartbeats), its RSS before and after N idle sessions joined and held.
 pub async fn run_idle(o: BenchOpts) -> anyhow::Result<Vec<IdleRow>> {
@@ -451,7 +454,7 @@ pub async fn run_idle(o: BenchOpts) -> anyhow::Result<Vec<IdleRow>> {
         // Let the server finish starting (its pool, store and listener) before the baseline.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = (rss_kib(pid), rss_kib(std::process::id()));
-        let at_end: Arc<Mutex<Option<(f64, f64, f64, Scrape)>>> = Arc::default();
+        let at_end: Arc<Mutex<Option<EndSample>>> = Arc::default();
         let cpu: Arc<Mutex<f64>> = Arc::default();
         let hook: Hook = {
             let at_end = at_end.clone();
