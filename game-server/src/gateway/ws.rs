@@ -172,9 +172,11 @@ pub async fn upgrade(
                 encoding,
                 resume: q.resume,
             };
+            // Built outside the async block, so the socket is not also kept in it.
+            let run = session::run(socket, app, params);
             tracker.track_future(
                 async move {
-                    session::run(socket, app, params).await;
+                    run.await;
                     // The connection's place under the cap is held until the session ends.
                     drop(slot);
                 }
