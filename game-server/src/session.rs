@@ -194,11 +194,25 @@ pub struct SessionParams {
     pub resume: Option<String>,
 }
 
-pub async fn run(ws: WebSocket, app: Arc<App>, p: SessionParams) {
-    let m = &app.metrics;
-    m.sessions_active.inc();
-    m.sessions_total.inc();
-    let ending = Session::new(ws, app.clone(), p).run().await;
+/// The session's future. The socket and the session state go into one box here, before the
+/// future exists: an async fn keeps its arguments for its whole life, so passing them by value
+/// (to this fn, then to `Session::run`) stored them again in every session's task, idle or not.
+pub fn run(
+    ws: WebSocket,
+    app: Arc<App>,
+    p: SessionParams,
+) -> impl std::future::Future<Output = ()> + Send {
+    let session = Box::new(Session::new(ws, app.clone(), p));
+    async move {
+        let m = &app.metrics;
+        m.sessions_active.inc();
+        m.sessions_total.inc();
+        let ending = session.run().await;
+        end(&app, ending);
+    }
+}
+
+fn end(app: &App, ending: Ending) {
     app.metrics.sessions_active.dec();
     let span = Span::current();
     span.record("ws.close.reason", ending.reason);
@@ -250,7 +264,8 @@ impl Session {
                 write_timeout: app.cfg.heartbeat_timeout(),
                 sent: m.messages_sent_total.with_label_values(&[enc.as_str()]),
                 sent_bytes: m.sent_bytes_total.clone(),
-                batch: VecDeque::with_capacity(8),
+                // Grown on first use: an idle session queues only a heartbeat now and then.
+                batch: VecDeque::new(),
                 writing: None,
             },
             received: m.messages_received_total.with_label_values(&[enc.as_str()]),
@@ -284,17 +299,14 @@ impl Session {
         self.conn.flush().await
     }
 
-    async fn run(mut self) -> Ending {
+    async fn run(mut self: Box<Self>) -> Ending {
         let cfg = self.app.cfg.clone();
         let ping_after = cfg.heartbeat_interval();
         let kick_after = cfg.heartbeat_timeout();
-        let welcome = ServerMsg::Welcome {
-            session: format!("{:016x}", self.sid),
-            player: self.player.clone(),
-            tick_hz: cfg.tick_hz,
-            heartbeat_ms: cfg.heartbeat_interval_ms as u32,
-        };
-        let ending = match self.welcome_and_resume(&welcome).await {
+        // The rare paths (welcome and resume, joins, the close handshake) are boxed: their
+        // futures (Redis, persistence, timers) would otherwise be part of every session's
+        // future, idle or not, for its whole life.
+        let ending = match Box::pin(self.welcome_and_resume()).await {
             Ok(()) => {
                 self.main_loop(ping_after, kick_after, cfg.msg_rate, cfg.msg_burst)
                     .await
@@ -315,7 +327,7 @@ impl Session {
                 .inc();
         }
         if let Some(code) = ending.code {
-            self.close(code, ending.reason).await;
+            Box::pin(self.close(code, ending.reason)).await;
         }
         ending
     }
@@ -457,20 +469,26 @@ impl Session {
                 Ok(())
             }
             ClientMsg::Pong { .. } => Ok(()),
-            ClientMsg::Join { room } => self.join(room).await,
+            ClientMsg::Join { room } => Box::pin(self.join(room)).await,
             ClientMsg::Leave => {
                 if let Some(r) = self.room.take() {
                     let span = info_span!("room.leave", "room.id" = %r.name, "player.id" = %self.player,
                         "session.id" = %format!("{:016x}", self.sid));
-                    r.leave(&self.player, self.sid).instrument(span).await;
+                    Box::pin(r.leave(&self.player, self.sid).instrument(span)).await;
                 }
                 Ok(())
             }
         }
     }
 
-    async fn welcome_and_resume(&mut self, welcome: &ServerMsg) -> Result<(), WriteErr> {
-        self.send_now(welcome).await?;
+    async fn welcome_and_resume(&mut self) -> Result<(), WriteErr> {
+        let welcome = ServerMsg::Welcome {
+            session: format!("{:016x}", self.sid),
+            player: self.player.clone(),
+            tick_hz: self.app.cfg.tick_hz,
+            heartbeat_ms: self.app.cfg.heartbeat_interval_ms as u32,
+        };
+        self.send_now(&welcome).await?;
         let (Some(token), Some(redis)) = (self.resume.take(), self.app.redis.clone()) else {
             return Ok(());
         };
@@ -599,5 +617,28 @@ impl Session {
             })
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(WebSocket, Arc<App>, SessionParams) -> Fut,
+        Fut: std::future::Future,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every session's future lives as long as the session, idle or not: the rare paths (joins
+    /// with their Redis and persistence futures, the close handshake) are boxed, and the
+    /// socket and session state are stored once, in their own box. In a debug build it was
+    /// 7.7 KB, 3.0 KB with the rare paths boxed, 1.1 KB with the state boxed too.
+    #[test]
+    fn session_future_stays_small() {
+        let n = future_size(run);
+        assert!(n <= 1536, "session future is {n} bytes");
     }
 }

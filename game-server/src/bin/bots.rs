@@ -42,6 +42,14 @@ fn main() -> anyhow::Result<()> {
     };
     rt.block_on(async move {
         match cli.cmd {
+            Some(Cmd::Bench(o)) if !o.idle.is_empty() => {
+                let rows = bench::run_idle(o.clone()).await?;
+                if o.json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    bench::print_idle_table(&rows);
+                }
+            }
             Some(Cmd::Bench(o)) => {
                 let rows = bench::run(o.clone()).await?;
                 if o.json {

@@ -46,6 +46,15 @@ pub struct BenchOpts {
     /// Pin the bots (this process) to this CPU; with one CPU they run on a current-thread runtime.
     #[arg(long)]
     pub bots_cpu: Option<usize>,
+    /// Instead of the sweep: open this many idle sessions (joined, answering only the server's
+    /// heartbeat pings) in rooms without NPCs, hold them for --duration seconds, and report
+    /// the server's RSS per idle session. Several comma-separated counts run in one server.
+    #[arg(long, value_delimiter = ',')]
+    pub idle: Vec<usize>,
+    /// The server's RUST_LOG (its spans live as long as the sessions: `info` keeps the
+    /// `ws.session` span of every session, `warn` disables it).
+    #[arg(long, default_value = "warn")]
+    pub server_log: String,
 }
 
 /// Restrict the calling thread (and the threads and processes it creates later) to one CPU.
@@ -153,67 +162,97 @@ fn sent_total(m: &[(String, f64)]) -> f64 {
         + sample(m, "game_messages_sent_total{encoding=\"json\"}")
 }
 
-pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
-    let bin = match &o.server_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("game-server"),
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "server binary {} not found (build it or pass --server-bin)",
-        bin.display()
-    );
-    let data = std::env::temp_dir().join(format!("gs-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let mut secret = [0u8; 24];
-    getrandom::fill(&mut secret)?;
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let mut child = tokio::process::Command::new(&bin);
-    child
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--token-secret",
-            &secret,
-            "--reconnect-grace-ms",
-            "0",
-        ])
-        .args([
-            "--tick-hz",
-            &o.rate.to_string(),
-            "--npcs-per-room",
-            &o.npcs_per_room.to_string(),
-        ])
-        .args([
-            "--max-room-members",
-            &o.per_room.max(1).to_string(),
-            "--msg-rate",
-            &(o.rate * 3).to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(cpu) = o.server_cpu {
-        // SAFETY: pin_to_cpu only calls sched_setaffinity, which is async-signal-safe.
-        unsafe { child.pre_exec(move || pin_to_cpu(cpu)) };
+/// The server under test, spawned with the bench's flags (`npcs` per room).
+struct Server {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: std::net::SocketAddr,
+    secret: String,
+    data: PathBuf,
+}
+
+impl Server {
+    async fn spawn(o: &BenchOpts, npcs: u32) -> anyhow::Result<Self> {
+        let bin = match &o.server_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?.with_file_name("game-server"),
+        };
+        anyhow::ensure!(
+            bin.exists(),
+            "server binary {} not found (build it or pass --server-bin)",
+            bin.display()
+        );
+        let data = std::env::temp_dir().join(format!("gs-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret)?;
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let mut child = tokio::process::Command::new(&bin);
+        child
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--token-secret",
+                &secret,
+                "--reconnect-grace-ms",
+                "0",
+            ])
+            .args([
+                "--tick-hz",
+                &o.rate.to_string(),
+                "--npcs-per-room",
+                &npcs.to_string(),
+            ])
+            .args([
+                "--max-room-members",
+                &o.per_room.max(1).to_string(),
+                "--msg-rate",
+                &(o.rate * 3).to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("RUST_LOG", &o.server_log)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(cpu) = o.server_cpu {
+            // SAFETY: pin_to_cpu only calls sched_setaffinity, which is async-signal-safe.
+            unsafe { child.pre_exec(move || pin_to_cpu(cpu)) };
+        }
+        let mut child = child
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let pid = child.id().context("server pid")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .context("server did not start")??
+            .context("server exited")?;
+        let addr: std::net::SocketAddr = first
+            .strip_prefix("game-server listening on ")
+            .with_context(|| format!("unexpected server output {first:?}"))?
+            .parse()?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            secret,
+            data,
+        })
     }
-    let mut child = child
-        .spawn()
-        .with_context(|| format!("spawn {}", bin.display()))?;
-    let pid = child.id().context("server pid")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .context("server did not start")??
-        .context("server exited")?;
-    let addr: std::net::SocketAddr = first
-        .strip_prefix("game-server listening on ")
-        .with_context(|| format!("unexpected server output {first:?}"))?
-        .parse()?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    async fn stop(mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
+    let server = Server::spawn(&o, o.npcs_per_room).await?;
+    let (pid, addr, secret) = (server.pid, server.addr, server.secret.clone());
     eprintln!(
         "bench: server pid {pid} on {addr}, {} Hz, steps {:?}",
         o.rate, o.steps
@@ -263,6 +302,7 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
             json: false,
             quiet: false,
             reconnect: false,
+            idle: false,
         };
         let s = load::run(opts, Some(hook)).await?;
         let sc = scrapes.lock().unwrap().clone();
@@ -326,10 +366,7 @@ pub async fn run(o: BenchOpts) -> anyhow::Result<Vec<Row>> {
         eprintln!("bench: step {n} done: {row:?}");
         rows.push(row);
     }
-    // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
-    let _ = std::fs::remove_dir_all(&data);
+    server.stop().await;
     Ok(rows)
 }
 
@@ -382,5 +419,117 @@ fn fmt_ms(v: f64) -> String {
         format!("{v:.2}")
     } else {
         format!("{v:.1}")
+    }
+}
+
+/// One `--idle` step: N sessions that joined a room and then only answer heartbeats.
+#[derive(Serialize, Debug, Clone)]
+pub struct IdleRow {
+    pub sessions: usize,
+    pub connected: u64,
+    /// The server's `game_sessions_active` at the end of the hold (every session still open).
+    pub server_sessions_active: f64,
+    pub closed_early: u64,
+    pub hold_secs: f64,
+    pub server_rss_before_kib: f64,
+    pub server_rss_after_kib: f64,
+    /// (RSS after − RSS before) ÷ sessions.
+    pub server_rss_per_session_kib: f64,
+    pub server_cpu_pct: f64,
+    /// The bots' own RSS growth per session (this process).
+    pub bots_rss_per_session_kib: f64,
+}
+
+/// At the end of an idle hold: server RSS, bots RSS (KiB), server CPU seconds, its metrics.
+type EndSample = (f64, f64, f64, Scrape);
+
+/// `--idle`: per count, a fresh server (rooms without NPCs, so an idle room sends nothing but
+/// heartbeats), its RSS before and after N idle sessions joined and held.
+pub async fn run_idle(o: BenchOpts) -> anyhow::Result<Vec<IdleRow>> {
+    let mut rows = Vec::new();
+    for (step, &n) in o.idle.iter().enumerate() {
+        let server = Server::spawn(&o, 0).await?;
+        let (pid, addr) = (server.pid, server.addr);
+        eprintln!("bench: idle step {n}: server pid {pid} on {addr}");
+        // Let the server finish starting (its pool, store and listener) before the baseline.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = (rss_kib(pid), rss_kib(std::process::id()));
+        let at_end: Arc<Mutex<Option<EndSample>>> = Arc::default();
+        let cpu: Arc<Mutex<f64>> = Arc::default();
+        let hook: Hook = {
+            let at_end = at_end.clone();
+            let cpu = cpu.clone();
+            Arc::new(move |phase: Phase| {
+                let at_end = at_end.clone();
+                let cpu = cpu.clone();
+                Box::pin(async move {
+                    eprintln!("bench: phase {phase:?} idle sessions {n}");
+                    match phase {
+                        Phase::Steady => *cpu.lock().unwrap() = cpu_secs(pid),
+                        Phase::Done => {
+                            let m = scrape(addr).await.unwrap_or_default();
+                            *at_end.lock().unwrap() =
+                                Some((rss_kib(pid), rss_kib(std::process::id()), cpu_secs(pid), m));
+                        }
+                    }
+                })
+            })
+        };
+        let opts = LoadOpts {
+            url: format!("ws://{addr}/ws"),
+            sessions: n,
+            rooms: n.div_ceil(o.per_room.max(1)),
+            rate: o.rate as f64,
+            duration: o.duration,
+            encoding: o.encoding.clone(),
+            token_secret: Some(server.secret.clone()),
+            connect_rate: 1000.0,
+            player_prefix: format!("i{step}"),
+            json: false,
+            quiet: true,
+            reconnect: false,
+            idle: true,
+        };
+        let s = load::run(opts, Some(hook)).await?;
+        let (rss_after, bots_after, cpu_after, m) =
+            at_end.lock().unwrap().take().context("no end sample")?;
+        let secs = s.steady_secs.max(0.001);
+        let row = IdleRow {
+            sessions: n,
+            connected: s.connected,
+            server_sessions_active: sample(&m, "game_sessions_active"),
+            closed_early: s.closed_early.values().sum(),
+            hold_secs: secs,
+            server_rss_before_kib: before.0,
+            server_rss_after_kib: rss_after,
+            server_rss_per_session_kib: (rss_after - before.0) / n.max(1) as f64,
+            server_cpu_pct: (cpu_after - *cpu.lock().unwrap()) / secs * 100.0,
+            bots_rss_per_session_kib: (bots_after - before.1) / n.max(1) as f64,
+        };
+        eprintln!("bench: idle step {n} done: {row:?}");
+        rows.push(row);
+        server.stop().await;
+    }
+    Ok(rows)
+}
+
+pub fn print_idle_table(rows: &[IdleRow]) {
+    println!(
+        "| idle sessions | connected | open at end | closed early | server RSS before | after | server RSS / idle session | server CPU (idle) | bots RSS / session |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {:.1} MiB | {:.1} MiB | {:.2} KiB | {:.1}% | {:.1} KiB |",
+            r.sessions,
+            r.connected,
+            r.server_sessions_active,
+            r.closed_early,
+            r.server_rss_before_kib / 1024.0,
+            r.server_rss_after_kib / 1024.0,
+            r.server_rss_per_session_kib,
+            r.server_cpu_pct,
+            r.bots_rss_per_session_kib,
+        );
     }
 }

@@ -64,6 +64,10 @@ pub struct LoadOpts {
     /// comma-separated --url entries) and join the room again, until the run ends.
     #[arg(long)]
     pub reconnect: bool,
+    /// Idle sessions: join the room, then send nothing but the answers to the server's
+    /// heartbeat pings (no inputs, no pings of our own), as an idle client does.
+    #[arg(long)]
+    pub idle: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +293,8 @@ async fn session(
         }
         tokio::select! {
             biased;
+            // Idle bots wake only for the server's pings: end them when the run does.
+            _ = ctx.stop.cancelled(), if o.idle => break End::Stopped,
             m = ws.next() => {
                 let data = match m {
                     None => break End::Lost("eof".into()),
@@ -342,7 +348,7 @@ async fn session(
                     Err(_) => {}
                 }
             }
-            _ = inputs.tick(), if joined => {
+            _ = inputs.tick(), if joined && !o.idle => {
                 seq += 1;
                 if seq.is_multiple_of(20) {
                     // Wander: a new direction every second or so.

@@ -48,7 +48,10 @@ fn negotiate<'a>(
 ) -> Result<(Encoding, Option<HeaderValue>), ()> {
     for p in protocols {
         if let Some(e) = p.to_str().ok().and_then(Encoding::from_subprotocol) {
-            return Ok((e, Some(p.clone())));
+            // Our own static name, not a clone of the request's: a request header value is a
+            // slice of hyper's 8 KiB read buffer, and the WebSocket keeps the selected
+            // protocol for the whole session, which kept that buffer alive per session.
+            return Ok((e, Some(HeaderValue::from_static(e.subprotocol()))));
         }
     }
     match q.encoding.as_deref() {
@@ -169,13 +172,45 @@ pub async fn upgrade(
                 encoding,
                 resume: q.resume,
             };
+            // Built outside the async block, so the socket is not also kept in it.
+            let run = session::run(socket, app, params);
             tracker.track_future(
                 async move {
-                    session::run(socket, app, params).await;
+                    run.await;
                     // The connection's place under the cap is held until the session ends.
                     drop(slot);
                 }
                 .instrument(session),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The selected protocol lives as long as the session; it must not be a slice of the
+    /// request's read buffer (hyper parses header values as slices of it), or every session
+    /// keeps that whole buffer.
+    #[test]
+    fn selected_protocol_does_not_borrow_the_request_buffer() {
+        let buf = bytes::Bytes::from(vec![b'x'; 8192]);
+        let mut raw = bytes::BytesMut::from(&buf[..]);
+        raw[100..109].copy_from_slice(b"ks.bin.v1");
+        let raw = raw.freeze();
+        let requested = HeaderValue::from_maybe_shared(raw.slice(100..109)).unwrap();
+        let range = raw.as_ptr_range();
+        assert!(
+            range.contains(&requested.as_bytes().as_ptr()),
+            "test setup: a slice"
+        );
+        let (enc, selected) = negotiate([&requested], &WsQuery::default()).unwrap();
+        let selected = selected.unwrap();
+        assert_eq!(enc, Encoding::Binary);
+        assert_eq!(selected, requested);
+        assert!(
+            !range.contains(&selected.as_bytes().as_ptr()),
+            "the selected protocol points into the request's buffer"
+        );
+    }
 }
