@@ -371,8 +371,9 @@ fn the_incident_names_the_hog_that_held_the_cpu() {
             .cloned()
     };
     if !eventually(Duration::from_secs(12), || incident().is_some()) {
-        // Say why: CI once saw no incident at all here (not reproduced in 9 runs since), so
-        // show what the agent measured for the victim and its culprits.
+        // Say why. CI once saw no incident at all here: the victim, alone on a quiet CPU, never
+        // waited 50 µs during the calm, so its baseline began with the hog and learnt it (fixed
+        // in the detector: a watched process's baseline starts when it is watched).
         let metrics = http_get(agent.addr, "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default();
