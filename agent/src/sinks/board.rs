@@ -3,6 +3,7 @@
 //! what was detected, the evidence, and the baseline it beat.
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{DefaultHasher, Hash as _, Hasher as _},
     sync::{Arc, Mutex},
 };
 
@@ -16,9 +17,23 @@ use crate::shared::{
 pub struct Board {
     incidents: VecDeque<Incident>,
     keep: usize,
-    spans: HashMap<(String, String), SpanSummary>,
-    order: VecDeque<(String, String)>,
+    /// The enriched spans kept, oldest first, each as its JSON: one allocation per span. As a
+    /// `SpanSummary` each took ~30 small ones (ids, attribute map, strings) for as long as it
+    /// was kept, and a burst's last thousand spans, scattered among its short-lived
+    /// allocations, kept the heap's pages from being returned after it. Read back only when
+    /// the page or `/incidents` asks.
+    spans: VecDeque<Box<str>>,
+    /// Sequence number of `spans[0]`.
+    first_seq: u64,
+    /// Hash of (trace id, span id) → sequence number of the span kept with them.
+    index: HashMap<u64, u64>,
     spans_keep: usize,
+}
+
+fn id_hash(trace_id: &str, span_id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    (trace_id, span_id).hash(&mut h);
+    h.finish()
 }
 
 pub type SharedBoard = Arc<Mutex<Board>>;
@@ -28,8 +43,9 @@ impl Board {
         Self {
             incidents: VecDeque::new(),
             keep: keep.max(1),
-            spans: HashMap::new(),
-            order: VecDeque::new(),
+            spans: VecDeque::new(),
+            first_seq: 0,
+            index: HashMap::new(),
             spans_keep,
         }
     }
@@ -66,15 +82,32 @@ impl Board {
         if self.spans_keep == 0 {
             return;
         }
-        let key = (s.trace_id.clone(), s.span_id.clone());
-        if self.spans.insert(key.clone(), s).is_none() {
-            self.order.push_back(key);
+        let Ok(json) = serde_json::to_string(&s) else {
+            return;
+        };
+        let h = id_hash(&s.trace_id, &s.span_id);
+        // The same span again (re-sent by its exporter) replaces the one kept.
+        if let Some(&seq) = self.index.get(&h)
+            && let Some(slot) = self.spans.get_mut((seq - self.first_seq) as usize)
+        {
+            *slot = json.into_boxed_str();
+            return;
         }
+        self.index
+            .insert(h, self.first_seq + self.spans.len() as u64);
+        self.spans.push_back(json.into_boxed_str());
         while self.spans.len() > self.spans_keep {
-            let Some(old) = self.order.pop_front() else {
+            let Some(old) = self.spans.pop_front() else {
                 break;
             };
-            self.spans.remove(&old);
+            let seq = self.first_seq;
+            self.first_seq += 1;
+            if let Some(o) = decode(&old) {
+                let h = id_hash(&o.trace_id, &o.span_id);
+                if self.index.get(&h) == Some(&seq) {
+                    self.index.remove(&h);
+                }
+            }
         }
     }
 
@@ -82,13 +115,15 @@ impl Board {
         self.incidents.iter()
     }
 
-    pub fn span(&self, trace_id: &str, span_id: &str) -> Option<&SpanSummary> {
-        self.spans.get(&(trace_id.to_owned(), span_id.to_owned()))
+    pub fn span(&self, trace_id: &str, span_id: &str) -> Option<SpanSummary> {
+        let seq = *self.index.get(&id_hash(trace_id, span_id))?;
+        let s = decode(self.spans.get(seq.checked_sub(self.first_seq)? as usize)?)?;
+        (s.trace_id == trace_id && s.span_id == span_id).then_some(s)
     }
 
     /// The enriched spans kept, newest first.
-    pub fn recent_spans(&self) -> impl Iterator<Item = &SpanSummary> {
-        self.order.iter().rev().filter_map(|k| self.spans.get(k))
+    pub fn recent_spans(&self) -> impl Iterator<Item = SpanSummary> {
+        self.spans.iter().rev().filter_map(|j| decode(j))
     }
 
     pub fn listing(&self, q: &ListQuery) -> serde_json::Value {
@@ -109,7 +144,7 @@ impl Board {
             .take(limit)
             .map(|i| {
                 let mut v = serde_json::to_value(i).unwrap_or_default();
-                let affected: Vec<&SpanSummary> = i
+                let affected: Vec<SpanSummary> = i
                     .links
                     .iter()
                     .filter_map(|l| self.span(&l.trace_id, &l.span_id))
@@ -118,7 +153,7 @@ impl Board {
                 v
             })
             .collect();
-        let recent: Vec<&SpanSummary> = self.recent_spans().take(q.spans.unwrap_or(20)).collect();
+        let recent: Vec<SpanSummary> = self.recent_spans().take(q.spans.unwrap_or(20)).collect();
         serde_json::json!({
             "incidents": incidents,
             "incidents_kept": self.incidents.len(),
@@ -126,6 +161,11 @@ impl Board {
             "enriched_spans_kept": self.spans.len(),
         })
     }
+}
+
+/// A kept span read back (written by `record_span` from the same type).
+fn decode(json: &str) -> Option<SpanSummary> {
+    serde_json::from_str(json).ok()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,5 +254,38 @@ mod tests {
         }
         assert!(b.span("t", "9").is_some() && b.span("t", "6").is_none());
         assert_eq!(b.listing(&ListQuery::default())["enriched_spans_kept"], 3);
+    }
+
+    #[test]
+    fn a_span_sent_again_replaces_the_kept_one_and_reads_back_whole() {
+        let span = |id: &str, name: &str| SpanSummary {
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: id.into(),
+            name: name.into(),
+            service: "game-server".into(),
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+            attributes:
+                serde_json::json!({"kernelsight.tcp.resets_received": 1, "session.id": "s1"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            events: vec![("kernelsight.tcp.reset".into(), 2)],
+        };
+        let mut b = Board::new(1, 2);
+        b.record_span(span("a", "ws.session"));
+        b.record_span(span("b", "ws.session"));
+        b.record_span(span("a", "ws.session (again)"));
+        let names: Vec<String> = b.recent_spans().map(|s| s.name).collect();
+        assert_eq!(names, ["ws.session", "ws.session (again)"], "newest first");
+        let a = b.span("0af7651916cd43dd8448eb211c80319c", "a").unwrap();
+        assert_eq!(a.attributes["kernelsight.tcp.resets_received"], 1);
+        assert_eq!(a.events, [("kernelsight.tcp.reset".to_owned(), 2)]);
+        // Two more push out both of the earlier ones.
+        b.record_span(span("c", "ws.session"));
+        b.record_span(span("d", "ws.session"));
+        assert!(b.span("0af7651916cd43dd8448eb211c80319c", "b").is_none());
+        assert!(b.span("0af7651916cd43dd8448eb211c80319c", "d").is_some());
+        assert_eq!(b.index.len(), 2);
     }
 }
