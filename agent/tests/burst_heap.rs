@@ -155,7 +155,7 @@ fn session_summary(i: u64) -> SpanSummary {
 }
 
 #[test]
-fn the_board_keeps_each_enriched_span_in_one_allocation() {
+fn the_board_keeps_its_enriched_spans_in_a_few_allocations() {
     let keep = 1000;
     let mut b = Board::new(200, keep);
     // Warm up to the bound first (the ring and index reach their size), then measure what the
@@ -177,7 +177,8 @@ fn the_board_keeps_each_enriched_span_in_one_allocation() {
         held_bytes.unsigned_abs() <= 64 * 1024,
         "{held_bytes} bytes more"
     );
-    // And in all: about one per span, where a `SpanSummary` kept as it is takes ~30.
+    // And in all: a few (the byte ring and the index growing), where a `SpanSummary` kept as it
+    // is takes ~25 per span, and even one per span lands wherever the heap has a hole.
     let (b2, allocs) = {
         let a0 = counts().1;
         let mut b2 = Board::new(200, keep);
@@ -187,7 +188,7 @@ fn the_board_keeps_each_enriched_span_in_one_allocation() {
         (b2, counts().1 - a0)
     };
     assert!(
-        allocs as usize <= keep + 16,
+        allocs <= 16,
         "{allocs} allocations held for {keep} enriched spans"
     );
     let last = b2

@@ -17,17 +17,30 @@ use crate::shared::{
 pub struct Board {
     incidents: VecDeque<Incident>,
     keep: usize,
-    /// The enriched spans kept, oldest first, each as its JSON: one allocation per span. As a
-    /// `SpanSummary` each took ~30 small ones (ids, attribute map, strings) for as long as it
-    /// was kept, and a burst's last thousand spans, scattered among its short-lived
-    /// allocations, kept the heap's pages from being returned after it. Read back only when
-    /// the page or `/incidents` asks.
-    spans: VecDeque<Box<str>>,
-    /// Sequence number of `spans[0]`.
+    /// The JSON of the enriched spans kept, oldest first, end to end in one byte ring. Kept as
+    /// `SpanSummary`s each took ~25 small allocations (ids, attribute map, strings), and even
+    /// one allocation each lands wherever the heap has a hole: a burst's last thousand spans,
+    /// scattered among its short-lived allocations, kept up to a page each resident after it.
+    /// Read back only when the page or `/incidents` asks.
+    text: VecDeque<u8>,
+    /// Position (in bytes written since the start) of `text[0]`.
+    text_base: u64,
+    /// One entry per span written to `text`, oldest first; a span sent again leaves its
+    /// earlier entry dead.
+    kept: VecDeque<Kept>,
+    /// Sequence number of `kept[0]`.
     first_seq: u64,
-    /// Hash of (trace id, span id) → sequence number of the span kept with them.
+    /// Hash of (trace id, span id) → sequence number of the live entry with them.
     index: HashMap<u64, u64>,
     spans_keep: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Kept {
+    hash: u64,
+    at: u64,
+    len: usize,
+    live: bool,
 }
 
 fn id_hash(trace_id: &str, span_id: &str) -> u64 {
@@ -43,7 +56,9 @@ impl Board {
         Self {
             incidents: VecDeque::new(),
             keep: keep.max(1),
-            spans: VecDeque::new(),
+            text: VecDeque::new(),
+            text_base: 0,
+            kept: VecDeque::new(),
             first_seq: 0,
             index: HashMap::new(),
             spans_keep,
@@ -82,33 +97,44 @@ impl Board {
         if self.spans_keep == 0 {
             return;
         }
-        let Ok(json) = serde_json::to_string(&s) else {
-            return;
-        };
-        let h = id_hash(&s.trace_id, &s.span_id);
-        // The same span again (re-sent by its exporter) replaces the one kept.
-        if let Some(&seq) = self.index.get(&h)
-            && let Some(slot) = self.spans.get_mut((seq - self.first_seq) as usize)
-        {
-            *slot = json.into_boxed_str();
+        let at = self.text_base + self.text.len() as u64;
+        if serde_json::to_writer(&mut self.text, &s).is_err() {
+            self.text.truncate((at - self.text_base) as usize);
             return;
         }
-        self.index
-            .insert(h, self.first_seq + self.spans.len() as u64);
-        self.spans.push_back(json.into_boxed_str());
-        while self.spans.len() > self.spans_keep {
-            let Some(old) = self.spans.pop_front() else {
+        let len = (self.text_base + self.text.len() as u64 - at) as usize;
+        let hash = id_hash(&s.trace_id, &s.span_id);
+        let seq = self.first_seq + self.kept.len() as u64;
+        // The same span again (re-sent by its exporter) replaces the one kept.
+        if let Some(old) = self.index.insert(hash, seq)
+            && let Some(k) = self.kept.get_mut((old - self.first_seq) as usize)
+        {
+            k.live = false;
+        }
+        self.kept.push_back(Kept {
+            hash,
+            at,
+            len,
+            live: true,
+        });
+        while self.index.len() > self.spans_keep || self.kept.front().is_some_and(|k| !k.live) {
+            let Some(k) = self.kept.pop_front() else {
                 break;
             };
             let seq = self.first_seq;
             self.first_seq += 1;
-            if let Some(o) = decode(&old) {
-                let h = id_hash(&o.trace_id, &o.span_id);
-                if self.index.get(&h) == Some(&seq) {
-                    self.index.remove(&h);
-                }
+            self.text.drain(..k.len);
+            self.text_base += k.len as u64;
+            if k.live && self.index.get(&k.hash) == Some(&seq) {
+                self.index.remove(&k.hash);
             }
         }
+    }
+
+    fn read(&self, k: &Kept) -> Option<SpanSummary> {
+        let from = usize::try_from(k.at.checked_sub(self.text_base)?).ok()?;
+        let bytes: Vec<u8> = self.text.range(from..from + k.len).copied().collect();
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn incidents(&self) -> impl Iterator<Item = &Incident> {
@@ -117,13 +143,20 @@ impl Board {
 
     pub fn span(&self, trace_id: &str, span_id: &str) -> Option<SpanSummary> {
         let seq = *self.index.get(&id_hash(trace_id, span_id))?;
-        let s = decode(self.spans.get(seq.checked_sub(self.first_seq)? as usize)?)?;
+        let s = self.read(
+            self.kept
+                .get(usize::try_from(seq.checked_sub(self.first_seq)?).ok()?)?,
+        )?;
         (s.trace_id == trace_id && s.span_id == span_id).then_some(s)
     }
 
     /// The enriched spans kept, newest first.
     pub fn recent_spans(&self) -> impl Iterator<Item = SpanSummary> {
-        self.spans.iter().rev().filter_map(|j| decode(j))
+        self.kept
+            .iter()
+            .rev()
+            .filter(|k| k.live)
+            .filter_map(|k| self.read(k))
     }
 
     pub fn listing(&self, q: &ListQuery) -> serde_json::Value {
@@ -158,14 +191,9 @@ impl Board {
             "incidents": incidents,
             "incidents_kept": self.incidents.len(),
             "recent_enriched_spans": recent,
-            "enriched_spans_kept": self.spans.len(),
+            "enriched_spans_kept": self.index.len(),
         })
     }
-}
-
-/// A kept span read back (written by `record_span` from the same type).
-fn decode(json: &str) -> Option<SpanSummary> {
-    serde_json::from_str(json).ok()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,7 +305,7 @@ mod tests {
         b.record_span(span("b", "ws.session"));
         b.record_span(span("a", "ws.session (again)"));
         let names: Vec<String> = b.recent_spans().map(|s| s.name).collect();
-        assert_eq!(names, ["ws.session", "ws.session (again)"], "newest first");
+        assert_eq!(names, ["ws.session (again)", "ws.session"], "newest first");
         let a = b.span("0af7651916cd43dd8448eb211c80319c", "a").unwrap();
         assert_eq!(a.attributes["kernelsight.tcp.resets_received"], 1);
         assert_eq!(a.events, [("kernelsight.tcp.reset".to_owned(), 2)]);
