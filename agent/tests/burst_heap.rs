@@ -94,8 +94,8 @@ fn a_reset_storm_takes_no_allocation_per_connection_and_gives_the_room_back() {
     let calls = counts().2 - calls0;
     assert_eq!(w.len(), conns);
     assert_eq!(w.entries(), 2 * conns);
-    // The map's table doubles as it grows (and the slab is reserved once); one allocation per
-    // connection was 8,192 more.
+    // The map's table and the slab double as they grow; one allocation per connection was
+    // 8,192 more.
     assert!(
         calls <= 64,
         "{calls} allocations for {conns} connections' evidence"
@@ -111,7 +111,7 @@ fn a_reset_storm_takes_no_allocation_per_connection_and_gives_the_room_back() {
     assert_eq!(kinds, [TcpEventKind::RstSent, TcpEventKind::RstReceived]);
 
     // Once everything has expired, what the storm touched is given back (the slab and the map
-    // keep no more than an empty store's reservation).
+    // keep no more than an empty store).
     w.prune(u64::MAX);
     assert_eq!((w.len(), w.entries(), w.slots()), (0, 0, 0));
     let held = counts().0 - live0;
@@ -124,7 +124,7 @@ fn a_reset_storm_takes_no_allocation_per_connection_and_gives_the_room_back() {
     };
     assert!(
         held <= empty + 64 * 1024,
-        "{held} bytes held after the storm expired; an empty store reserves {empty}"
+        "{held} bytes held after the storm expired; an empty store holds {empty}"
     );
 }
 

@@ -7,10 +7,11 @@
 //! keys × per-key alone would allow far more than any detection needs. A query says when
 //! evidence inside its window may have been dropped.
 //!
-//! Every entry lives in one slab (a `Vec` reserved at the entry bound once, linked per key), not
-//! in a small buffer per key: a reset storm makes thousands of new keys at once, and one small
-//! long-lived allocation each, scattered among the burst's short-lived ones, kept the heap's
-//! pages from being returned after it.
+//! Every entry lives in one slab (a `Vec`, linked per key), not in a small buffer per key: a
+//! reset storm makes thousands of new keys at once, and one small long-lived allocation each,
+//! scattered among the burst's short-lived ones, kept the heap's pages from being returned
+//! after it. The slab grows as entries come (reserving it at the entry bound up front cost
+//! ~2 MiB of resident heap at start, measured) and is compacted once mostly free.
 use std::{collections::HashMap, hash::Hash};
 
 use crate::shared::{
@@ -20,9 +21,6 @@ use crate::shared::{
 
 /// End of a list.
 const NIL: u32 = u32::MAX;
-
-/// Slots reserved up front at most (the rest, if the bounds allow more, grow on demand).
-const RESERVE_MAX: usize = 1 << 17;
 
 enum Slot<T> {
     Used { item: T, next: u32 },
@@ -55,17 +53,13 @@ impl Ring {
 struct Slab<T> {
     slots: Vec<Slot<T>>,
     free: u32,
-    /// Capacity reserved at creation and after a compaction.
-    reserve: usize,
 }
 
 impl<T> Slab<T> {
-    fn new(reserve: usize) -> Self {
+    fn new() -> Self {
         Self {
-            // Reserved, not touched: pages become resident only as entries are written.
-            slots: Vec::with_capacity(reserve),
+            slots: Vec::new(),
             free: NIL,
-            reserve,
         }
     }
 
@@ -122,12 +116,13 @@ impl<T> Slab<T> {
     }
 
     /// After a burst the slab keeps the pages its largest fill touched: once mostly free, move
-    /// what is held into a fresh reservation (in each key's order) and let the old one go.
+    /// what is held into a fresh one (in each key's order) and let the old one go.
     fn compact<K>(&mut self, map: &mut HashMap<K, Ring>, entries: usize) {
         if self.slots.len() <= 1024 || self.slots.len() <= 4 * entries {
             return;
         }
-        let mut old = std::mem::replace(self, Self::new(self.reserve));
+        let mut old = std::mem::replace(self, Self::new());
+        self.slots.reserve_exact(entries);
         for r in map.values_mut() {
             let mut moved = Ring {
                 head: NIL,
@@ -194,11 +189,11 @@ impl Bounds {
     }
 
     /// The most heap these bounds let a store of `T` entries under `K` keys hold: the slab at
-    /// the entry bound (reserved once, never doubled), plus each key's map slot (the map
+    /// the entry bound (a `Vec` doubles: < 2× the entries), plus each key's map slot (the map
     /// itself: < 2× the keys with hashbrown's load factor).
     pub fn max_bytes<K, T>(&self) -> usize {
         let key = size_of::<K>() + size_of::<Ring>() + 1;
-        self.entries() * size_of::<Slot<T>>() + 2 * self.max_keys * key
+        2 * self.entries() * size_of::<Slot<T>>() + 2 * self.max_keys * key
     }
 }
 
@@ -234,7 +229,7 @@ impl<K: Hash + Eq + Clone, T: Timed> Windows<K, T> {
         assert!(bounds.max_keys > 0 && bounds.per_key > 0 && bounds.max_entries > 0);
         Self {
             map: HashMap::new(),
-            slab: Slab::new(bounds.entries().min(RESERVE_MAX)),
+            slab: Slab::new(),
             entries: 0,
             bounds,
             horizon: 0,
