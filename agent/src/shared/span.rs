@@ -203,7 +203,7 @@ impl SpanFacts {
 }
 
 /// A span the agent enriched, as shown beside the incidents that link to it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SpanSummary {
     pub trace_id: String,
     pub span_id: String,

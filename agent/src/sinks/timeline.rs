@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::shared::{
     event::{KernelEvent, ProbeStatus},
-    netkey::{EphemeralPorts, Oriented},
+    netkey::{Endpoint, EphemeralPorts, Oriented},
     sample::{Inputs, Sample, Second, TcpCounts, TcpPoint},
 };
 
@@ -40,10 +40,11 @@ pub struct SourceState {
     pub probe_status: Vec<ProbeStatus>,
 }
 
-/// What the pipeline accumulates for the current second.
+/// What the pipeline accumulates for the current second (keyed by endpoint, not its text: a
+/// string per kernel event was an allocation per event in a burst).
 #[derive(Default)]
 struct Current {
-    tcp: HashMap<String, TcpCounts>,
+    tcp: HashMap<Endpoint, TcpCounts>,
     other: TcpCounts,
     events: u64,
 }
@@ -80,12 +81,11 @@ impl Timeline {
         });
         let mut c = self.current.lock().expect("timeline lock");
         c.events += 1;
-        let key = service.to_string();
-        let full = c.tcp.len() >= MAX_ENDPOINTS_PER_SAMPLE && !c.tcp.contains_key(&key);
+        let full = c.tcp.len() >= MAX_ENDPOINTS_PER_SAMPLE && !c.tcp.contains_key(&service);
         let slot = if full {
             &mut c.other
         } else {
-            c.tcp.entry(key).or_default()
+            c.tcp.entry(service).or_default()
         };
         match rec.kind {
             TcpEventKind::RstSent => slot.rst_sent += 1,
@@ -113,7 +113,10 @@ impl Timeline {
         let mut tcp: Vec<TcpPoint> = cur
             .tcp
             .into_iter()
-            .map(|(ep, counts)| TcpPoint { ep, counts })
+            .map(|(ep, counts)| TcpPoint {
+                ep: ep.to_string(),
+                counts,
+            })
             .collect();
         tcp.sort_by(|a, b| {
             b.counts

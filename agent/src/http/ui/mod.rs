@@ -269,7 +269,7 @@ async fn incident(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Re
             .into_response();
     };
     let mut v = serde_json::to_value(inc).unwrap_or_default();
-    let affected: Vec<&SpanSummary> = inc
+    let affected: Vec<SpanSummary> = inc
         .links
         .iter()
         .filter_map(|l| b.span(&l.trace_id, &l.span_id))
@@ -278,7 +278,7 @@ async fn incident(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Re
     v["links_missing"] = serde_json::json!(inc.links.len() - affected.len());
     // Until the incident closes its links are not gathered: show the enriched spans that touched
     // the subject inside the incident's window so far.
-    let mut related: Vec<&SpanSummary> = Vec::new();
+    let mut related: Vec<SpanSummary> = Vec::new();
     if inc.links.is_empty() {
         let (lo, hi) = (
             inc.start_unix_ns.saturating_sub(2_000_000_000),

@@ -372,10 +372,16 @@ impl Detector {
         };
         let (service, service_is_local) = self.eph.service(&o);
         let key = o.key();
-        let live = self.live.get(&key).cloned();
-        if let Some((_, accept, _)) = &live
-            && e.kind != TcpEventKind::Retransmit
-        {
+        // A reset ends the connection: its entry goes now, not when its session span comes
+        // (which may never reach the detector: spans the store could not hold pass it by, and
+        // after ~19k sockets were reset at once ~7k entries stayed, ~2 MB). Both sockets'
+        // sightings of one RST name the same session and span, so the first says all.
+        let live = if e.kind == TcpEventKind::Retransmit {
+            None
+        } else {
+            self.live.remove(&key)
+        };
+        if let Some((_, accept, _)) = &live {
             self.push_ref(
                 format!("ep:{service}"),
                 RefEntry {

@@ -230,6 +230,53 @@ fn connection_fault_names_the_endpoint_the_resetting_side_and_links_the_hurt_spa
 }
 
 #[test]
+fn a_reset_ends_a_live_connection_even_if_its_session_span_never_comes() {
+    let mut s = Sim::new();
+    s.next_second();
+    for port in [40000, 40001] {
+        let accept = s.span_ref();
+        let facts = SpanFacts {
+            name: "ws.accept".into(),
+            start_ns: s.at(0),
+            end_ns: s.at(MS),
+            conn: Some(Oriented {
+                local: ep("10.0.0.1:7000"),
+                peer: ep(&format!("10.0.0.9:{port}")),
+            }),
+            session_id: Some(format!("sess-{port}")),
+            ..Default::default()
+        };
+        s.d.on_span(&facts, Some(accept), None, None, s.at(2 * MS));
+    }
+    assert_eq!(s.d.live_connections(), 2);
+    // One is reset (seen on both sockets); its session span is never seen (passed by).
+    s.rst(
+        TcpEventKind::RstReceived,
+        "10.0.0.1:7000",
+        "10.0.0.9:40000",
+        100,
+    );
+    s.rst(
+        TcpEventKind::RstSent,
+        "10.0.0.9:40000",
+        "10.0.0.1:7000",
+        100,
+    );
+    assert_eq!(s.d.live_connections(), 1, "the reset connection is gone");
+    s.rst(
+        TcpEventKind::Retransmit,
+        "10.0.0.1:7000",
+        "10.0.0.9:40001",
+        120,
+    );
+    assert_eq!(
+        s.d.live_connections(),
+        1,
+        "a retransmit does not end a connection"
+    );
+}
+
+#[test]
 fn peers_resetting_a_service_and_small_numbers_are_told_apart() {
     let mut s = Sim::new();
     s.next_second();
