@@ -218,7 +218,8 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
     // The kernel frees a program after its last reference goes, not at the owner's exit: a
     // trampoline (fentry/fexit) waits for RCU grace periods first. CI once saw one of nine
     // still listed right after the agent was reaped; a leak stays listed, so wait a bounded time.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone = Instant::now();
+    let deadline = gone + Duration::from_secs(10);
     let left = loop {
         let left = still_loaded(&programs);
         if left.is_empty() || Instant::now() > deadline {
@@ -226,6 +227,10 @@ fn stop_and_check(via_cargo: bool, sig: i32) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    eprintln!(
+        "{what}: programs freed within {} ms of the children's exit",
+        gone.elapsed().as_millis()
+    );
     assert!(
         left.is_empty(),
         "{what}: eBPF programs left loaded (ids {left:?} of the agent's {programs:?})"
