@@ -95,6 +95,24 @@ impl Sim {
         self.d.on_span(&f, Some(r), Some(&j), None, start + 2 * MS);
     }
 
+    /// A `ws.accept` span: the detector learns a live session on `local` ← `peer`.
+    fn accept(&mut self, local: &str, peer: &str, session: &str) -> SpanRef {
+        let r = self.span_ref();
+        let facts = SpanFacts {
+            name: "ws.accept".into(),
+            start_ns: self.at(0),
+            end_ns: self.at(MS),
+            conn: Some(Oriented {
+                local: ep(local),
+                peer: ep(peer),
+            }),
+            session_id: Some(session.into()),
+            ..Default::default()
+        };
+        self.d.on_span(&facts, Some(r), None, None, self.at(2 * MS));
+        r
+    }
+
     fn tasks(&mut self, n: u64, kind: &str, queue_wait_ms: f64, runq_ms: f64) {
         for i in 0..n {
             self.task(kind, queue_wait_ms, runq_ms, i);
@@ -157,19 +175,7 @@ fn connection_fault_names_the_endpoint_the_resetting_side_and_links_the_hurt_spa
         s.next_second();
     }
     // An accept span tells the detector about a live session on one of the connections.
-    let accept = s.span_ref();
-    let facts = SpanFacts {
-        name: "ws.accept".into(),
-        start_ns: s.at(0),
-        end_ns: s.at(MS),
-        conn: Some(Oriented {
-            local: ep("10.0.0.1:7000"),
-            peer: ep("10.0.0.9:40000"),
-        }),
-        session_id: Some("sess-1".into()),
-        ..Default::default()
-    };
-    s.d.on_span(&facts, Some(accept), None, None, s.at(2 * MS));
+    let accept = s.accept("10.0.0.1:7000", "10.0.0.9:40000", "sess-1");
     // The server at :7000 aborts eight client connections (seen on both sockets, as on one
     // node), plus a retransmit that does not count as a reset.
     for i in 0..8 {
@@ -234,19 +240,11 @@ fn a_reset_ends_a_live_connection_even_if_its_session_span_never_comes() {
     let mut s = Sim::new();
     s.next_second();
     for port in [40000, 40001] {
-        let accept = s.span_ref();
-        let facts = SpanFacts {
-            name: "ws.accept".into(),
-            start_ns: s.at(0),
-            end_ns: s.at(MS),
-            conn: Some(Oriented {
-                local: ep("10.0.0.1:7000"),
-                peer: ep(&format!("10.0.0.9:{port}")),
-            }),
-            session_id: Some(format!("sess-{port}")),
-            ..Default::default()
-        };
-        s.d.on_span(&facts, Some(accept), None, None, s.at(2 * MS));
+        s.accept(
+            "10.0.0.1:7000",
+            &format!("10.0.0.9:{port}"),
+            &format!("sess-{port}"),
+        );
     }
     assert_eq!(s.d.live_connections(), 2);
     // One is reset (seen on both sockets); its session span is never seen (passed by).
